@@ -1,0 +1,3 @@
+from kvslite.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""One Settings object for the whole server, filled from flags and KVSLITE_* env."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 4567
+    data_dir: Path = Path("./kvslite-data")
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    public_url: str | None = None  # what GetDataEndpoint returns; derived from host/port if unset
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    allow_anonymous: bool = False
+    min_sampling_interval_ms: int = 3000
+    max_clock_skew_s: int = 900  # SigV4: how far X-Amz-Date may be from the server clock
+    max_request_body_bytes: int = 1 << 20  # JSON APIs; PutMedia streams and has its own limits
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.access_key_id and self.secret_access_key)
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def check(self) -> None:
+        """Refuse unsafe or inconsistent settings before the server binds."""
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("set both --access-key-id and --secret-access-key, or neither")
+        if not self.auth_enabled and not self.allow_anonymous and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve without credentials on non-loopback address {self.host}: "
+                "set --access-key-id/--secret-access-key, or pass --allow-anonymous"
+            )
+        if not 1 <= self.min_sampling_interval_ms <= 20_000:
+            raise ValueError("--min-sampling-interval-ms must be between 1 and 20000")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

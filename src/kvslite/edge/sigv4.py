@@ -1,0 +1,124 @@
+"""Verify AWS Signature Version 4 on incoming requests with botocore's own signer.
+
+The signature is recomputed over exactly the headers the client listed in
+`SignedHeaders`, with their values as received: boto3 signs `host` with the
+port, the KVS producer SDK without it and also signs `user-agent`, which
+botocore's signer would otherwise leave out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import re
+from hashlib import sha256
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, HTTPHeaders
+from botocore.credentials import Credentials
+
+from kvslite.errors import ApiError
+
+SIGNING_NAME = "kinesisvideo"
+EMPTY_SHA256 = sha256(b"").hexdigest()
+
+_AUTH_RE = re.compile(
+    r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
+    r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})\s*$"
+)
+
+
+class _ExactHeadersSigner(SigV4Auth):
+    """botocore's SigV4 with the header list taken as given by the client."""
+
+    def headers_to_sign(self, request):
+        headers = HTTPHeaders()
+        for name, value in request.headers.items():
+            headers[name.lower()] = value
+        return headers
+
+
+def _forbidden(code: str, message: str) -> ApiError:
+    return ApiError(code, message, status=403)
+
+
+def verify(
+    *,
+    access_key_id: str,
+    secret_access_key: str,
+    method: str,
+    path: str,
+    query_string: str,
+    headers: dict[str, list[str]],
+    body: bytes,
+    max_skew_s: int,
+    now: dt.datetime | None = None,
+) -> None:
+    """Raise a 403 ApiError unless the request carries a valid signature.
+
+    `headers` maps lower-case names to every value received; `body` is what the
+    payload hash covers (PutMedia streams its body and signs the empty string).
+    """
+    authorization = (headers.get("authorization") or [""])[0]
+    if not authorization:
+        raise _forbidden("MissingAuthenticationTokenException",
+                         "Missing Authentication Token")
+    match = _AUTH_RE.match(authorization.strip())
+    if not match:
+        raise _forbidden("IncompleteSignatureException",
+                         "Authorization header is not a valid AWS4-HMAC-SHA256 signature")
+    scope = match["credential"].split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        raise _forbidden("IncompleteSignatureException",
+                         f"Credential scope is malformed: {match['credential']}")
+    key_id, date, region, service, _ = scope
+    if key_id != access_key_id:
+        raise _forbidden("UnrecognizedClientException",
+                         "The security token included in the request is invalid.")
+    if service != SIGNING_NAME:
+        raise _forbidden("InvalidSignatureException",
+                         f"Credential should be scoped to correct service: '{SIGNING_NAME}'.")
+
+    amz_date = (headers.get("x-amz-date") or [""])[0]
+    signed_at = _parse_amz_date(amz_date)
+    if signed_at.strftime("%Y%m%d") != date:
+        raise _forbidden("InvalidSignatureException",
+                         "Credential date does not match X-Amz-Date.")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if abs((now - signed_at).total_seconds()) > max_skew_s:
+        raise _forbidden(
+            "InvalidSignatureException",
+            f"Signature expired: {amz_date} is now outside the allowed clock skew of "
+            f"{max_skew_s // 60} minutes from {now.strftime('%Y%m%dT%H%M%SZ')}.",
+        )
+
+    signed_names = match["signed"].split(";")
+    missing = [name for name in signed_names if name not in headers]
+    if missing:
+        raise _forbidden("InvalidSignatureException",
+                         f"Signed headers are missing from the request: {', '.join(missing)}")
+    request = AWSRequest(
+        method=method,
+        url=f"http://signed-host{path}" + (f"?{query_string}" if query_string else ""),
+        headers=[(name, ",".join(headers[name])) for name in signed_names],
+        data=body,
+    )
+    request.context["timestamp"] = amz_date
+    signer = _ExactHeadersSigner(Credentials(access_key_id, secret_access_key), service, region)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    if not hmac.compare_digest(expected, match["signature"]):
+        raise _forbidden(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method.",
+        )
+
+
+def _parse_amz_date(value: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise _forbidden("IncompleteSignatureException",
+                         "Requests must carry a valid X-Amz-Date header (YYYYMMDDTHHMMSSZ)."
+                         ) from None

@@ -1,0 +1,75 @@
+"""Wire the layers together and run them: stores -> archive -> providers -> edge."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import uvicorn
+
+from kvslite.archive.streams import Streams
+from kvslite.config import Settings
+from kvslite.edge.app import EdgeApp
+from kvslite.ops.control import ControlPlane
+from kvslite.store.files import FileBlobStore
+from kvslite.store.sqlite import SqliteMetadataStore
+
+log = logging.getLogger("kvslite")
+
+
+@dataclass
+class Server:
+    settings: Settings
+    app: EdgeApp
+    metadata: SqliteMetadataStore
+    blobs: FileBlobStore
+
+    def close(self) -> None:
+        self.metadata.close()
+
+
+def build(settings: Settings) -> Server:
+    """Open the stores under the data dir and assemble the ASGI app."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    metadata = SqliteMetadataStore(data_dir / "kvslite.db")
+    blobs = FileBlobStore(data_dir / "media")
+    streams = Streams(metadata, region=settings.region, account_id=settings.account_id)
+    providers = {
+        "kinesisvideo": ControlPlane(streams, endpoint_url=settings.endpoint_url),
+    }
+    app = EdgeApp(settings, providers)
+    return Server(settings, app, metadata, blobs)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn handles both and drains connections)."""
+    settings.check()
+    server = build(settings)
+    config = uvicorn.Config(
+        server.app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    runner = uvicorn.Server(config)
+    original_startup = runner.startup
+
+    async def startup(sockets=None):
+        await original_startup(sockets)
+        if runner.started:
+            auth = "SigV4 required" if settings.auth_enabled else "no credentials required"
+            log.info("kvslite listening on http://%s:%d (endpoint %s, data in %s, %s)",
+                     settings.host, settings.port, settings.endpoint_url,
+                     settings.data_dir.resolve(), auth)
+
+    runner.startup = startup
+    try:
+        runner.run()
+    finally:
+        server.close()
+        log.info("kvslite stopped")
+

@@ -1,0 +1,1 @@
+"""Persistence: stream metadata (SQLite by default) and media blobs (files by default)."""

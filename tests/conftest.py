@@ -1,0 +1,113 @@
+"""Shared fixtures: a real `kvslite serve` process on a free port, driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m kvslite serve` in a subprocess; restartable on the same data dir."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict | None = None):
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args)
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerProcess":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), *self.extra_args],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kvslite exited early:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"kvslite did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        self.log.close()
+        return code
+
+    def client(self, service: str, *, key: str = "AKIDEXAMPLE", secret: str = "secret",
+               validate: bool = True, **config):
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            config=Config(parameter_validation=validate, retries={"max_attempts": 1},
+                          **config),
+        )
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory: start_server(*args) -> a running ServerProcess; all stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, data_dir: Path | None = None, env: dict | None = None):
+        server = ServerProcess(data_dir or tmp_path / f"data{len(started)}", *args, env=env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for a whole test module (tests must use distinct stream names)."""
+    server = ServerProcess(tmp_path_factory.mktemp("kvs") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def kvs(shared_server):
+    return shared_server.client("kinesisvideo")
