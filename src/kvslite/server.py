@@ -42,34 +42,36 @@ def build(settings: Settings) -> Server:
     return Server(settings, app, metadata, blobs)
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn with kvslite's start-up line and a plain exit 0 after SIGINT/SIGTERM."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings):
+        super().__init__(config)
+        self.settings = settings
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            s = self.settings
+            auth = "SigV4 required" if s.auth_enabled else "no credentials required"
+            log.info("kvslite listening on http://%s:%d (endpoint %s, data in %s, %s)",
+                     s.host, s.port, s.endpoint_url, s.data_dir.resolve(), auth)
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after draining; a requested stop is a clean exit
+        self._captured_signals.clear()
+
+
 def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM (uvicorn handles both and drains connections)."""
+    """Run until SIGINT/SIGTERM; uvicorn drains open connections first."""
     settings.check()
     server = build(settings)
-    config = uvicorn.Config(
-        server.app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
-    runner = uvicorn.Server(config)
-    original_startup = runner.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets)
-        if runner.started:
-            auth = "SigV4 required" if settings.auth_enabled else "no credentials required"
-            log.info("kvslite listening on http://%s:%d (endpoint %s, data in %s, %s)",
-                     settings.host, settings.port, settings.endpoint_url,
-                     settings.data_dir.resolve(), auth)
-
-    runner.startup = startup
+    config = uvicorn.Config(server.app, host=settings.host, port=settings.port,
+                            lifespan="off", access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=5)
     try:
-        runner.run()
+        _Uvicorn(config, settings).run()
     finally:
         server.close()
         log.info("kvslite stopped")
-

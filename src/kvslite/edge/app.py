@@ -81,7 +81,7 @@ class EdgeApp:
         body = await read_body(request, self.settings.max_request_body_bytes)
         self._authenticate(request, body)
         operation = route.operation
-        handler = getattr(self.providers.get(route.service), xform_name(operation.name), None)
+        handler = self.handler_for(route)
         if handler is None:
             raise ApiError("NotImplementedException",
                            f"kvslite does not implement {operation.name}", status=501)
@@ -90,6 +90,10 @@ class EdgeApp:
         if isinstance(result, Response):
             return result
         return json_response(model.serialize_output(operation, result))
+
+    def handler_for(self, route: model.Route):
+        """The provider method serving `route`, or None if kvslite lacks it."""
+        return getattr(self.providers.get(route.service), xform_name(route.name), None)
 
     def _authenticate(self, request: Request, body: bytes) -> None:
         if not self.settings.auth_enabled:

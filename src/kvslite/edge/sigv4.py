@@ -100,7 +100,7 @@ def verify(
     request = AWSRequest(
         method=method,
         url=f"http://signed-host{path}" + (f"?{query_string}" if query_string else ""),
-        headers=[(name, ",".join(headers[name])) for name in signed_names],
+        headers={name: ",".join(headers[name]) for name in signed_names},
         data=body,
     )
     request.context["timestamp"] = amz_date

@@ -1,0 +1,1 @@
+"""Domain rules: streams, fragments, time-to-fragment lookup, retention."""

@@ -1,0 +1,1 @@
+"""HTTP edge: ASGI app, routing and validation from botocore models, SigV4, AWS errors."""

@@ -1,0 +1,1 @@
+"""One provider per AWS service; one method per operation."""

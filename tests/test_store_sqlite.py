@@ -1,0 +1,71 @@
+"""The SQLite metadata store: migrations, atomic compare-and-set, tag limits."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from kvslite.store.metadata import NameTaken, Stream
+from kvslite.store.sqlite import MIGRATIONS, SqliteMetadataStore
+
+
+def make_stream(name="s", version="v1") -> Stream:
+    return Stream(name=name, arn=f"arn:aws:kinesisvideo:r:1:stream/{name}/1", version=version,
+                  creation_time=1.0, data_retention_hours=1, kms_key_id="k")
+
+
+def test_migrates_once_and_reopens(tmp_path):
+    store = SqliteMetadataStore(tmp_path / "m.db")
+    store.create_stream(make_stream(), {"a": "b"})
+    store.close()
+    store = SqliteMetadataStore(tmp_path / "m.db")
+    assert store.get_stream(name="s") == make_stream()
+    version = store._connection().execute("PRAGMA user_version").fetchone()[0]
+    assert version == len(MIGRATIONS)
+    assert store._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_refuses_a_newer_schema(tmp_path):
+    conn = sqlite3.connect(tmp_path / "m.db")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this kvslite"):
+        SqliteMetadataStore(tmp_path / "m.db")
+
+
+def test_duplicate_name(tmp_path):
+    store = SqliteMetadataStore(tmp_path / "m.db")
+    store.create_stream(make_stream(), {})
+    with pytest.raises(NameTaken):
+        store.create_stream(make_stream(), {})
+
+
+def test_update_is_compare_and_set(tmp_path):
+    store = SqliteMetadataStore(tmp_path / "m.db")
+    stream = make_stream()
+    store.create_stream(stream, {})
+    assert store.update_stream(stream.arn, "v1", version="v2", media_type="video/h264")
+    assert not store.update_stream(stream.arn, "v1", version="v3")
+    assert store.get_stream(arn=stream.arn).version == "v2"
+    assert not store.delete_stream(stream.arn, "v1")
+    assert store.delete_stream(stream.arn, "v2")
+
+
+def test_tag_limit_is_all_or_nothing(tmp_path):
+    store = SqliteMetadataStore(tmp_path / "m.db")
+    stream = make_stream()
+    store.create_stream(stream, {"a": "1"})
+    assert not store.put_tags(stream.arn, {"b": "2", "c": "3"}, max_tags=2)
+    assert store.get_tags(stream.arn) == {"a": "1"}
+    assert store.put_tags(stream.arn, {"a": "9", "b": "2"}, max_tags=2)
+    assert store.get_tags(stream.arn) == {"a": "9", "b": "2"}
+
+
+def test_deleting_a_stream_drops_its_tags(tmp_path):
+    store = SqliteMetadataStore(tmp_path / "m.db")
+    stream = make_stream()
+    store.create_stream(stream, {"a": "1"})
+    store.delete_stream(stream.arn, None)
+    store.create_stream(stream, {})
+    assert store.get_tags(stream.arn) == {}
