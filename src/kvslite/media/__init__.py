@@ -1,0 +1,1 @@
+"""Media handling: Matroska (EBML) reading/writing and synthetic test video."""
