@@ -7,10 +7,14 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from kvslite.archive.fragments import Archive
 from kvslite.archive.streams import Streams
 from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
+from kvslite.ops.archived import ArchivedMedia
 from kvslite.ops.control import ControlPlane
+from kvslite.ops.media import Media
+from kvslite.ops.putmedia import PutMedia
 from kvslite.store.files import FileBlobStore
 from kvslite.store.sqlite import SqliteMetadataStore
 
@@ -35,10 +39,13 @@ def build(settings: Settings) -> Server:
     metadata = SqliteMetadataStore(data_dir / "kvslite.db")
     blobs = FileBlobStore(data_dir / "media")
     streams = Streams(metadata, region=settings.region, account_id=settings.account_id)
+    archive = Archive(metadata, blobs)
     providers = {
-        "kinesisvideo": ControlPlane(streams, endpoint_url=settings.endpoint_url),
+        "kinesisvideo": ControlPlane(streams, archive, endpoint_url=settings.endpoint_url),
+        "kinesis-video-media": Media(streams, archive),
+        "kinesis-video-archived-media": ArchivedMedia(streams, archive),
     }
-    app = EdgeApp(settings, providers)
+    app = EdgeApp(settings, providers, streaming={"/putMedia": PutMedia(streams, archive)})
     return Server(settings, app, metadata, blobs)
 
 

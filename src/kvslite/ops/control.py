@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from kvslite.archive.fragments import Archive
 from kvslite.archive.streams import Streams
 from kvslite.errors import ApiError, invalid, not_found
 from kvslite.store.metadata import Stream
@@ -17,8 +18,9 @@ DEFAULT_LIST_LIMIT = 10_000
 
 
 class ControlPlane:
-    def __init__(self, streams: Streams, *, endpoint_url: str):
+    def __init__(self, streams: Streams, archive: Archive, *, endpoint_url: str):
         self.streams = streams
+        self.archive = archive
         self.endpoint_url = endpoint_url
 
     def _stream(self, params: dict) -> Stream:
@@ -66,6 +68,7 @@ class ControlPlane:
     def delete_stream(self, params: dict) -> dict:
         stream = self.streams.resolve(arn=params["StreamARN"])
         self.streams.delete(stream, params.get("CurrentVersion"))
+        self.archive.delete_stream_media(stream)  # rows went with the stream; now the bytes
         return {}
 
     def update_data_retention(self, params: dict) -> dict:

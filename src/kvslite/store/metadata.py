@@ -24,6 +24,33 @@ class Stream:
     media_type: str | None = None
 
 
+@dataclass(frozen=True)
+class Fragment:
+    """One archived fragment: a Matroska cluster that starts with a keyframe."""
+
+    arn: str  # the stream's
+    seq: int  # 1, 2, 3... within the stream, in arrival order
+    number: str  # the KVS FragmentNumber, derived from seq (see fragment_number)
+    producer_ms: int  # fragment start on the producer's clock, epoch ms
+    server_ms: int  # when kvslite started receiving it, epoch ms
+    duration_ms: int
+    size: int  # bytes of the stored cluster
+    header_id: int  # the EBML header + Tracks it was produced with
+    blob_key: str
+    frames: bytes  # packed frame index, see kvslite.archive.fragments
+
+
+def fragment_number(seq: int) -> str:
+    """A 47-digit decimal string, like AWS's, that sorts and compares like `seq`."""
+    return f"9{seq:046d}"
+
+
+def seq_of(number: str) -> int | None:
+    if len(number) != 47 or not number.isdigit() or number[0] != "9":
+        return None
+    return int(number[1:])
+
+
 class NameTaken(Exception):
     """A stream with this name already exists."""
 
@@ -49,5 +76,29 @@ class MetadataStore(Protocol):
         """Add or overwrite tags; False (and nothing changed) if the total would exceed max_tags."""
 
     def delete_tags(self, arn: str, keys: list[str]) -> None: ...
+
+    # -- fragments -------------------------------------------------------------------
+
+    def save_header(self, arn: str, data: bytes) -> int:
+        """Keep a stream header (EBML + Info + Tracks); reuse the latest if identical."""
+
+    def get_header(self, header_id: int) -> bytes: ...
+
+    def add_fragment(self, **fields) -> Fragment:
+        """Commit a fragment, assigning the stream's next seq and its number."""
+
+    def find_fragment(self, arn: str, *, producer_ms: int) -> Fragment | None: ...
+
+    def list_fragments(self, arn: str, *, time_column: str | None = None, start_ms: int = 0,
+                       end_ms: int = 0, after_seq: int = 0, limit: int) -> list[Fragment]:
+        """Fragments by seq; with time_column ('producer_ms' | 'server_ms'), only those
+        starting in [start_ms, end_ms]."""
+
+    def fragments_by_number(self, arn: str, numbers: list[str]) -> dict[str, Fragment]: ...
+
+    def latest_fragment(self, arn: str) -> Fragment | None: ...
+
+    def fragment_at(self, arn: str, time_column: str, ms: int) -> Fragment | None:
+        """The fragment whose span holds `ms` on that clock, else the first starting after."""
 
     def close(self) -> None: ...

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from kvslite.store.metadata import NameTaken, Stream
+from kvslite.store.metadata import Fragment, NameTaken, Stream, fragment_number
 
 # Append-only: migration N brings the schema from version N-1 to N.
 MIGRATIONS = [
@@ -36,9 +36,35 @@ MIGRATIONS = [
         PRIMARY KEY (arn, key)
     );
     """,
+    # 2: fragments. `seq` orders a stream's fragments; `frames` is the packed frame index
+    # (see kvslite.archive.fragments) so readers never rescan a stored cluster.
+    """
+    CREATE TABLE headers (
+        id INTEGER PRIMARY KEY,
+        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE fragments (
+        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        number TEXT NOT NULL,
+        producer_ms INTEGER NOT NULL,
+        server_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        header_id INTEGER NOT NULL REFERENCES headers(id) ON DELETE CASCADE,
+        blob_key TEXT NOT NULL,
+        frames BLOB NOT NULL,
+        PRIMARY KEY (arn, seq)
+    );
+    CREATE UNIQUE INDEX fragments_by_number ON fragments (arn, number);
+    CREATE INDEX fragments_by_producer_time ON fragments (arn, producer_ms);
+    CREATE INDEX fragments_by_server_time ON fragments (arn, server_ms);
+    """,
 ]
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
+_FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
 
 
 class SqliteMetadataStore:
@@ -180,3 +206,78 @@ class SqliteMetadataStore:
         with self._write() as conn:
             conn.executemany("DELETE FROM tags WHERE arn = ? AND key = ?",
                              [(arn, k) for k in keys])
+
+    # -- fragments -------------------------------------------------------------------
+
+    def save_header(self, arn: str, data: bytes) -> int:
+        with self._write() as conn:
+            row = conn.execute("SELECT id, data FROM headers WHERE arn = ? ORDER BY id DESC "
+                               "LIMIT 1", (arn,)).fetchone()
+            if row and row["data"] == data:
+                return row["id"]
+            return conn.execute("INSERT INTO headers (arn, data) VALUES (?, ?)",
+                                (arn, data)).lastrowid
+
+    def get_header(self, header_id: int) -> bytes:
+        row = self._connection().execute("SELECT data FROM headers WHERE id = ?",
+                                         (header_id,)).fetchone()
+        if row is None:
+            raise KeyError(header_id)
+        return row["data"]
+
+    def add_fragment(self, **fields) -> Fragment:
+        with self._write() as conn:
+            last = conn.execute("SELECT max(seq) FROM fragments WHERE arn = ?",
+                                (fields["arn"],)).fetchone()[0]
+            seq = (last or 0) + 1
+            fragment = Fragment(seq=seq, number=fragment_number(seq), **fields)
+            row = asdict(fragment)
+            conn.execute(f"INSERT INTO fragments ({', '.join(row)}) "
+                         f"VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        return fragment
+
+    def _fragments(self, where: str, params: tuple) -> list[Fragment]:
+        rows = self._connection().execute(
+            f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE {where}", params).fetchall()
+        return [Fragment(**dict(row)) for row in rows]
+
+    def find_fragment(self, arn: str, *, producer_ms: int) -> Fragment | None:
+        found = self._fragments("arn = ? AND producer_ms = ? ORDER BY seq LIMIT 1",
+                                (arn, producer_ms))
+        return found[0] if found else None
+
+    def list_fragments(self, arn: str, *, time_column: str | None = None, start_ms: int = 0,
+                       end_ms: int = 0, after_seq: int = 0, limit: int) -> list[Fragment]:
+        if time_column is None:
+            return self._fragments("arn = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                   (arn, after_seq, limit))
+        if time_column not in ("producer_ms", "server_ms"):
+            raise ValueError(time_column)
+        return self._fragments(
+            f"arn = ? AND {time_column} BETWEEN ? AND ? AND seq > ? ORDER BY seq LIMIT ?",
+            (arn, start_ms, end_ms, after_seq, limit))
+
+    def fragments_by_number(self, arn: str, numbers: list[str]) -> dict[str, Fragment]:
+        found: dict[str, Fragment] = {}
+        for start in range(0, len(numbers), 500):  # stay under SQLite's variable limit
+            batch = numbers[start:start + 500]
+            marks = ", ".join("?" for _ in batch)
+            for fragment in self._fragments(f"arn = ? AND number IN ({marks})", (arn, *batch)):
+                found[fragment.number] = fragment
+        return found
+
+    def latest_fragment(self, arn: str) -> Fragment | None:
+        found = self._fragments("arn = ? ORDER BY seq DESC LIMIT 1", (arn,))
+        return found[0] if found else None
+
+    def fragment_at(self, arn: str, time_column: str, ms: int) -> Fragment | None:
+        if time_column not in ("producer_ms", "server_ms"):
+            raise ValueError(time_column)
+        before = self._fragments(
+            f"arn = ? AND {time_column} <= ? ORDER BY {time_column} DESC, seq DESC LIMIT 1",
+            (arn, ms))
+        if before and getattr(before[0], time_column) + before[0].duration_ms > ms:
+            return before[0]
+        after = self._fragments(
+            f"arn = ? AND {time_column} > ? ORDER BY {time_column}, seq LIMIT 1", (arn, ms))
+        return after[0] if after else None

@@ -1,0 +1,209 @@
+"""One PutMedia upload: MKV bytes in, archived fragments and acknowledgements out.
+
+`IngestSession.feed` takes body chunks as they arrive and returns the acks
+they cause. It is synchronous (it fsyncs and commits); the HTTP layer runs it
+off the event loop and streams the acks back while the upload continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kvslite.archive.fragments import Archive, fragment_duration_ms
+from kvslite.media import mkv
+from kvslite.store.metadata import Stream
+
+log = logging.getLogger("kvslite.ingest")
+
+END_OF_FRAGMENT = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
+MAX_FRAGMENT_BYTES = 50 * 1024 * 1024
+MAX_FRAGMENT_MS = 20_000
+MAX_TRACKS = 3
+MAX_FUTURE_MS = 60_000  # producer clocks drift; further ahead than this is a bad clock
+VIDEO = 1
+
+# PutMedia ErrorIds, as the AWS PutMedia reference and the producer SDK name them.
+ERROR_NAMES = {
+    4000: "STREAM_READ_ERROR",
+    4001: "MAX_FRAGMENT_SIZE_REACHED",
+    4002: "MAX_FRAGMENT_DURATION_REACHED",
+    4003: "MAX_CONNECTION_DURATION_REACHED",
+    4004: "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
+    4005: "MORE_THAN_ALLOWED_TRACKS_FOUND",
+    4006: "INVALID_MKV_DATA",
+    4007: "INVALID_PRODUCER_TIMESTAMP",
+    4008: "STREAM_NOT_ACTIVE",
+    4009: "FRAGMENT_METADATA_LIMIT_REACHED",
+    4010: "TRACK_NUMBER_MISMATCH",
+    4011: "FRAMES_MISSING_FOR_TRACK",
+    4012: "MORE_THAN_ALLOWED_TRACKS_FOUND",
+    5000: "INTERNAL_ERROR",
+    5001: "ARCHIVAL_ERROR",
+}
+
+
+# MkvError reasons that have their own PutMedia ErrorId; anything else is INVALID_MKV_DATA.
+_MKV_ERROR_IDS = {"too_large": 4001, "unknown_track": 4010}
+
+
+class IngestError(Exception):
+    """Bad input: answered with an ERROR ack, after which the upload is closed."""
+
+    def __init__(self, error_id: int, message: str, timecode: int | None = None):
+        super().__init__(message)
+        self.error_id = error_id
+        self.timecode = timecode
+        self.acks: list[dict] = []  # for fragments completed before the bad input
+
+
+class IngestSession:
+    def __init__(self, archive: Archive, stream: Stream, *, timecode_type: str,
+                 producer_start_ms: int | None, now=time.time):
+        self.archive = archive
+        self.stream = stream
+        self.absolute = timecode_type == "ABSOLUTE"
+        self.producer_start_ms = producer_start_ms or 0
+        self.now = now
+        self.reader = mkv.MkvReader(max_cluster_size=MAX_FRAGMENT_BYTES)
+        self.header: mkv.StreamHeader | None = None
+        self.header_id: int | None = None
+        self.last_timecode: int | None = None
+        # when the first byte of the cluster being received arrived: its server timestamp
+        self.pending_since_ms: int | None = None
+        self.persisted = 0
+        self.duplicates = 0
+
+    @property
+    def keeps_data(self) -> bool:
+        return self.stream.data_retention_hours > 0
+
+    def feed(self, chunk: bytes) -> list[dict]:
+        """Consume body bytes; return the acks they complete. Raises IngestError."""
+        arrived_ms = int(self.now() * 1000)
+        if self.pending_since_ms is None and chunk:
+            self.pending_since_ms = arrived_ms
+        return self._consume(lambda: self.reader.feed(chunk), arrived_ms)
+
+    def close(self) -> list[dict]:
+        """The body ended: finish a trailing cluster, or fail on a truncated one."""
+        return self._consume(self.reader.close, int(self.now() * 1000))
+
+    def _consume(self, read, arrived_ms: int) -> list[dict]:
+        """Handle the events `read` yields; fragments completed before bad bytes still count."""
+        try:
+            events, bad_input = read(), None
+        except mkv.MkvError as e:
+            events, bad_input = getattr(e, "events", []), e
+        acks: list[dict] = []
+        try:
+            for event in events:
+                acks += self._handle(event, arrived_ms)
+            if bad_input is not None:
+                reason = getattr(bad_input, "reason", "")
+                raise IngestError(_MKV_ERROR_IDS.get(reason, 4006), f"invalid MKV: {bad_input}")
+        except IngestError as error:
+            error.acks = acks + error.acks
+            raise
+        return acks
+
+    def _handle(self, event, arrived_ms: int) -> list[dict]:
+        if isinstance(event, mkv.StreamHeader):
+            self._accept_header(event)
+            return []
+        if isinstance(event, mkv.Cluster):
+            server_ms = self.pending_since_ms or arrived_ms
+            # the bytes after this cluster (if any) began a new one in the same chunk
+            self.pending_since_ms = arrived_ms
+            return self._accept_cluster(event, server_ms)
+        return []  # Tags: fragment metadata and END_OF_FRAGMENT need no action
+
+    def _accept_header(self, header: mkv.StreamHeader) -> None:
+        if not header.tracks:
+            raise IngestError(4006, "the MKV header has no tracks")
+        if len(header.tracks) > MAX_TRACKS:
+            raise IngestError(4012, f"{len(header.tracks)} tracks; at most {MAX_TRACKS}")
+        self.header = header
+        self.header_id = self.archive.save_header(self.stream, header) if self.keeps_data else 0
+        self.last_timecode = None  # a new segment starts its own timeline
+
+    def _to_ms(self, timecode: int) -> int:
+        ms = timecode * self.header.timecode_scale_ns // 1_000_000
+        return ms if self.absolute else self.producer_start_ms + ms
+
+    def _accept_cluster(self, cluster: mkv.Cluster, server_ms: int) -> list[dict]:
+        if self.header is None:
+            raise IngestError(4006, "a Cluster arrived before the EBML header and Tracks",
+                              cluster.timecode)
+        if not cluster.frames:
+            return []
+        self._check(cluster)
+        self.last_timecode = cluster.timecode
+        producer_ms = self._to_ms(cluster.timecode)
+        if not self.keeps_data:
+            return [_ack("RECEIVED", cluster.timecode)]  # retention 0: RECEIVED is final
+        existing = self.archive.store.find_fragment(self.stream.arn, producer_ms=producer_ms)
+        if existing is not None:
+            # a reconnecting producer resends what was not acked in time
+            self.duplicates += 1
+            fragment = existing
+        else:
+            video = self._video_track()
+            frames = [f for f in cluster.frames if video is None or f.track_number == video.number]
+            default_ms = (video.default_duration_ns // 1_000_000
+                          if video and video.default_duration_ns else 0)
+            fragment = self.archive.persist(
+                self.stream, self.header_id, cluster, producer_ms=producer_ms,
+                server_ms=server_ms,
+                duration_ms=fragment_duration_ms(frames or cluster.frames, producer_ms,
+                                                 self._to_ms, default_ms),
+                to_ms=self._to_ms)
+            self.persisted += 1
+        return [_ack("RECEIVED", cluster.timecode, fragment.number),
+                _ack("PERSISTED", cluster.timecode, fragment.number)]
+
+    def _video_track(self) -> mkv.Track | None:
+        return next((t for t in self.header.tracks if t.track_type == VIDEO), None)
+
+    def _check(self, cluster: mkv.Cluster) -> None:
+        timecode = cluster.timecode
+        if self.last_timecode is not None and timecode < self.last_timecode:
+            raise IngestError(4004, f"cluster timecode {timecode} is before the previous "
+                              f"one ({self.last_timecode})", timecode)
+        known = {t.number for t in self.header.tracks}
+        stray = {f.track_number for f in cluster.frames} - known
+        if stray:
+            raise IngestError(4010, f"frames for track(s) {sorted(stray)} not in the header",
+                              timecode)
+        video = self._video_track()
+        if video is not None:
+            first = next((f for f in cluster.frames if f.track_number == video.number), None)
+            if first is None:
+                raise IngestError(4011, "a fragment has no frames for the video track",
+                                  timecode)
+            if not first.keyframe:
+                raise IngestError(4006, "a fragment must start with a keyframe", timecode)
+        start_ms = self._to_ms(timecode)
+        end_ms = max(self._to_ms(f.timecode) for f in cluster.frames)
+        if end_ms - start_ms > MAX_FRAGMENT_MS:
+            raise IngestError(4002, f"fragment spans {end_ms - start_ms} ms; at most "
+                              f"{MAX_FRAGMENT_MS}", timecode)
+        if start_ms > self.now() * 1000 + MAX_FUTURE_MS:
+            raise IngestError(4007, f"producer timestamp {start_ms / 1000:.3f} is in the "
+                              "future", timecode)
+
+
+def _ack(event_type: str, timecode: int, number: str | None = None) -> dict:
+    ack = {"EventType": event_type, "FragmentTimecode": timecode}
+    if number is not None:
+        ack["FragmentNumber"] = number
+    return ack
+
+
+def error_ack(error: IngestError) -> dict:
+    ack = {"EventType": "ERROR"}
+    if error.timecode is not None:
+        ack["FragmentTimecode"] = error.timecode
+    ack["ErrorId"] = error.error_id
+    ack["ErrorCode"] = ERROR_NAMES.get(error.error_id, "INTERNAL_ERROR")
+    return ack

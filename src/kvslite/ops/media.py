@@ -1,0 +1,102 @@
+"""The `kinesis-video-media` service: GetMedia, the archive as a live MKV stream.
+
+It streams fragments in fragment-number order from the start selector, then
+keeps following new fragments as they are persisted, and ends once none has
+arrived for FOLLOW_IDLE_S (consumers resume with the continuation token).
+Each fragment goes out as AWS lays it out: EBML header and Tracks, a Tags
+element with the fragment number and timestamps, the cluster, and a Tags
+element with MILLIS_BEHIND_NOW and the CONTINUATION_TOKEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+
+from kvslite.archive.fragments import Archive
+from kvslite.archive.streams import Streams
+from kvslite.errors import ApiError, invalid, not_found
+from kvslite.media import mkv
+from kvslite.ops.archived import MEDIA_TYPE, TIME_COLUMNS, fragment_tags
+from kvslite.store.metadata import Fragment, Stream, seq_of
+
+FOLLOW_IDLE_S = 10.0
+POLL_S = 0.2
+BATCH = 16
+MAX_CONNECTIONS_PER_STREAM = 3  # AWS: more GetMedia connections are refused
+
+
+class Media:
+    def __init__(self, streams: Streams, archive: Archive):
+        self.streams = streams
+        self.archive = archive
+        self.active: Counter[str] = Counter()
+
+    def get_media(self, params: dict) -> StreamingResponse:
+        stream = self.streams.resolve(params.get("StreamName"), params.get("StreamARN"))
+        after_seq = self._start_after(stream, params["StartSelector"])
+        if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
+            raise ApiError("ConnectionLimitExceededException",
+                           f"Stream {stream.name} already has "
+                           f"{MAX_CONNECTIONS_PER_STREAM} GetMedia connections")
+        return StreamingResponse(self._follow(stream, after_seq), media_type=MEDIA_TYPE)
+
+    def _start_after(self, stream: Stream, selector: dict) -> int:
+        """The seq after which streaming starts."""
+        kind = selector["StartSelectorType"]
+        store = self.archive.store
+        if kind == "EARLIEST":
+            return 0
+        if kind == "NOW":
+            latest = store.latest_fragment(stream.arn)
+            return latest.seq if latest else 0
+        if kind in ("FRAGMENT_NUMBER", "CONTINUATION_TOKEN"):
+            member = "AfterFragmentNumber" if kind == "FRAGMENT_NUMBER" else "ContinuationToken"
+            number = selector.get(member)
+            if not number:
+                raise invalid(f"StartSelector.{member} is required for {kind}")
+            seq = seq_of(number)
+            if seq is None or not store.fragments_by_number(stream.arn, [number]):
+                raise not_found(f"Fragment {number} was not found in stream {stream.name}")
+            return seq
+        timestamp = selector.get("StartTimestamp")
+        if timestamp is None:
+            raise invalid(f"StartSelector.StartTimestamp is required for {kind}")
+        fragment = store.fragment_at(stream.arn, TIME_COLUMNS[kind], round(timestamp * 1000))
+        if fragment is not None:
+            return fragment.seq - 1
+        latest = store.latest_fragment(stream.arn)  # nothing that late yet: follow live
+        return latest.seq if latest else 0
+
+    async def _follow(self, stream: Stream, after_seq: int) -> AsyncIterator[bytes]:
+        self.active[stream.arn] += 1
+        try:
+            idle_since = time.monotonic()
+            while time.monotonic() - idle_since < FOLLOW_IDLE_S:
+                batch = await run_in_threadpool(self.archive.store.list_fragments, stream.arn,
+                                                after_seq=after_seq, limit=BATCH)
+                if not batch:
+                    await asyncio.sleep(POLL_S)
+                    continue
+                for fragment in batch:
+                    yield await run_in_threadpool(self._chunk, fragment)
+                    after_seq = fragment.seq
+                idle_since = time.monotonic()
+        finally:
+            self.active[stream.arn] -= 1
+
+    def _chunk(self, fragment: Fragment) -> bytes:
+        behind_ms = max(0, int(time.time() * 1000) - fragment.server_ms)
+        return b"".join([
+            self.archive.header(fragment.header_id),
+            mkv.write_tags(fragment_tags(fragment)),
+            self.archive.cluster_bytes(fragment),
+            mkv.write_tags([("AWS_KINESISVIDEO_MILLIS_BEHIND_NOW", str(behind_ms)),
+                            ("AWS_KINESISVIDEO_CONTINUATION_TOKEN", fragment.number)]),
+        ])
+

@@ -1,0 +1,138 @@
+"""PutMedia: a long-lived chunked POST of MKV, answered by a stream of JSON acks.
+
+Full duplex: the 200 and its headers go out as soon as the body starts, then
+each ack is written the moment the fragment it reports is complete, while the
+producer is still sending. Raw ASGI, because the response must be written
+while the request body is still being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from kvslite.archive.fragments import Archive
+from kvslite.archive.ingest import IngestError, IngestSession, error_ack
+from kvslite.archive.streams import Streams
+from kvslite.errors import ApiError, invalid
+
+log = logging.getLogger("kvslite.putmedia")
+
+IDLE_ACK_EVERY_S = 3.0  # acks keep the connection alive while no data flows
+IDLE_CLOSE_AFTER_S = 30.0  # AWS closes a PutMedia that sends nothing for this long
+MAX_CONNECTION_S = 45 * 60  # AWS's maximum PutMedia connection duration
+MAX_CONNECTIONS_PER_STREAM = 1  # AWS: one PutMedia per stream; the newest is refused
+
+
+class PutMedia:
+    def __init__(self, streams: Streams, archive: Archive):
+        self.streams = streams
+        self.archive = archive
+        self.active: Counter[str] = Counter()  # stream ARN -> open uploads on this node
+
+    async def __call__(self, request: Request) -> "_Upload":
+        headers = request.headers
+        stream = await run_in_threadpool(self.streams.resolve,
+                                         headers.get("x-amzn-stream-name"),
+                                         headers.get("x-amzn-stream-arn"))
+        timecode_type = headers.get("x-amzn-fragment-timecode-type")
+        if timecode_type not in ("ABSOLUTE", "RELATIVE"):
+            raise invalid("x-amzn-fragment-timecode-type must be ABSOLUTE or RELATIVE")
+        start_ms = _producer_start_ms(headers.get("x-amzn-producer-start-timestamp"))
+        if timecode_type == "RELATIVE" and start_ms is None:
+            raise invalid("x-amzn-producer-start-timestamp is required with RELATIVE timecodes")
+        if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
+            raise ApiError("ConnectionLimitExceededException",
+                           f"Stream {stream.name} already has an open PutMedia connection")
+        session = IngestSession(self.archive, stream, timecode_type=timecode_type,
+                                producer_start_ms=start_ms)
+        return _Upload(self, session)
+
+
+def _producer_start_ms(value: str | None) -> int | None:
+    """Epoch seconds with a fraction; the producer SDK writes '1700000000.5' for 5 ms."""
+    if value is None:
+        return None
+    seconds, _, millis = value.strip().partition(".")
+    if not seconds.isdigit() or (millis and not millis.isdigit()):
+        raise invalid(f"x-amzn-producer-start-timestamp is not epoch seconds: {value!r}")
+    if millis and len(millis) <= 3:
+        return int(seconds) * 1000 + int(millis)  # integer milliseconds, as the SDK means
+    return round(float(value) * 1000)
+
+
+class _Upload:
+    """The ASGI response of one PutMedia: reads the body, writes acks."""
+
+    def __init__(self, owner: PutMedia, session: IngestSession):
+        self.owner = owner
+        self.session = session
+        self.headers: dict[str, str] = {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        arn = self.session.stream.arn
+        self.owner.active[arn] += 1
+        try:
+            await self._run(receive, send)
+        finally:
+            self.owner.active[arn] -= 1
+            if not self.owner.active[arn]:
+                del self.owner.active[arn]
+
+    async def _run(self, receive, send) -> None:
+        # Asking for the body before answering makes the server send `100 Continue`
+        # (curl's producers wait for it); sleep(0) lets that request start first.
+        next_message = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        headers = [(b"content-type", b"application/json")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def ack(message: dict) -> None:
+            line = json.dumps(message, separators=(",", ":")) + "\n"
+            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+
+        started = last_data = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({next_message}, timeout=IDLE_ACK_EVERY_S)
+                now = time.monotonic()
+                if now - started > MAX_CONNECTION_S:
+                    raise IngestError(4003, "the connection reached its maximum duration")
+                if not done:
+                    if now - last_data > IDLE_CLOSE_AFTER_S:
+                        log.info("closing PutMedia after %.0f s without data", now - last_data)
+                        break
+                    await ack({"EventType": "IDLE"})
+                    continue
+                message = next_message.result()
+                if message["type"] == "http.disconnect":
+                    break
+                last_data = now
+                for event in await run_in_threadpool(self.session.feed, message.get("body", b"")):
+                    await ack(event)
+                if not message.get("more_body", False):
+                    for event in await run_in_threadpool(self.session.close):
+                        await ack(event)
+                    break
+                next_message = asyncio.ensure_future(receive())
+        except IngestError as error:
+            log.warning("PutMedia to %s: %s", self.session.stream.name, error)
+            for event in error.acks:
+                await ack(event)
+            await ack(error_ack(error))
+        except Exception:
+            log.exception("PutMedia to %s failed", self.session.stream.name)
+            await ack(error_ack(IngestError(5000, "internal error")))
+        finally:
+            if not next_message.done():
+                next_message.cancel()
+        log.info("PutMedia to %s ended: %d fragments persisted, %d duplicates",
+                 self.session.stream.name, self.session.persisted, self.session.duplicates)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,143 @@
+"""Test helpers for the media APIs: a raw full-duplex PutMedia client and MKV checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import socket
+import threading
+import time
+
+import av
+
+from kvslite.media import mkv
+
+
+class PutMediaConnection:
+    """PutMedia over a raw socket, so a test controls every byte and reads acks live."""
+
+    def __init__(self, port: int, stream: str | None = "", *, timecode_type="ABSOLUTE",
+                 start_timestamp: str | None = "1700000000.000", expect_continue=False,
+                 extra_headers: dict | None = None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        headers = {"host": f"127.0.0.1:{port}", "transfer-encoding": "chunked",
+                   "connection": "keep-alive", "x-amzn-fragment-acknowledgment-required": "1"}
+        if stream:
+            headers["x-amzn-stream-name"] = stream
+        if timecode_type:
+            headers["x-amzn-fragment-timecode-type"] = timecode_type
+        if start_timestamp:
+            headers["x-amzn-producer-start-timestamp"] = start_timestamp
+        if expect_continue:
+            headers["expect"] = "100-continue"
+        headers.update(extra_headers or {})
+        head = "POST /putMedia HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.sock.sendall(head.encode() + b"\r\n")
+        self.file = self.sock.makefile("rb")
+        self.acks: queue.Queue = queue.Queue()
+        self.status: int | None = None
+        self.error_body = b""
+        self.got_continue = False
+        self.closed = threading.Event()
+        self.started = threading.Event()
+        if expect_continue:
+            line = self.file.readline()
+            self.got_continue = line.startswith(b"HTTP/1.1 100")
+            self.file.readline()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def send(self, data: bytes) -> None:
+        if data:
+            self.sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def finish(self) -> None:
+        try:
+            self.sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server may already have closed after an error
+
+    def _read(self) -> None:
+        try:
+            status_line = self.file.readline()
+            self.status = int(status_line.split()[1])
+            headers = {}
+            while (line := self.file.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self.headers = headers
+            self.started.set()
+            if headers.get("transfer-encoding") != "chunked":
+                self.error_body = self.file.read(int(headers.get("content-length", 0)))
+                return
+            pending = b""
+            while (size := int(self.file.readline().strip() or b"0", 16)):
+                pending += self.file.read(size)
+                self.file.readline()
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self.acks.put(json.loads(line))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.started.set()
+            self.closed.set()
+
+    def next_ack(self, timeout=10.0, skip_idle=True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            ack = self.acks.get(timeout=max(0.01, deadline - time.monotonic()))
+            if not (skip_idle and ack["EventType"] == "IDLE"):
+                return ack
+
+    def wait_for(self, event_type: str, count: int = 1, timeout=15.0) -> list[dict]:
+        """Acks read until `count` of `event_type` were seen (or ERROR)."""
+        seen, matched = [], 0
+        deadline = time.monotonic() + timeout
+        while matched < count:
+            ack = self.next_ack(max(0.01, deadline - time.monotonic()))
+            seen.append(ack)
+            if ack["EventType"] == event_type:
+                matched += 1
+            elif ack["EventType"] == "ERROR":
+                break
+        return seen
+
+    def all_acks(self, timeout=15.0) -> list[dict]:
+        assert self.closed.wait(timeout), "server did not end the PutMedia response"
+        out = []
+        while not self.acks.empty():
+            ack = self.acks.get()
+            if ack["EventType"] != "IDLE":
+                out.append(ack)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def put_mkv(port: int, stream: str, data: bytes, **kwargs) -> list[dict]:
+    """Upload a whole MKV body at once and return every ack."""
+    conn = PutMediaConnection(port, stream, **kwargs)
+    try:
+        conn.send(data)
+        conn.finish()
+        return conn.all_acks()
+    finally:
+        conn.close()
+
+
+def demux_packets(data: bytes) -> list[tuple[int, bool, bytes]]:
+    """(pts_ms, keyframe, payload) of the video packets FFmpeg finds, in file order."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        scale = float(stream.time_base) * 1000
+        return [(round(p.pts * scale), p.is_keyframe, bytes(p))
+                for p in container.demux(stream) if p.size]
+
+
+def mkv_events(data: bytes) -> list:
+    reader = mkv.MkvReader()
+    return reader.feed(data) + reader.close()
