@@ -135,3 +135,36 @@ def test_missing_signature(secured):
 def test_anonymous_server_accepts_any_signature(shared_server):
     kvs = shared_server.client("kinesisvideo", key="anything", secret="whatever")
     kvs.list_streams()
+
+
+def test_producer_sdk_style_put_media_signs_the_empty_payload(secured):
+    """PutMedia signs connection/transfer-encoding/x-amzn-* headers and sha256(b'')."""
+    from kvs_media import PutMediaConnection
+    from kvslite.media import synthetic
+
+    secured.client("kinesisvideo", key=KEY, secret=SECRET).create_stream(
+        StreamName="signed-put", DataRetentionInHours=1)
+    video = synthetic.encode_video("h264", seconds=1, gop=25)
+    headers = {"host": "127.0.0.1", "connection": "keep-alive", "transfer-encoding": "chunked",
+               "user-agent": "AWS-SDK-KVS-CPP-CLIENT/3.5.0",
+               "x-amzn-fragment-acknowledgment-required": "1",
+               "x-amzn-fragment-timecode-type": "ABSOLUTE",
+               "x-amzn-producer-start-timestamp": "1795756324.836",
+               "x-amzn-stream-name": "signed-put"}
+
+    def upload(secret):
+        signed = _sign("POST", "/putMedia", headers, b"",
+                       when=dt.datetime.now(dt.timezone.utc), secret=secret)
+        conn = PutMediaConnection(secured.port, None, timecode_type=None, start_timestamp=None,
+                                  extra_headers=signed)
+        conn.send(synthetic.to_mkv(video, 1795756324836))
+        conn.finish()
+        acks = conn.all_acks()
+        conn.close()
+        return conn.status, acks, conn.headers.get("x-amzn-errortype")
+
+    status, acks, _ = upload(SECRET)
+    assert status == 200
+    assert [a["EventType"] for a in acks] == ["RECEIVED", "PERSISTED"]
+    status, acks, code = upload("wrong-secret")
+    assert (status, code) == (403, "InvalidSignatureException")

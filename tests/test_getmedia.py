@@ -1,0 +1,115 @@
+"""GetMedia: the archive from any start selector, then live fragments as they land."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from kvs_media import put_mkv
+from kvslite.media import mkv, synthetic
+
+START_MS = int(time.time() * 1000) - 600_000
+
+
+@pytest.fixture(scope="module")
+def video():
+    return synthetic.encode_video("h264", seconds=2, gop=10, bframes=2)  # 5 fragments
+
+
+@pytest.fixture(scope="module")
+def stream(shared_server, kvs, video):
+    kvs.create_stream(StreamName="gm", DataRetentionInHours=24)
+    acks = put_mkv(shared_server.port, "gm", synthetic.to_mkv(video, START_MS))
+    return [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]
+
+
+@pytest.fixture(scope="module")
+def media(shared_server):
+    return shared_server.client("kinesis-video-media")
+
+
+def read_fragments(payload, count: int, timeout=20.0) -> list[dict]:
+    """Parse the live MKV stream until `count` fragments arrived; returns their tags."""
+    reader = mkv.MkvReader()
+    fragments, current = [], {}
+    deadline = time.monotonic() + timeout
+    while len(fragments) < count and time.monotonic() < deadline:
+        # read1 returns what has arrived; read(n) would wait for n bytes of a live stream
+        chunk = payload._raw_stream.read1(65536)
+        if not chunk:
+            break
+        for event in reader.feed(chunk):
+            if isinstance(event, mkv.Tags):
+                current.update(event.tags)
+                if "AWS_KINESISVIDEO_CONTINUATION_TOKEN" in current:
+                    fragments.append(current)
+                    current = {}
+            elif isinstance(event, mkv.Cluster):
+                current["cluster"] = event
+    return fragments
+
+
+def numbers_of(fragments):
+    return [f["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for f in fragments]
+
+
+def test_earliest(media, stream):
+    response = media.get_media(StreamName="gm", StartSelector={"StartSelectorType": "EARLIEST"})
+    assert response["ContentType"] == "video/webm"
+    fragments = read_fragments(response["Payload"], 5)
+    assert numbers_of(fragments) == stream
+    for fragment in fragments:
+        assert fragment["AWS_KINESISVIDEO_CONTINUATION_TOKEN"] == \
+            fragment["AWS_KINESISVIDEO_FRAGMENT_NUMBER"]
+        assert int(fragment["AWS_KINESISVIDEO_MILLIS_BEHIND_NOW"]) >= 0
+        assert fragment["cluster"].frames[0].keyframe
+    response["Payload"].close()
+
+
+def test_after_fragment_number_and_continuation_token(media, stream):
+    for kind, member in (("FRAGMENT_NUMBER", "AfterFragmentNumber"),
+                         ("CONTINUATION_TOKEN", "ContinuationToken")):
+        response = media.get_media(StreamName="gm", StartSelector={
+            "StartSelectorType": kind, member: stream[1]})
+        assert numbers_of(read_fragments(response["Payload"], 3)) == stream[2:]
+        response["Payload"].close()
+
+
+def test_producer_timestamp_starts_with_the_fragment_that_holds_it(media, stream, video):
+    middle_of_third = START_MS + 2 * 400 + 150
+    response = media.get_media(StreamName="gm", StartSelector={
+        "StartSelectorType": "PRODUCER_TIMESTAMP", "StartTimestamp": middle_of_third / 1000})
+    assert numbers_of(read_fragments(response["Payload"], 3)) == stream[2:]
+    response["Payload"].close()
+
+
+def test_now_follows_fragments_put_after_the_call(shared_server, kvs, media, video):
+    kvs.create_stream(StreamName="gm-live", DataRetentionInHours=24)
+    put_mkv(shared_server.port, "gm-live", synthetic.to_mkv(video, START_MS))  # old, skipped
+    response = media.get_media(StreamName="gm-live", StartSelector={"StartSelectorType": "NOW"})
+    live_start = START_MS + 100_000
+    uploader = threading.Timer(0.5, put_mkv, (shared_server.port, "gm-live",
+                                              synthetic.to_mkv(video, live_start)))
+    uploader.start()
+    fragments = read_fragments(response["Payload"], 5)
+    uploader.join()
+    response["Payload"].close()
+    assert [f["cluster"].timecode for f in fragments] == \
+        [c.timecode for c in synthetic.clusters(video, live_start)]
+
+
+def test_get_media_errors(shared_server, media, stream):
+    client = shared_server.client("kinesis-video-media", validate=False)
+    with pytest.raises(ClientError) as e:
+        client.get_media(StreamName="gm", StartSelector={"StartSelectorType": "FRAGMENT_NUMBER"})
+    assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+    with pytest.raises(ClientError) as e:
+        client.get_media(StreamName="gm", StartSelector={
+            "StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": "9" + "0" * 45 + "9"})
+    assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as e:
+        client.get_media(StreamName="nope", StartSelector={"StartSelectorType": "NOW"})
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
