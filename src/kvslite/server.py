@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from kvslite.archive.fragments import Archive
+from kvslite.archive.images import ImageSampler
 from kvslite.archive.streams import Streams
 from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
@@ -43,7 +44,9 @@ def build(settings: Settings) -> Server:
     providers = {
         "kinesisvideo": ControlPlane(streams, archive, endpoint_url=settings.endpoint_url),
         "kinesis-video-media": Media(streams, archive),
-        "kinesis-video-archived-media": ArchivedMedia(streams, archive),
+        "kinesis-video-archived-media": ArchivedMedia(
+            streams, archive, ImageSampler(archive, max_requests=settings.max_image_requests),
+            min_sampling_interval_ms=settings.min_sampling_interval_ms),
     }
     app = EdgeApp(settings, providers, streaming={"/putMedia": PutMedia(streams, archive)})
     return Server(settings, app, metadata, blobs)

@@ -7,6 +7,7 @@ off the event loop and streams the acks back while the upload continues.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 
@@ -69,8 +70,10 @@ class IngestSession:
         self.header: mkv.StreamHeader | None = None
         self.header_id: int | None = None
         self.last_timecode: int | None = None
-        # when the first byte of the cluster being received arrived: its server timestamp
-        self.pending_since_ms: int | None = None
+        # (input offset, arrival ms) of recent chunks: a cluster's server timestamp is
+        # when the chunk holding its first byte arrived
+        self.arrivals: list[tuple[int, int]] = []
+        self.received = 0
         self.persisted = 0
         self.duplicates = 0
 
@@ -81,8 +84,9 @@ class IngestSession:
     def feed(self, chunk: bytes) -> list[dict]:
         """Consume body bytes; return the acks they complete. Raises IngestError."""
         arrived_ms = int(self.now() * 1000)
-        if self.pending_since_ms is None and chunk:
-            self.pending_since_ms = arrived_ms
+        if chunk:
+            self.arrivals.append((self.received, arrived_ms))
+            self.received += len(chunk)
         return self._consume(lambda: self.reader.feed(chunk), arrived_ms)
 
     def close(self) -> list[dict]:
@@ -112,11 +116,17 @@ class IngestSession:
             self._accept_header(event)
             return []
         if isinstance(event, mkv.Cluster):
-            server_ms = self.pending_since_ms or arrived_ms
-            # the bytes after this cluster (if any) began a new one in the same chunk
-            self.pending_since_ms = arrived_ms
-            return self._accept_cluster(event, server_ms)
+            return self._accept_cluster(event, self._arrival_of(event.offset, arrived_ms))
         return []  # Tags: fragment metadata and END_OF_FRAGMENT need no action
+
+    def _arrival_of(self, offset: int, default_ms: int) -> int:
+        """When the chunk holding input byte `offset` arrived; forgets older chunks."""
+        starts = [start for start, _ in self.arrivals]
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            return default_ms
+        del self.arrivals[:i]
+        return self.arrivals[0][1]
 
     def _accept_header(self, header: mkv.StreamHeader) -> None:
         if not header.tracks:

@@ -65,6 +65,7 @@ class Frame:
 class Cluster:
     timecode: int
     frames: list[Frame] = field(default_factory=list)
+    offset: int = field(default=0, compare=False)  # reader: where its body starts in the input
 
 
 @dataclass
@@ -323,7 +324,7 @@ class MkvReader:
         if eid == CLUSTER:
             if self._cluster_tc is None:
                 raise MkvError("invalid_mkv", "Cluster without a Timecode")
-            events.append(Cluster(self._cluster_tc, self._frames))
+            events.append(Cluster(self._cluster_tc, self._frames, self._cluster_start))
             self._frames = []
 
     # -- fully buffered master elements

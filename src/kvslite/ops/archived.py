@@ -1,6 +1,6 @@
 """The `kinesis-video-archived-media` service: reading the archive back.
 
-ListFragments and GetMediaForFragmentList here; GetImages, GetClip and the
+ListFragments, GetMediaForFragmentList and GetImages; GetClip and the
 streaming-session APIs join as they land.
 """
 
@@ -14,20 +14,26 @@ from collections.abc import Iterator
 from starlette.responses import StreamingResponse
 
 from kvslite.archive.fragments import Archive
+from kvslite.archive.images import ImageRequest, ImageSampler
 from kvslite.archive.streams import Streams
 from kvslite.errors import ApiError, invalid
 from kvslite.media import mkv
 from kvslite.store.metadata import Fragment, Stream
 
 DEFAULT_MAX_FRAGMENTS = 100
+DEFAULT_MAX_IMAGES = 100
+DEFAULT_JPEG_QUALITY = 80
 MEDIA_TYPE = "video/webm"
 TIME_COLUMNS = {"PRODUCER_TIMESTAMP": "producer_ms", "SERVER_TIMESTAMP": "server_ms"}
 
 
 class ArchivedMedia:
-    def __init__(self, streams: Streams, archive: Archive):
+    def __init__(self, streams: Streams, archive: Archive, images: ImageSampler, *,
+                 min_sampling_interval_ms: int):
         self.streams = streams
         self.archive = archive
+        self.images = images
+        self.min_sampling_interval_ms = min_sampling_interval_ms
 
     def _stream(self, params: dict) -> Stream:
         stream = self.streams.resolve(params.get("StreamName"), params.get("StreamARN"))
@@ -75,6 +81,44 @@ class ArchivedMedia:
                 yield self.archive.header(header_id)
             yield mkv.write_tags(fragment_tags(fragment))
             yield self.archive.cluster_bytes(fragment)
+
+
+    def get_images(self, params: dict) -> dict:
+        stream = self._stream(params)
+        request = self._image_request(stream, params)
+        first = 0
+        if params.get("NextToken"):
+            first = self.images.index_from(request, params["NextToken"])
+        images, next_index = self.images.page(request, first,
+                                              params.get("MaxResults", DEFAULT_MAX_IMAGES))
+        result = {"Images": [
+            {"TimeStamp": image.time_ms / 1000, "Error": image.error,
+             "ImageContent": base64.b64encode(image.content).decode() if image.content else None}
+            for image in images
+        ]}
+        if next_index is not None:
+            result["NextToken"] = self.images.token_for(request, next_index)
+        return result
+
+    def _image_request(self, stream: Stream, params: dict) -> ImageRequest:
+        start_ms = round(params["StartTimestamp"] * 1000)
+        end_ms = round(params["EndTimestamp"] * 1000)
+        if start_ms > end_ms:
+            raise invalid("StartTimestamp must not be after EndTimestamp")
+        interval = params.get("SamplingInterval", self.min_sampling_interval_ms)
+        if interval < self.min_sampling_interval_ms:
+            raise invalid(f"SamplingInterval must be at least {self.min_sampling_interval_ms} "
+                          f"ms on this server, got {interval}")
+        quality = (params.get("FormatConfig") or {}).get("JPEGQuality",
+                                                         str(DEFAULT_JPEG_QUALITY))
+        if not quality.isdigit() or not 1 <= int(quality) <= 100:
+            raise invalid(f"FormatConfig JPEGQuality must be an integer from 1 to 100, "
+                          f"got {quality!r}")
+        return ImageRequest(
+            stream_arn=stream.arn, clock=TIME_COLUMNS[params["ImageSelectorType"]],
+            start_ms=start_ms, end_ms=end_ms, interval_ms=interval,
+            image_format=params["Format"], quality=int(quality),
+            width=params.get("WidthPixels"), height=params.get("HeightPixels"))
 
 
 def fragment_shape(fragment: Fragment) -> dict:

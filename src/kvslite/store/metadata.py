@@ -101,4 +101,11 @@ class MetadataStore(Protocol):
     def fragment_at(self, arn: str, time_column: str, ms: int) -> Fragment | None:
         """The fragment whose span holds `ms` on that clock, else the first starting after."""
 
+    def fragments_overlapping(self, arn: str, time_column: str, start_ms: int, end_ms: int,
+                              max_duration_ms: int) -> list[Fragment]:
+        """Fragments whose span [start, start + duration) meets [start_ms, end_ms]."""
+
+    def secret(self, name: str) -> bytes:
+        """A random server secret, created on first use and shared by every node."""
+
     def close(self) -> None: ...

@@ -7,6 +7,7 @@ connection (sqlite3 connections are not shared across threads).
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -60,6 +61,10 @@ MIGRATIONS = [
     CREATE UNIQUE INDEX fragments_by_number ON fragments (arn, number);
     CREATE INDEX fragments_by_producer_time ON fragments (arn, producer_ms);
     CREATE INDEX fragments_by_server_time ON fragments (arn, server_ms);
+    """,
+    # 3: server-wide secrets (e.g. the key that signs GetImages NextTokens), shared by nodes
+    """
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
     """,
 ]
 
@@ -281,3 +286,22 @@ class SqliteMetadataStore:
         after = self._fragments(
             f"arn = ? AND {time_column} > ? ORDER BY {time_column}, seq LIMIT 1", (arn, ms))
         return after[0] if after else None
+
+    def fragments_overlapping(self, arn: str, time_column: str, start_ms: int, end_ms: int,
+                              max_duration_ms: int) -> list[Fragment]:
+        if time_column not in ("producer_ms", "server_ms"):
+            raise ValueError(time_column)
+        # the lower bound on the start keeps the index useful; no fragment is longer
+        return self._fragments(
+            f"arn = ? AND {time_column} BETWEEN ? AND ? AND {time_column} + duration_ms > ? "
+            f"ORDER BY {time_column}, seq",
+            (arn, start_ms - max_duration_ms, end_ms, start_ms))
+
+    # -- secrets ---------------------------------------------------------------------
+
+    def secret(self, name: str) -> bytes:
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                         (name, secrets.token_bytes(32)))
+            return conn.execute("SELECT value FROM secrets WHERE name = ?",
+                                (name,)).fetchone()[0]

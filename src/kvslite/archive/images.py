@@ -1,0 +1,225 @@
+"""GetImages: sample times -> the fragment covering each -> the frame on screen -> an image.
+
+For sample time t the image is the last frame with timestamp <= t in the
+fragment whose span [start, start + duration) contains t. Each fragment a page
+needs is read once, up to its last needed frame, and decoded once, in parallel
+across fragments; images are encoded in the same worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import hmac
+import json
+import logging
+import os
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from kvslite.archive.fragments import Archive, FrameEntry, unpack_frames
+from kvslite.errors import ApiError, invalid
+from kvslite.media import mkv
+from kvslite.media.decode import DecodeError, decode_wanted
+from kvslite.media.images import encode_image
+from kvslite.store.metadata import Fragment
+
+log = logging.getLogger("kvslite.images")
+
+MAX_FRAGMENT_SPAN_MS = 60_000  # longer than any fragment ingest accepts
+VIDEO = 1
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """Everything that decides which images a GetImages call returns (not its paging)."""
+
+    stream_arn: str
+    clock: str  # "producer_ms" | "server_ms"
+    start_ms: int
+    end_ms: int
+    interval_ms: int
+    image_format: str  # "JPEG" | "PNG"
+    quality: int
+    width: int | None
+    height: int | None
+
+    def sample_count(self) -> int:
+        return (self.end_ms - self.start_ms) // self.interval_ms + 1
+
+    def sample_time(self, index: int) -> int:
+        return self.start_ms + index * self.interval_ms
+
+
+@dataclass
+class Image:
+    time_ms: int
+    content: bytes | None = None
+    error: str | None = None  # "NO_MEDIA" | "MEDIA_ERROR"
+
+
+@dataclass
+class _Group:
+    """The samples one fragment serves, with the frame (index entry) each one shows."""
+
+    fragment: Fragment
+    samples: list[tuple[int, FrameEntry]]  # (sample index, frame shown)
+
+
+class ImageSampler:
+    def __init__(self, archive: Archive, *, workers: int | None = None,
+                 max_requests: int = 8, page_bytes: int = 16 << 20):
+        self.archive = archive
+        self.workers = workers or os.cpu_count() or 2
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kvslite-decode")
+        self.slots = threading.BoundedSemaphore(max_requests)
+        self.page_bytes = page_bytes
+        self.token_key = archive.store.secret("get-images-next-token")
+
+    # -- paging tokens ------------------------------------------------------------------
+
+    def _mac(self, request: ImageRequest, index: int) -> bytes:
+        message = json.dumps(asdict(request), sort_keys=True).encode() + struct.pack(">Q", index)
+        return hmac.new(self.token_key, message, hashlib.sha256).digest()[:16]
+
+    def token_for(self, request: ImageRequest, index: int) -> str:
+        return base64.b64encode(struct.pack(">Q", index) + self._mac(request, index)).decode()
+
+    def index_from(self, request: ImageRequest, token: str) -> int:
+        try:
+            raw = base64.b64decode(token, validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) == 24:
+            index = struct.unpack(">Q", raw[:8])[0]
+            if hmac.compare_digest(raw[8:], self._mac(request, index)) and \
+                    index < request.sample_count():
+                return index
+        raise invalid("NextToken is invalid, or was issued for a different GetImages request")
+
+    # -- one page -------------------------------------------------------------------------
+
+    def page(self, request: ImageRequest, first: int, max_results: int
+             ) -> tuple[list[Image], int | None]:
+        """Images for samples first, first+1, ...; returns them and the next index (or None)."""
+        if not self.slots.acquire(blocking=False):
+            raise ApiError("ClientLimitExceededException",
+                           "Too many GetImages requests in flight; retry shortly")
+        try:
+            return self._page(request, first, max_results)
+        finally:
+            self.slots.release()
+
+    def _page(self, request: ImageRequest, first: int, max_results: int):
+        last = min(request.sample_count(), first + max_results) - 1
+        images = {i: Image(request.sample_time(i), error="NO_MEDIA")
+                  for i in range(first, last + 1)}
+        groups = self._plan(request, first, last)
+        cut = last + 1
+        size = 0
+        wave = self.workers * 2
+        for start in range(0, len(groups), wave):
+            batch = groups[start:start + wave]
+            threads = max(1, self.workers // len(batch))
+            results = self.pool.map(lambda g: self._render(request, g, threads), batch)
+            for group, rendered in zip(batch, results):
+                for index, _ in group.samples:
+                    images[index] = rendered.get(index) or Image(request.sample_time(index),
+                                                                 error="MEDIA_ERROR")
+                    size += len(images[index].content or b"")
+            if size > self.page_bytes and start + wave < len(groups):
+                # keep the response bounded: end the page before the first unrendered sample
+                cut = min(index for g in groups[start + wave:] for index, _ in g.samples)
+                break
+        page = [images[i] for i in range(first, cut)]
+        return page, (cut if cut < request.sample_count() else None)
+
+    def _plan(self, request: ImageRequest, first: int, last: int) -> list[_Group]:
+        """Assign each sample to the fragment covering it and the frame it shows."""
+        fragments = self.archive.store.fragments_overlapping(
+            request.stream_arn, request.clock, request.sample_time(first),
+            request.sample_time(last), MAX_FRAGMENT_SPAN_MS)
+        starts = [getattr(f, request.clock) for f in fragments]
+        groups: dict[int, _Group] = {}
+        frames: dict[int, list[FrameEntry]] = {}
+        for index in range(first, last + 1):
+            t = request.sample_time(index)
+            fragment = _covering(fragments, starts, t)
+            if fragment is None:
+                continue  # NO_MEDIA
+            if fragment.seq not in frames:
+                frames[fragment.seq] = self._video_frames(fragment)
+            shown = _frame_shown(frames[fragment.seq], t - getattr(fragment, request.clock))
+            group = groups.setdefault(fragment.seq, _Group(fragment, []))
+            group.samples.append((index, shown))
+        return list(groups.values())
+
+    def _video_frames(self, fragment: Fragment) -> list[FrameEntry]:
+        track = _video_track(self.archive.header(fragment.header_id))
+        if track is None:
+            return []
+        return [e for e in unpack_frames(fragment.frames) if e.track == track.number]
+
+    def _render(self, request: ImageRequest, group: _Group, threads: int) -> dict[int, Image]:
+        """Decode one fragment once and encode every image it serves."""
+        fragment = group.fragment
+        if any(frame is None for _, frame in group.samples):
+            return {}  # no video track in this fragment: MEDIA_ERROR
+        try:
+            track = _video_track(self.archive.header(fragment.header_id))
+            frames = self._video_frames(fragment)
+            wanted = {frame.offset_ms for _, frame in group.samples}
+            last = max(i for i, e in enumerate(frames) if e.offset_ms in wanted)
+            blob = self.archive.blobs.get(fragment.blob_key, 0,
+                                          frames[last].payload_offset + frames[last].size)
+            packets = [(e.offset_ms, blob[e.payload_offset:e.payload_offset + e.size])
+                       for e in frames[: last + 1]]
+            decoded = decode_wanted(track.codec_id, track.codec_private, packets, wanted,
+                                    threads=threads)
+            encoded = {
+                offset: encode_image(frame, request.image_format, quality=request.quality,
+                                     width=request.width, height=request.height)
+                for offset, frame in decoded.items()
+            }
+        except (DecodeError, OSError, ValueError) as e:
+            log.warning("fragment %s cannot be decoded: %s", fragment.number, e)
+            return {}
+        return {index: Image(request.sample_time(index), content=encoded[frame.offset_ms])
+                for index, frame in group.samples}
+
+
+def _covering(fragments: list[Fragment], starts: list[int], t: int) -> Fragment | None:
+    """The latest-starting fragment whose span contains t."""
+    i = bisect.bisect_right(starts, t) - 1
+    while i >= 0 and t - starts[i] < MAX_FRAGMENT_SPAN_MS:
+        if t < starts[i] + fragments[i].duration_ms:
+            return fragments[i]
+        i -= 1
+    return None
+
+
+def _frame_shown(frames: list[FrameEntry], offset_ms: int) -> FrameEntry | None:
+    """The last frame presented at or before offset_ms (the first one if none is yet).
+
+    None for a fragment without video frames: its samples become MEDIA_ERROR.
+    """
+    if not frames:
+        return None
+    shown = None
+    for frame in frames:
+        if frame.offset_ms <= offset_ms and (shown is None or frame.offset_ms > shown.offset_ms):
+            shown = frame
+    return shown or min(frames, key=lambda f: f.offset_ms)
+
+
+@lru_cache(maxsize=256)
+def _video_track(header: bytes) -> mkv.Track | None:
+    reader = mkv.MkvReader()
+    for event in reader.feed(header):
+        if isinstance(event, mkv.StreamHeader):
+            return next((t for t in event.tracks if t.track_type == VIDEO), None)
+    return None

@@ -1,0 +1,338 @@
+"""GetImages end to end: frame-accurate images from a real archive, through boto3."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image
+
+from kvs_media import put_mkv
+from kvslite.media import synthetic
+
+START_MS = (int(time.time()) - 7200) * 1000
+GAP_START_MS = START_MS + 100_000  # a second copy, with a gap before it
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def pixels(image: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image["ImageContent"])))
+                      .convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def server(start_server_module):
+    return start_server_module("--min-sampling-interval-ms", "1")
+
+
+@pytest.fixture(scope="module")
+def start_server_module(tmp_path_factory):
+    from conftest import ServerProcess
+
+    servers = []
+
+    def start(*args):
+        server = ServerProcess(tmp_path_factory.mktemp("img") / "data", *args).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def h264():
+    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+
+
+@pytest.fixture(scope="module")
+def h265():
+    return synthetic.encode_video("h265", seconds=2, gop=20, bframes=2)
+
+
+@pytest.fixture(scope="module")
+def archived(server):
+    return server.client("kinesis-video-archived-media")
+
+
+@pytest.fixture(scope="module")
+def streams(server, h264, h265):
+    kvs = server.client("kinesisvideo")
+    for name in ("img-h264", "img-h265", "img-corrupt"):
+        kvs.create_stream(StreamName=name, DataRetentionInHours=24)
+    put_mkv(server.port, "img-h264", synthetic.to_mkv(h264, START_MS))
+    put_mkv(server.port, "img-h264", synthetic.to_mkv(h264, GAP_START_MS))
+    put_mkv(server.port, "img-h265", synthetic.to_mkv(h265, START_MS))
+    put_mkv(server.port, "img-corrupt", synthetic.to_mkv(h264, START_MS))
+    kvs.create_stream(StreamName="img-noretention", DataRetentionInHours=0)
+
+
+def get_images(archived, stream, start_ms, end_ms, interval, **kwargs):
+    """All pages of one request, joined."""
+    kwargs.setdefault("Format", "JPEG")
+    kwargs.setdefault("ImageSelectorType", "PRODUCER_TIMESTAMP")
+    pages = archived.get_paginator("get_images").paginate(
+        StreamName=stream, StartTimestamp=start_ms / 1000, EndTimestamp=end_ms / 1000,
+        SamplingInterval=interval, **kwargs)
+    return [image for page in pages for image in page["Images"]]
+
+
+def assert_shows(image: dict, video, t_offset_ms: int, min_psnr=30.0):
+    """The image is the frame on screen at t (last pts <= t), not one of its neighbours."""
+    reference = video.frames_rgb()
+    shown = max(i for i, (pts, _) in enumerate(reference) if pts <= t_offset_ms)
+    got = pixels(image)
+    own = psnr(got, reference[shown][1])
+    assert own >= min_psnr, (t_offset_ms, own)
+    for neighbour in (shown - 1, shown + 1):
+        if 0 <= neighbour < len(reference):
+            assert psnr(got, reference[neighbour][1]) < own, (t_offset_ms, neighbour)
+
+
+def test_every_sample_is_the_frame_on_screen(archived, streams, h264):
+    """13 ms steps hit every frame at many phases: first frame of a GOP, mid-GOP B-frames,
+    the last frame before the next keyframe."""
+    images = get_images(archived, "img-h264", START_MS, START_MS + 3999, 13)
+    assert len(images) == 308  # t_k = start + 13k <= end, four pages
+    assert [round(i["TimeStamp"].timestamp() * 1000) for i in images] == \
+        [START_MS + 13 * k for k in range(308)]
+    for k, image in enumerate(images):
+        assert "Error" not in image, (k, image)
+        assert_shows(image, h264, 13 * k)
+
+
+def test_gop_boundaries_exactly(archived, streams, h264):
+    last_before_key = h264.pts_ms(24)  # the frame shown just before the 2nd keyframe
+    for t in (0, last_before_key, last_before_key + 39, 1000, 1000 + 1):
+        [image] = get_images(archived, "img-h264", START_MS + t, START_MS + t, 3000)
+        assert_shows(image, h264, t)
+
+
+def test_h265(archived, streams, h265):
+    images = get_images(archived, "img-h265", START_MS, START_MS + 1999, 37)
+    assert len(images) == 55
+    for k, image in enumerate(images):
+        assert_shows(image, h265, 37 * k)
+
+
+def test_no_media_before_between_and_after(archived, streams, h264):
+    images = get_images(archived, "img-h264", START_MS - 2000, GAP_START_MS + 6000, 1000)
+    errors = [i.get("Error") for i in images]
+    assert len(images) == 109
+    assert errors[:2] == ["NO_MEDIA", "NO_MEDIA"]           # before the archive
+    assert errors[2:6] == [None] * 4                        # first copy, 4 s
+    assert set(errors[6:102]) == {"NO_MEDIA"}               # the gap
+    assert errors[102:106] == [None] * 4                    # second copy
+    assert set(errors[106:]) == {"NO_MEDIA"}                # after the last fragment
+    assert all("ImageContent" not in i for i in images if i.get("Error"))
+
+
+def test_range_shorter_than_interval_gives_the_start(archived, streams, h264):
+    images = get_images(archived, "img-h264", START_MS + 500, START_MS + 900, 3000)
+    assert len(images) == 1
+    assert round(images[0]["TimeStamp"].timestamp() * 1000) == START_MS + 500
+    assert_shows(images[0], h264, 500)
+
+
+def test_server_timestamp_selector(server, archived, h264):
+    """Sampled on kvslite's arrival clock: a fragment's frames keep their offsets."""
+    from kvs_media import PutMediaConnection
+    from kvslite.media import mkv
+
+    server.client("kinesisvideo").create_stream(StreamName="img-server", DataRetentionInHours=1)
+    conn = PutMediaConnection(server.port, "img-server")
+    conn.send(mkv.write_header(synthetic.stream_header(h264)))
+    for cluster in synthetic.clusters(h264, START_MS)[:3]:
+        conn.send(mkv.write_cluster(cluster)[0])  # one fragment a second, like a camera
+        time.sleep(1.0)
+    conn.finish()
+    conn.all_acks()
+    conn.close()
+    for fragment in archived.list_fragments(StreamName="img-server")["Fragments"]:
+        server_ms = round(fragment["ServerTimestamp"].timestamp() * 1000)
+        producer_offset = round(fragment["ProducerTimestamp"].timestamp() * 1000) - START_MS
+        for offset in (0, 41, 500, 999):
+            [image] = get_images(archived, "img-server", server_ms + offset, server_ms + offset,
+                                 3000, ImageSelectorType="SERVER_TIMESTAMP")
+            assert_shows(image, h264, producer_offset + offset)
+
+
+def test_corrupted_fragment_is_media_error_for_its_samples_only(server, archived, streams,
+                                                                h264):
+    blobs = sorted(Path(server.data_dir, "media").glob("streams/*-img-corrupt/*.mkv"))
+    assert len(blobs) == 4
+    second = blobs[1]  # named by producer timestamp: the fragment [1000, 2000)
+    second.write_bytes(bytes(len(second.read_bytes())))
+    images = get_images(archived, "img-corrupt", START_MS, START_MS + 3999, 250)
+    errors = [i.get("Error") for i in images]
+    assert errors == [None] * 4 + ["MEDIA_ERROR"] * 4 + [None] * 8
+    for k in (0, 3, 8, 15):
+        assert_shows(images[k], h264, 250 * k)
+
+
+def test_png_is_lossless_and_sizes_follow_the_rules(archived, streams, h264):
+    [png] = get_images(archived, "img-h264", START_MS + 520, START_MS + 520, 3000, Format="PNG")
+    assert base64.b64decode(png["ImageContent"]).startswith(b"\x89PNG")
+    assert_shows(png, h264, 520, min_psnr=45)
+
+    def size(**kwargs):
+        [image] = get_images(archived, "img-h264", START_MS, START_MS, 3000, **kwargs)
+        return Image.open(io.BytesIO(base64.b64decode(image["ImageContent"]))).size
+
+    assert size() == (320, 240)
+    assert size(WidthPixels=100, HeightPixels=300) == (100, 300)  # stretched
+    assert size(WidthPixels=160) == (160, 120)                    # aspect kept
+    assert size(HeightPixels=60) == (80, 60)
+
+
+def test_jpeg_quality_changes_the_bytes(archived, streams):
+    def jpeg_size(quality):
+        [image] = get_images(archived, "img-h264", START_MS + 40, START_MS + 40, 3000,
+                             FormatConfig={"JPEGQuality": quality})
+        return len(base64.b64decode(image["ImageContent"]))
+
+    assert jpeg_size("10") < jpeg_size("80") < jpeg_size("100")
+
+
+def test_pages_join_to_one_big_page(archived, streams):
+    def request(max_results, token=None):
+        kwargs = {"NextToken": token} if token else {}
+        return archived.get_images(
+            StreamName="img-h264", ImageSelectorType="PRODUCER_TIMESTAMP",
+            StartTimestamp=START_MS / 1000, EndTimestamp=(START_MS + 3000) / 1000,
+            SamplingInterval=50, Format="JPEG", MaxResults=max_results, **kwargs)
+
+    whole = request(100)
+    assert "NextToken" not in whole and len(whole["Images"]) == 61
+    joined, token, pages = [], None, 0
+    while True:
+        page = request(7, token)
+        pages += 1
+        assert len(page["Images"]) <= 7
+        joined += page["Images"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert pages == 9
+    assert joined == whole["Images"]
+
+
+def test_default_max_results_is_100(archived, streams):
+    page = archived.get_images(StreamName="img-h264", ImageSelectorType="PRODUCER_TIMESTAMP",
+                               StartTimestamp=START_MS / 1000,
+                               EndTimestamp=(START_MS + 3999) / 1000,
+                               SamplingInterval=10, Format="JPEG")
+    assert len(page["Images"]) == 100 and page["NextToken"]
+
+
+# -- errors ------------------------------------------------------------------------------
+
+def error_code(client, **overrides):
+    params = dict(StreamName="img-h264", ImageSelectorType="PRODUCER_TIMESTAMP",
+                  StartTimestamp=START_MS / 1000, EndTimestamp=(START_MS + 1000) / 1000,
+                  SamplingInterval=100, Format="JPEG")
+    params.update(overrides)
+    params = {k: v for k, v in params.items() if v is not None}
+    with pytest.raises(ClientError) as e:
+        client.get_images(**params)
+    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"][
+        "HTTPStatusCode"]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"StartTimestamp": (START_MS + 2000) / 1000},                # start after end
+    {"FormatConfig": {"JPEGQuality": "0"}},
+    {"FormatConfig": {"JPEGQuality": "101"}},
+    {"FormatConfig": {"JPEGQuality": "high"}},
+    {"FormatConfig": {"Quality": "50"}},
+    {"FormatConfig": {}},
+    {"WidthPixels": 3841},
+    {"HeightPixels": 2161},
+    {"WidthPixels": 0},
+    {"MaxResults": 101},
+    {"MaxResults": 0},
+    {"Format": "GIF"},
+    {"ImageSelectorType": "ARRIVAL_TIMESTAMP"},
+    {"NextToken": "AAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAA"},        # forged
+    {"NextToken": "not a token!"},
+    {"Format": None},                                           # required
+    {"StartTimestamp": None},
+])
+def test_invalid_arguments(server, streams, overrides):
+    client = server.client("kinesis-video-archived-media", validate=False)
+    assert error_code(client, **overrides) == ("InvalidArgumentException", 400)
+
+
+def test_next_token_is_bound_to_its_request(archived, streams):
+    page = archived.get_images(StreamName="img-h264", ImageSelectorType="PRODUCER_TIMESTAMP",
+                               StartTimestamp=START_MS / 1000,
+                               EndTimestamp=(START_MS + 2000) / 1000, SamplingInterval=100,
+                               Format="JPEG", MaxResults=5)
+    assert error_code(archived, NextToken=page["NextToken"], Format="PNG") == \
+        ("InvalidArgumentException", 400)
+    assert error_code(archived, NextToken=page["NextToken"], SamplingInterval=101) == \
+        ("InvalidArgumentException", 400)
+
+
+def test_stream_errors(archived, streams):
+    assert error_code(archived, StreamName="img-noretention") == \
+        ("NoDataRetentionException", 400)
+    assert error_code(archived, StreamName="img-nope") == ("ResourceNotFoundException", 404)
+    assert error_code(archived, StreamName=None) == ("InvalidArgumentException", 400)
+
+
+def test_sampling_interval_minimum_is_a_server_setting(shared_server, kvs, h264):
+    """The default server keeps AWS's 3000 ms minimum; omitted means the minimum."""
+    kvs.create_stream(StreamName="img-minimum", DataRetentionInHours=1)
+    put_mkv(shared_server.port, "img-minimum", synthetic.to_mkv(h264, START_MS))
+    client = shared_server.client("kinesis-video-archived-media")
+    with pytest.raises(ClientError) as e:
+        client.get_images(StreamName="img-minimum", ImageSelectorType="PRODUCER_TIMESTAMP",
+                          StartTimestamp=START_MS / 1000, EndTimestamp=START_MS / 1000 + 10,
+                          SamplingInterval=2999, Format="JPEG")
+    assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+    page = client.get_images(StreamName="img-minimum", ImageSelectorType="PRODUCER_TIMESTAMP",
+                             StartTimestamp=START_MS / 1000, EndTimestamp=START_MS / 1000 + 10,
+                             Format="JPEG")
+    assert [round(i["TimeStamp"].timestamp() * 1000) - START_MS for i in page["Images"]] == \
+        [0, 3000, 6000, 9000]
+    assert [i.get("Error") for i in page["Images"]] == [None, None, "NO_MEDIA", "NO_MEDIA"]
+
+
+def test_overload_is_shed_not_fatal(start_server_module, h264):
+    server = start_server_module("--min-sampling-interval-ms", "1",
+                                 "--max-image-requests", "1")
+    server.client("kinesisvideo").create_stream(StreamName="busy", DataRetentionInHours=1)
+    put_mkv(server.port, "busy", synthetic.to_mkv(h264, START_MS))
+    outcomes = []
+
+    def call():
+        client = server.client("kinesis-video-archived-media")
+        try:
+            page = client.get_images(StreamName="busy", ImageSelectorType="PRODUCER_TIMESTAMP",
+                                     StartTimestamp=START_MS / 1000,
+                                     EndTimestamp=(START_MS + 3999) / 1000,
+                                     SamplingInterval=40, Format="PNG")
+            outcomes.append(len(page["Images"]))
+        except ClientError as e:
+            outcomes.append(e.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "ClientLimitExceededException" in outcomes
+    assert set(outcomes) <= {100, "ClientLimitExceededException"}
+    assert 100 in outcomes
