@@ -287,3 +287,56 @@ def test_kill_9_mid_upload_keeps_every_persisted_fragment(start_server, tmp_path
     packets = demux_packets(media["Payload"].read())
     sent = [f for c in synthetic.clusters(video, NOW_MS - 9_000)[:8] for f in c.frames]
     assert [d for _, _, d in packets] == [f.payload for f in sent]
+
+
+def encode_aac(seconds: float) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A sine tone as AAC: (AudioSpecificConfig, [(pts_ms, payload)])."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    encoder = av.CodecContext.create("aac", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48_000, "mono", "fltp"
+    encoder.time_base = fractions.Fraction(1, 48_000)
+    encoder.flags |= av.codec.context.Flags.global_header
+    packets, samples = [], 0
+    while samples < seconds * 48_000:
+        tone = np.sin(np.arange(samples, samples + 1024) * 2 * np.pi * 440 / 48_000)
+        frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None, :], format="fltp",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 48_000, samples
+        samples += 1024
+        packets += [(round(p.pts * 1000 / 48_000), bytes(p)) for p in encoder.encode(frame)]
+    return bytes(encoder.extradata), packets
+
+
+def test_audio_track_is_stored_and_passed_through(shared_server, kvs, archived, h264):
+    import io
+
+    import av
+
+    stream = make_stream(kvs, "put-audio")
+    config, audio = encode_aac(4.0)
+    start = NOW_MS - 70_000
+    header = synthetic.stream_header(h264)
+    header.tracks.append(mkv.Track(number=2, uid=2, track_type=2, codec_id="A_AAC",
+                                   codec_private=config, sampling_frequency=48_000.0,
+                                   channels=1))
+    body, sent = mkv.write_header(header), []
+    for cluster in synthetic.clusters(h264, start):
+        end = cluster.frames[-1].timecode + 40
+        frames = [mkv.Frame(2, start + pts, True, payload) for pts, payload in audio
+                  if cluster.timecode <= start + pts < end]
+        sent += [f.payload for f in frames]
+        cluster.frames += frames
+        cluster.frames.sort(key=lambda f: f.timecode if f.track_number == 2 else -1)
+        body += mkv.write_cluster(cluster)[0]
+    numbers = [a["FragmentNumber"] for a in persisted(put_mkv(shared_server.port, stream, body))]
+    assert len(numbers) == 4
+    data = archived.get_media_for_fragment_list(StreamName=stream,
+                                                Fragments=numbers)["Payload"].read()
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+        got = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+    assert len(sent) > 150 and got == sent
