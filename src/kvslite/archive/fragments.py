@@ -65,12 +65,15 @@ class Archive:
     def __init__(self, store: MetadataStore, blobs: FileBlobStore):
         self.store = store
         self.blobs = blobs
+        self._headers: dict[int, bytes] = {}  # headers never change once saved
 
     def save_header(self, stream: Stream, header: mkv.StreamHeader) -> int:
         return self.store.save_header(stream.arn, mkv.write_header(header))
 
     def header(self, header_id: int) -> bytes:
-        return self.store.get_header(header_id)
+        if header_id not in self._headers:
+            self._headers[header_id] = self.store.get_header(header_id)
+        return self._headers[header_id]
 
     def persist(self, stream: Stream, header_id: int, cluster: mkv.Cluster, *,
                 producer_ms: int, server_ms: int, duration_ms: int, to_ms) -> Fragment:

@@ -174,8 +174,10 @@ class ImageSampler:
             frames = self._video_frames(fragment)
             wanted = {frame.offset_ms for _, frame in group.samples}
             last = max(i for i, e in enumerate(frames) if e.offset_ms in wanted)
-            blob = self.archive.blobs.get(fragment.blob_key, 0,
-                                          frames[last].payload_offset + frames[last].size)
+            needed = frames[last].payload_offset + frames[last].size
+            blob = self.archive.blobs.get(fragment.blob_key, 0, needed)
+            if len(blob) < needed:
+                raise OSError(f"stored fragment is truncated ({len(blob)} < {needed} bytes)")
             packets = [(e.offset_ms, blob[e.payload_offset:e.payload_offset + e.size])
                        for e in frames[: last + 1]]
             decoded = decode_wanted(track.codec_id, track.codec_private, packets, wanted,
@@ -187,6 +189,9 @@ class ImageSampler:
             }
         except (DecodeError, OSError, ValueError) as e:
             log.warning("fragment %s cannot be decoded: %s", fragment.number, e)
+            return {}
+        except Exception:  # a bug must not fail the whole page; the log keeps the trace
+            log.exception("rendering fragment %s failed", fragment.number)
             return {}
         return {index: Image(request.sample_time(index), content=encoded[frame.offset_ms])
                 for index, frame in group.samples}
