@@ -42,11 +42,11 @@ def build(settings: Settings) -> Server:
     streams = Streams(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     providers = {
-        "kinesisvideo": ControlPlane(streams, archive, endpoint_url=settings.endpoint_url),
-        "kinesis-video-media": Media(streams, archive),
-        "kinesis-video-archived-media": ArchivedMedia(
+        "kinesisvideo": [ControlPlane(streams, archive, endpoint_url=settings.endpoint_url)],
+        "kinesis-video-media": [Media(streams, archive)],
+        "kinesis-video-archived-media": [ArchivedMedia(
             streams, archive, ImageSampler(archive, max_requests=settings.max_image_requests),
-            min_sampling_interval_ms=settings.min_sampling_interval_ms),
+            min_sampling_interval_ms=settings.min_sampling_interval_ms)],
     }
     app = EdgeApp(settings, providers, streaming={"/putMedia": PutMedia(streams, archive)})
     return Server(settings, app, metadata, blobs)

@@ -29,18 +29,23 @@ log = logging.getLogger("kvslite.edge")
 # A streaming operation the botocore models do not describe (PutMedia): it gets the
 # raw request (already authenticated) and returns a response that may stream.
 StreamingHandler = Callable[[Request], Awaitable[Response]]
+# A plain HTTP endpoint outside the KVS APIs, matched by path prefix: HLS/DASH session
+# URLs (authenticated by their session token, as on AWS) and the web viewer's files.
+PageHandler = Callable[[Request], Awaitable[Response]]
 
 
 class EdgeApp:
     def __init__(
         self,
         settings: Settings,
-        providers: dict[str, Any],
+        providers: dict[str, list[Any]],
         streaming: dict[str, StreamingHandler] | None = None,
+        pages: dict[str, PageHandler] | None = None,
     ):
         self.settings = settings
-        self.providers = providers  # botocore service name -> provider object
+        self.providers = providers  # botocore service name -> provider objects
         self.streaming = streaming or {}  # request path -> handler
+        self.pages = pages or {}  # path prefix -> handler
         self.routes = model.routes()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -68,6 +73,9 @@ class EdgeApp:
         streaming = self.streaming.get(path)
         route = self.routes.get(path)
         if streaming is None and route is None:
+            page = self._page_for(path)
+            if page is not None:
+                return await page(request)
             raise ApiError("UnknownOperationException", f"No KVS operation at {path}",
                            status=404)
         if request.method != "POST":
@@ -93,7 +101,15 @@ class EdgeApp:
 
     def handler_for(self, route: model.Route):
         """The provider method serving `route`, or None if kvslite lacks it."""
-        return getattr(self.providers.get(route.service), xform_name(route.name), None)
+        method = xform_name(route.name)
+        for provider in self.providers.get(route.service, []):
+            if hasattr(provider, method):
+                return getattr(provider, method)
+        return None
+
+    def _page_for(self, path: str) -> PageHandler | None:
+        matches = [prefix for prefix in self.pages if path.startswith(prefix)]
+        return self.pages[max(matches, key=len)] if matches else None
 
     def _authenticate(self, request: Request, body: bytes) -> None:
         if not self.settings.auth_enabled:
