@@ -1,0 +1,253 @@
+"""Producer: uploads video to one stream, control plane (boto3) and PutMedia together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from .acks import Ack
+from .errors import HttpError, ProducerError
+from .fragments import MAX_FRAGMENT_MS, USER_AGENT, media_chunks
+from .putmedia import PutMediaUpload, putmedia_headers
+from .source import MediaSource, open_source
+from .summary import PutSummary
+from .timestamps import now_ms, to_epoch_ms
+from .video import MEDIA_TYPES, VideoFormat
+
+DEFAULT_ENDPOINT_URL = "http://127.0.0.1:4567"
+
+
+class Producer:
+    """Uploads video to one stream with PutMedia.
+
+    `endpoint_url` is the control-plane URL (kvslite, or https://kinesisvideo.<region>.
+    amazonaws.com for AWS); None means $KVSLITE_ENDPOINT_URL or http://127.0.0.1:4567.
+    `credentials`: a botocore Credentials object, a (key, secret[, token]) tuple, or None
+    for the usual AWS chain (environment, ~/.aws, ...); with no credentials anywhere the
+    requests go unsigned. The data endpoint comes from GetDataEndpoint (APIName
+    PUT_MEDIA) unless `data_endpoint` is given.
+    """
+
+    def __init__(self, stream_name: str | None = None, *, stream_arn: str | None = None,
+                 endpoint_url: str | None = None, region: str | None = None, credentials=None,
+                 data_endpoint: str | None = None, connect_timeout: float = 10.0,
+                 ack_timeout: float = 30.0, user_agent: str = USER_AGENT):
+        if stream_name is None and stream_arn is None:
+            raise ValueError("give a stream_name or a stream_arn")
+        if stream_name is not None and stream_name.startswith("arn:") and stream_arn is None:
+            stream_name, stream_arn = None, stream_name
+        self.stream_name, self.stream_arn = stream_name, stream_arn
+        self.endpoint_url = (endpoint_url or os.environ.get("KVSLITE_ENDPOINT_URL")
+                             or DEFAULT_ENDPOINT_URL)
+        self._data_endpoint = data_endpoint
+        self.connect_timeout, self.ack_timeout = connect_timeout, ack_timeout
+        self.user_agent = user_agent
+        self.credentials, self.region = _credentials_and_region(credentials, region)
+        self._client = None
+        self._retention: int | None = None  # DataRetentionInHours, once described
+
+    @property
+    def stream(self) -> str:
+        return self.stream_name or self.stream_arn
+
+    def _stream_params(self) -> dict:
+        return {"StreamName": self.stream_name} if self.stream_name else \
+            {"StreamARN": self.stream_arn}
+
+    # -------------------------------------------------------------------------- control plane
+
+    @property
+    def client(self):
+        """A boto3 `kinesisvideo` (control plane) client for this producer."""
+        if self._client is None:
+            import boto3
+            from botocore import UNSIGNED
+            from botocore.config import Config
+
+            creds = self.credentials
+            kwargs = {} if creds is None else {
+                "aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key,
+                "aws_session_token": creds.token}
+            config = Config(retries={"max_attempts": 3},
+                            **({"signature_version": UNSIGNED} if creds is None else {}))
+            self._client = boto3.client("kinesisvideo", endpoint_url=self.endpoint_url,
+                                        region_name=self.region, config=config, **kwargs)
+        return self._client
+
+    def _call(self, operation: str, **params):
+        """A control-plane call; its errors as HttpError / ProducerError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, operation)(**params)
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            raise HttpError(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0),
+                            err.get("Code", "Unknown"), err.get("Message", str(e)),
+                            e.operation_name) from None
+        except BotoCoreError as e:
+            raise ProducerError(f"{operation}: {e}") from None
+
+    def describe(self) -> dict:
+        """DescribeStream's StreamInfo (raises HttpError ResourceNotFoundException)."""
+        info = self._call("describe_stream", **self._stream_params())["StreamInfo"]
+        self._retention = info.get("DataRetentionInHours")
+        return info
+
+    def ensure_stream(self, *, create: bool = False, retention_hours: int = 24,
+                      media_type: str = "video/h264", wait_s: float = 60.0) -> dict:
+        """DescribeStream; with `create`, CreateStream when it is missing and wait for ACTIVE.
+        Returns StreamInfo."""
+        try:
+            info = self.describe()
+        except HttpError as e:
+            if e.code != "ResourceNotFoundException" or not create:
+                raise
+            self._create(retention_hours, media_type)
+            info = self.describe()
+        deadline = time.monotonic() + wait_s
+        while info.get("Status") in ("CREATING", "UPDATING") and time.monotonic() < deadline:
+            time.sleep(1)
+            info = self.describe()
+        if info.get("Status") not in (None, "ACTIVE"):
+            raise ProducerError(f"stream {self.stream} is {info.get('Status')}, not ACTIVE")
+        return info
+
+    def _create(self, retention_hours: int, media_type: str) -> None:
+        if self.stream_name is None:
+            raise ProducerError("--create needs a stream name, not an ARN") from None
+        try:
+            self._call("create_stream", StreamName=self.stream_name,
+                       DataRetentionInHours=retention_hours, MediaType=media_type)
+        except HttpError as e:
+            if e.code != "ResourceInUseException":  # created meanwhile: fine
+                raise
+
+    def data_endpoint(self) -> str:
+        if self._data_endpoint is None:
+            self._data_endpoint = self._call("get_data_endpoint", APIName="PUT_MEDIA",
+                                             **self._stream_params())["DataEndpoint"]
+        return self._data_endpoint
+
+    # -------------------------------------------------------------------------- uploads
+
+    def put(self, packets: Iterable, video: VideoFormat | None = None, **kwargs) -> PutSummary:
+        """Upload `packets` (see put_async) and wait for their acks. Blocking."""
+        return asyncio.run(self.put_async(packets, video, **kwargs))
+
+    async def put_async(self, packets: Iterable, video: VideoFormat | None = None, *,
+                        start_timestamp: int | float | str | datetime | None = None,
+                        absolute_pts: bool = False, realtime: bool = False,
+                        max_fragment_ms: int = MAX_FRAGMENT_MS,
+                        on_ack: Callable[[Ack, PutSummary], None] | None = None,
+                        on_sent: Callable[[int, PutSummary], None] | None = None,
+                        stop: threading.Event | None = None) -> PutSummary:
+        """Upload `packets`: an iterable (it may block, e.g. a live source; it runs in a
+        thread) of `(pts_ms, keyframe, payload)` tuples or `Packet`s in decode order.
+
+        Producer timestamps: `start_timestamp` (epoch ms, a datetime, or an ISO 8601 /
+        epoch-seconds string; default now) + the pts offset from the first keyframe; with
+        `absolute_pts` the pts values already are epoch ms. `realtime` paces the upload at
+        the media's own rate. Setting `stop` ends the upload cleanly at the next packet.
+        Raises AckError, HttpError, SourceError or ProducerError (with `.summary`).
+        """
+        start_ms = to_epoch_ms(start_timestamp)
+        summary = PutSummary(stream=self.stream)
+        t0 = time.monotonic()
+        try:
+            await self._learn_retention(summary)
+            url = (await asyncio.to_thread(self.data_endpoint)).rstrip("/") + "/putMedia"
+            headers = putmedia_headers(
+                url, stream_name=self.stream_name, stream_arn=self.stream_arn,
+                producer_start_ms=start_ms if start_ms is not None else now_ms(),
+                credentials=self.credentials, region=self.region, user_agent=self.user_agent)
+            body = media_chunks(packets, video or VideoFormat(), start_ms=start_ms,
+                                absolute_pts=absolute_pts, max_fragment_ms=max_fragment_ms,
+                                stop=stop)
+            upload = PutMediaUpload(url, headers, summary, realtime=realtime,
+                                    connect_timeout=self.connect_timeout,
+                                    ack_timeout=self.ack_timeout, on_ack=on_ack, on_sent=on_sent,
+                                    stop=stop)
+            await upload.run(body)
+        except ProducerError as e:
+            e.summary = summary
+            raise
+        finally:
+            summary.elapsed_s = time.monotonic() - t0
+        return summary
+
+    async def _learn_retention(self, summary: PutSummary) -> None:
+        """With retention 0, RECEIVED is the final ack: find out before uploading."""
+        if self._retention is None and self._data_endpoint is None:
+            try:
+                await asyncio.to_thread(self.describe)
+            except HttpError:
+                pass  # GetDataEndpoint or PutMedia will say what is wrong
+        if self._retention is not None:
+            summary.data_retained = self._retention > 0
+
+    def put_source(self, source: str, *, create: bool = False, retention_hours: int = 24,
+                   realtime: bool = False, start_timestamp=None,
+                   source_options: dict | None = None,
+                   on_source: Callable[[MediaSource], None] | None = None,
+                   **kwargs) -> PutSummary:
+        """Upload a file or live URL (see put_source())."""
+        media = open_source(source, options=source_options)
+        try:
+            if create:
+                self.ensure_stream(create=True, retention_hours=retention_hours,
+                                   media_type=MEDIA_TYPES[media.video.codec])
+            start_ms = to_epoch_ms(start_timestamp)
+            if start_ms is None:
+                start_ms = now_ms()
+                if not realtime and media.duration_ms:
+                    # A file sent faster than real time: stamp it as if it had just been
+                    # recorded, so that no fragment carries a time in the future.
+                    start_ms -= media.duration_ms
+            if on_source is not None:
+                on_source(media)
+            return self.put(media.packets, media.video, start_timestamp=start_ms,
+                            realtime=realtime, **kwargs)
+        finally:
+            try:
+                media.packets.close()  # if the upload never started it; else its thread did
+            except ValueError:
+                pass  # still running in an abandoned source thread; it stops at the next packet
+
+
+def put_source(source: str, stream: str, *, endpoint_url: str | None = None,
+               region: str | None = None, credentials=None, create: bool = False,
+               retention_hours: int = 24, realtime: bool = False, start_timestamp=None,
+               **kwargs) -> PutSummary:
+    """Upload a video file or live URL (anything FFmpeg demuxes: mp4, mkv, ts, rtsp://,
+    http://...) to `stream` (a name or an ARN), remuxing its first video stream (H.264 or
+    H.265) without re-encoding; audio is skipped.
+
+    `start_timestamp` (epoch ms, datetime, ISO 8601 / epoch seconds string) is the producer
+    time of the first keyframe. Default: now with `realtime` or for live sources; for a file
+    sent faster than real time, now minus its duration (it "ends now"). `create` creates a
+    missing stream with `retention_hours`. Other keyword arguments go to Producer.put_async.
+    """
+    producer = Producer(stream, endpoint_url=endpoint_url, region=region, credentials=credentials)
+    return producer.put_source(source, create=create, retention_hours=retention_hours,
+                               realtime=realtime, start_timestamp=start_timestamp, **kwargs)
+
+
+def _credentials_and_region(credentials, region: str | None):
+    """(botocore Credentials or None, region): what was given, else the usual AWS chain."""
+    from botocore.credentials import Credentials
+
+    if isinstance(credentials, (tuple, list)):
+        credentials = Credentials(*credentials)
+    if credentials is None or region is None:
+        import boto3
+
+        session = boto3.Session()
+        if credentials is None:
+            credentials = session.get_credentials()
+        region = region or session.region_name
+    return credentials, region or "us-east-1"
