@@ -81,9 +81,11 @@ class IngestSession:
     def keeps_data(self) -> bool:
         return self.stream.data_retention_hours > 0
 
-    def feed(self, chunk: bytes) -> list[dict]:
-        """Consume body bytes; return the acks they complete. Raises IngestError."""
-        arrived_ms = int(self.now() * 1000)
+    def feed(self, chunk: bytes, arrived_ms: int | None = None) -> list[dict]:
+        """Consume body bytes that arrived at `arrived_ms` (default: now); return the acks
+        they complete. Raises IngestError."""
+        if arrived_ms is None:
+            arrived_ms = int(self.now() * 1000)
         if chunk:
             self.arrivals.append((self.received, arrived_ms))
             self.received += len(chunk)

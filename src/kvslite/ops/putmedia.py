@@ -88,7 +88,7 @@ class _Upload:
     async def _run(self, receive, send) -> None:
         # Asking for the body before answering makes the server send `100 Continue`
         # (curl's producers wait for it); sleep(0) lets that request start first.
-        next_message = asyncio.ensure_future(receive())
+        next_message = _receive_stamped(receive)
         await asyncio.sleep(0)
         headers = [(b"content-type", b"application/json")]
         headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
@@ -111,17 +111,20 @@ class _Upload:
                         break
                     await ack({"EventType": "IDLE"})
                     continue
-                message = next_message.result()
+                message, arrived_ms = next_message.result(), next_message.arrived_ms
                 if message["type"] == "http.disconnect":
                     break
                 last_data = now
-                for event in await run_in_threadpool(self.session.feed, message.get("body", b"")):
+                more = message.get("more_body", False)
+                if more:  # keep receiving (and stamping arrivals) while this chunk persists
+                    next_message = _receive_stamped(receive)
+                for event in await run_in_threadpool(self.session.feed,
+                                                     message.get("body", b""), arrived_ms):
                     await ack(event)
-                if not message.get("more_body", False):
+                if not more:
                     for event in await run_in_threadpool(self.session.close):
                         await ack(event)
                     break
-                next_message = asyncio.ensure_future(receive())
         except IngestError as error:
             log.warning("PutMedia to %s: %s", self.session.stream.name, error)
             for event in error.acks:
@@ -136,3 +139,15 @@ class _Upload:
         log.info("PutMedia to %s ended: %d fragments persisted, %d duplicates",
                  self.session.stream.name, self.session.persisted, self.session.duplicates)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _receive_stamped(receive) -> asyncio.Future:
+    """receive() as a task that records when its message arrived (epoch ms): the server
+    timestamp of a fragment is when its bytes came in, not when a worker got to them."""
+    task = asyncio.ensure_future(receive())
+
+    def stamp(done: asyncio.Future) -> None:
+        done.arrived_ms = int(time.time() * 1000)
+
+    task.add_done_callback(stamp)
+    return task
