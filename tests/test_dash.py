@@ -1,0 +1,155 @@
+"""DASH sessions end to end: the manifest boto3 points at, its segments, and playback.
+
+PyAV's FFmpeg is built without the DASH demuxer (it needs libxml2), so the manifest is
+played by a small DASH client here (SegmentTemplate + SegmentTimeline, as kvslite
+writes them) and decoded by PyAV; where an `ffprobe` with the DASH demuxer is
+installed, FFmpeg's own DASH demuxer plays it too.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import av
+import numpy as np
+import pytest
+
+from kvs_media import put_mkv
+from kvslite.media import synthetic
+
+START_MS = (int(time.time()) - 3 * 3600) * 1000
+GAP_MS = 10_000
+NS = {"mpd": "urn:mpeg:dash:schema:mpd:2011", "kvs": "urn:aws:kinesisvideo:dash"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from conftest import ServerProcess
+
+    server = ServerProcess(tmp_path_factory.mktemp("dash") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def h264():
+    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+
+
+@pytest.fixture(scope="module")
+def archived(server, h264):
+    kvs = server.client("kinesisvideo")
+    kvs.create_stream(StreamName="dash", DataRetentionInHours=24)
+    kvs.create_stream(StreamName="dash-gap", DataRetentionInHours=24)
+    put_mkv(server.port, "dash", synthetic.to_mkv(h264, START_MS))
+    put_mkv(server.port, "dash-gap", synthetic.to_mkv(h264, START_MS))
+    put_mkv(server.port, "dash-gap", synthetic.to_mkv(h264, START_MS + GAP_MS))
+    return server.client("kinesis-video-archived-media")
+
+
+def manifest_url(archived, stream="dash", end_ms=START_MS + 3999, **kwargs) -> str:
+    return archived.get_dash_streaming_session_url(
+        StreamName=stream, PlaybackMode="ON_DEMAND", DASHFragmentSelector={
+            "FragmentSelectorType": "PRODUCER_TIMESTAMP",
+            "TimestampRange": {"StartTimestamp": START_MS / 1000,
+                               "EndTimestamp": end_ms / 1000}},
+        **kwargs)["DASHStreamingSessionURL"]
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def periods(url: str) -> list[tuple[bytes, list[bytes], list[ET.Element]]]:
+    """(init segment, media segments, S elements) of each Period, as a player fetches them."""
+    mpd = ET.fromstring(fetch(url))
+    out = []
+    for period in mpd.findall("mpd:Period", NS):
+        template = period.find("mpd:AdaptationSet/mpd:Representation/mpd:SegmentTemplate", NS)
+        timeline = template.findall("mpd:SegmentTimeline/mpd:S", NS)
+        init = fetch(urllib.parse.urljoin(url, template.get("initialization")))
+        media = [fetch(urllib.parse.urljoin(url, template.get("media").replace(
+            "$Time$", s.get("t")))) for s in timeline]
+        out.append((init, media, timeline))
+    return out
+
+
+def decode(init: bytes, media: list[bytes]) -> list[tuple[int, np.ndarray]]:
+    with av.open(io.BytesIO(init + b"".join(media))) as container:
+        return [(round(f.pts * f.time_base * 1000), f.to_ndarray(format="rgb24"))
+                for f in container.decode(video=0)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def test_on_demand_manifest_plays_every_frame(archived, h264):
+    url = manifest_url(archived, DisplayFragmentTimestamp="ALWAYS",
+                       DisplayFragmentNumber="ALWAYS")
+    assert url.startswith(archived.meta.endpoint_url + "/dash/v1/getDASHManifest.mpd?")
+    mpd = ET.fromstring(fetch(url))
+    assert mpd.get("type") == "static" and mpd.get("mediaPresentationDuration") == "PT4.000S"
+    [(init, media, timeline)] = periods(url)
+    assert [int(s.get("d")) for s in timeline] == [1000] * 4
+    listed = archived.list_fragments(StreamName="dash")["Fragments"]
+    assert [s.get(f"{{{NS['kvs']}}}fn") for s in timeline] == \
+        sorted(f["FragmentNumber"] for f in listed)
+    assert timeline[0].get(f"{{{NS['kvs']}}}ts") == time.strftime(
+        "%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(START_MS / 1000))
+    frames = decode(init, media)
+    reference = h264.frames_rgb()
+    assert len(frames) == 100
+    assert [pts - frames[0][0] for pts, _ in frames] == [pts for pts, _ in reference]
+    for i in (0, 41, 99):
+        assert psnr(frames[i][1], reference[i][1]) > 40, i
+    start = frames[0][0]  # media time on the session timeline = the first S@t
+    assert start == int(timeline[0].get("t"))
+
+
+def test_gap_starts_a_new_period(archived):
+    url = manifest_url(archived, "dash-gap", end_ms=START_MS + GAP_MS + 3999)
+    mpd = ET.fromstring(fetch(url))
+    assert [p.get("start") for p in mpd.findall("mpd:Period", NS)] == ["PT0.000S", "PT4.000S"]
+    assert mpd.get("mediaPresentationDuration") == "PT8.000S"  # the gap is closed
+    for init, media, timeline in periods(url):
+        assert len(decode(init, media)) == 100
+
+
+def test_ffmpeg_dash_demuxer_plays_the_manifest(archived):
+    """Debian's ffprobe (installed by ./scripts/test) has the DASH demuxer PyAV's lacks."""
+    formats = subprocess.run(["ffprobe", "-v", "quiet", "-demuxers"], capture_output=True,
+                             text=True).stdout
+    assert " dash " in formats
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames", "-of", "csv=p=0", manifest_url(archived)],
+        capture_output=True, text=True, timeout=60)
+    assert set(result.stdout.split()) == {"100"}, result.stderr  # (program and stream)
+
+
+def test_dash_sessions_validate_like_hls(server, archived):
+    from botocore.exceptions import ClientError
+
+    client = server.client("kinesis-video-archived-media", validate=False)
+    with pytest.raises(ClientError) as e:
+        client.get_dash_streaming_session_url(StreamName="dash", PlaybackMode="ON_DEMAND")
+    assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+    with pytest.raises(ClientError) as e:
+        manifest_url(client, MaxManifestFragmentResults=0)
+    assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+
+
+def test_live_manifest_is_dynamic(server, archived, h264):
+    url = archived.get_dash_streaming_session_url(StreamName="dash-gap")["DASHStreamingSessionURL"]
+    mpd = ET.fromstring(fetch(url))
+    assert mpd.get("type") == "dynamic" and mpd.get("availabilityStartTime")
+    s_elements = mpd.findall(".//mpd:S", NS)
+    assert len(s_elements) == 5  # LIVE: the newest MaxManifestFragmentResults (5)
