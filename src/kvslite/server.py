@@ -15,9 +15,11 @@ from kvslite.edge.app import EdgeApp
 from kvslite.ops.archived import ArchivedMedia
 from kvslite.ops.control import ControlPlane
 from kvslite.ops.media import Media
+from kvslite.ops.playback import Playback
 from kvslite.ops.putmedia import PutMedia
 from kvslite.store.files import FileBlobStore
 from kvslite.store.sqlite import SqliteMetadataStore
+from kvslite.web import WebViewer
 
 log = logging.getLogger("kvslite")
 
@@ -41,14 +43,17 @@ def build(settings: Settings) -> Server:
     blobs = FileBlobStore(data_dir / "media")
     streams = Streams(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
+    playback = Playback(streams, archive, endpoint_url=settings.endpoint_url)
     providers = {
         "kinesisvideo": [ControlPlane(streams, archive, endpoint_url=settings.endpoint_url)],
         "kinesis-video-media": [Media(streams, archive)],
         "kinesis-video-archived-media": [ArchivedMedia(
             streams, archive, ImageSampler(archive, max_requests=settings.max_image_requests),
-            min_sampling_interval_ms=settings.min_sampling_interval_ms)],
+            min_sampling_interval_ms=settings.min_sampling_interval_ms), playback],
     }
-    app = EdgeApp(settings, providers, streaming={"/putMedia": PutMedia(streams, archive)})
+    app = EdgeApp(settings, providers, streaming={"/putMedia": PutMedia(streams, archive)},
+                  pages={"/": WebViewer(), "/hls/": playback.hls_page,
+                         "/dash/": playback.dash_page})
     return Server(settings, app, metadata, blobs)
 
 
