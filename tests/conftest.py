@@ -101,6 +101,29 @@ def start_server(tmp_path):
 
 
 @pytest.fixture(scope="module")
+def module_servers(tmp_path_factory):
+    """Factory: module_servers(*args) -> a server that lives as long as the test module."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        server = ServerProcess(tmp_path_factory.mktemp("kvs") / "data", *args).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def h264():
+    """The standard test video: 4 s of 320x240 H.264 at 25 fps, 1 s GOPs with B-frames."""
+    from kvslite.media import synthetic
+
+    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+
+
+@pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
     """One server for a whole test module (tests must use distinct stream names)."""
     server = ServerProcess(tmp_path_factory.mktemp("kvs") / "data").start()

@@ -10,6 +10,7 @@ import threading
 import time
 
 import av
+import numpy as np
 
 from kvslite.media import mkv
 
@@ -141,3 +142,9 @@ def demux_packets(data: bytes) -> list[tuple[int, bool, bytes]]:
 def mkv_events(data: bytes) -> list:
     reader = mkv.MkvReader()
     return reader.feed(data) + reader.close()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images, in dB (99 when identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)

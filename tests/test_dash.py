@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from kvs_media import put_mkv
+from kvs_media import psnr, put_mkv
 from kvslite.media import synthetic
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
@@ -28,17 +28,8 @@ NS = {"mpd": "urn:mpeg:dash:schema:mpd:2011", "kvs": "urn:aws:kinesisvideo:dash"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from conftest import ServerProcess
-
-    server = ServerProcess(tmp_path_factory.mktemp("dash") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def h264():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+def server(module_servers):
+    return module_servers()
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +75,6 @@ def decode(init: bytes, media: list[bytes]) -> list[tuple[int, np.ndarray]]:
     with av.open(io.BytesIO(init + b"".join(media))) as container:
         return [(round(f.pts * f.time_base * 1000), f.to_ndarray(format="rgb24"))
                 for f in container.decode(video=0)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def test_on_demand_manifest_plays_every_frame(archived, h264):

@@ -17,17 +17,8 @@ HOUR_MS = 3600_000
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from conftest import ServerProcess
-
-    server = ServerProcess(tmp_path_factory.mktemp("clip") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def h264():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+def server(module_servers):
+    return module_servers()
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,11 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from kvs_media import put_mkv
+from kvs_media import psnr, put_mkv
 from kvslite.media import synthetic
 
 START_MS = (int(time.time()) - 7200) * 1000
 GAP_START_MS = START_MS + 100_000  # a second copy, with a gap before it
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def pixels(image: dict) -> np.ndarray:
@@ -31,29 +26,8 @@ def pixels(image: dict) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(start_server_module):
-    return start_server_module("--min-sampling-interval-ms", "1")
-
-
-@pytest.fixture(scope="module")
-def start_server_module(tmp_path_factory):
-    from conftest import ServerProcess
-
-    servers = []
-
-    def start(*args):
-        server = ServerProcess(tmp_path_factory.mktemp("img") / "data", *args).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def h264():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+def server(module_servers):
+    return module_servers("--min-sampling-interval-ms", "1")
 
 
 @pytest.fixture(scope="module")
@@ -310,8 +284,8 @@ def test_sampling_interval_minimum_is_a_server_setting(shared_server, kvs, h264)
     assert [i.get("Error") for i in page["Images"]] == [None, None, "NO_MEDIA", "NO_MEDIA"]
 
 
-def test_overload_is_shed_not_fatal(start_server_module, h264):
-    server = start_server_module("--min-sampling-interval-ms", "1",
+def test_overload_is_shed_not_fatal(module_servers, h264):
+    server = module_servers("--min-sampling-interval-ms", "1",
                                  "--max-image-requests", "1")
     server.client("kinesisvideo").create_stream(StreamName="busy", DataRetentionInHours=1)
     put_mkv(server.port, "busy", synthetic.to_mkv(h264, START_MS))

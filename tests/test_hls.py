@@ -12,30 +12,16 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from kvs_media import put_mkv
+from kvs_media import psnr, put_mkv
 from kvslite.media import synthetic
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 GAP_MS = 10_000  # the second copy on hls-gap starts this long after the first
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from conftest import ServerProcess
-
-    server = ServerProcess(tmp_path_factory.mktemp("hls") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def h264():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+def server(module_servers):
+    return module_servers()
 
 
 @pytest.fixture(scope="module")

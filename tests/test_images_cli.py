@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kvs_media import put_mkv
+from kvs_media import psnr, put_mkv
 from kvslite.fetch_images import (file_name, format_time, parse_interval, parse_time,
                                   sample_count)
 from kvslite.media import synthetic
@@ -24,18 +24,13 @@ STREAM = "cli-images"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from conftest import ServerProcess
-
-    server = ServerProcess(tmp_path_factory.mktemp("cli") / "data",
-                           "--min-sampling-interval-ms", "1").start()
-    yield server
-    server.stop()
+def server(module_servers):
+    return module_servers("--min-sampling-interval-ms", "1")
 
 
 @pytest.fixture(scope="module")
-def video():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
+def video(h264):
+    return h264
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +48,6 @@ def kvslite_images(server, *args: str, timeout: float = 60) -> subprocess.Comple
     env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     return subprocess.run([sys.executable, "-m", "kvslite", "images", *args],
                           capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def test_files_names_and_no_media(server, stream, tmp_path):

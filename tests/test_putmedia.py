@@ -15,11 +15,6 @@ NOW_MS = int(time.time() * 1000)
 
 
 @pytest.fixture(scope="module")
-def h264():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
-
-
-@pytest.fixture(scope="module")
 def archived(shared_server):
     return shared_server.client("kinesis-video-archived-media")
 

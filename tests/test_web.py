@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kvs_media import PutMediaConnection, put_mkv
+from kvs_media import PutMediaConnection, psnr, put_mkv
 from kvslite.media import mkv, synthetic
 
 import playwright.sync_api as playwright_api  # noqa: E402
@@ -47,11 +47,6 @@ def in_media(t_ms: int) -> bool:
     return any(start <= t_ms < end for start, end in SPANS)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 def local_input(ms: int) -> str:
     """A datetime-local value; the browser context runs in UTC."""
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime(
@@ -59,11 +54,6 @@ def local_input(ms: int) -> str:
 
 
 # -- fixtures -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def h264():
-    return synthetic.encode_video("h264", seconds=4, gop=25, bframes=2)
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, h264):
