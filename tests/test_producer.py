@@ -354,3 +354,12 @@ def test_signed_put_against_a_server_with_credentials(start_server, sources, h26
     with pytest.raises(HttpError) as err:
         producer.put(h265.packets, VideoFormat("hevc", h265.codec_private))
     assert err.value.code == "InvalidSignatureException"
+
+
+def test_ack_parser_survives_invalid_utf8():
+    from kvslite.producer import AckParser
+
+    parser = AckParser()
+    assert [a.event_type for a in parser.feed(b'\xff{"EventType":"IDLE"}\n')] == ["IDLE"]
+    assert [a.fragment_number for a in parser.feed(
+        b'{"EventType":"PERSISTED","FragmentNumber":"7"}\n')] == ["7"]

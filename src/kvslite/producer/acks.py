@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 
@@ -39,16 +40,12 @@ class AckParser:
 
     def __init__(self):
         self.buf = ""  # decoded text not yet parsed
-        self._bytes = bytearray()  # received bytes not yet decoded
+        # keeps a character split across reads; bad bytes become U+FFFD, not a stuck parser
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._decoder = json.JSONDecoder()
 
     def feed(self, data: bytes) -> list[Ack]:
-        self._bytes += data
-        try:
-            self.buf += self._bytes.decode("utf-8")
-            self._bytes.clear()
-        except UnicodeDecodeError:
-            return []  # a multi-byte character split across reads: wait for the rest
+        self.buf += self._utf8.decode(data)
         acks = []
         while True:
             text = self.buf.lstrip()
