@@ -41,9 +41,11 @@ def decode_wanted(codec_id: str, codec_private: bytes | None,
         context = av.CodecContext.create(name, "r")
         if codec_private:
             context.extradata = codec_private
+        # one thread unless asked: fragments already decode in parallel, and FFmpeg's
+        # automatic slice threads would oversubscribe the cores
+        context.thread_count = threads
         if threads > 1:
             context.thread_type = "FRAME"
-            context.thread_count = threads
         found: dict[int, av.VideoFrame] = {}
         for pts, payload in packets[: last + 1]:
             packet = av.Packet(payload)
