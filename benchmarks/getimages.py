@@ -26,20 +26,19 @@ Rerun:  .venv/bin/python benchmarks/getimages.py [--repeat 2] [--out FILE] [--ca
 
 from __future__ import annotations
 
-import argparse, base64, bisect, contextlib, hashlib, io, json, os, platform, shutil, signal, socket
-import subprocess, sys, tempfile, threading, time
+import argparse, base64, bisect, hashlib, io, json, os, platform, shutil, socket, subprocess
+import tempfile, threading, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
-import boto3
 import numpy as np
 import simplejpeg
-from botocore.config import Config
 
 from kvslite.media.mkv import Cluster, Frame, StreamHeader, Track, write_cluster, write_header
 from kvslite.media.synthetic import render_frame
+from kvs_server import Server
 
 FPS, GOP, FRAME_MS = 25, 50, 40
 BASE_MS = 1_700_000_010_000  # a multiple of 30 s, so ffmpeg's fps grids line up with samples
@@ -119,59 +118,6 @@ def accuracy(jpegs, interval_ms: int, w: int, h: int, clip_frames: int = 1 << 16
     """How many images show the last frame with pts <= their sample time."""
     return sum(frame_index(j, w, h) == (k * interval_ms // FRAME_MS) % clip_frames
                for k, j in enumerate(jpegs) if j)
-
-
-class Server:
-    """`python -m kvslite serve` on a free loopback port; always stopped on exit."""
-
-    def __init__(self, root: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.log_path, self.problems = root / "server.log", []
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port), "--data-dir",
-             str(root / "data"), "--min-sampling-interval-ms", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def __enter__(self) -> "Server":
-        for _ in range(400):  # up to ~20 s
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError("kvslite did not start: " + self.log_path.read_text())
-
-    def __exit__(self, *exc) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        self.problems = [line for line in self.log_path.read_text(errors="replace").splitlines()
-                         if any(w in line for w in ("WARN", "ERROR", "Trace", "Exception"))]
-
-    def client(self, service: str):
-        return boto3.client(service, endpoint_url=f"http://127.0.0.1:{self.port}",
-                            region_name="us-east-1", aws_access_key_id="x",
-                            aws_secret_access_key="x",
-                            config=Config(read_timeout=300, retries={"max_attempts": 1}))
-
-    def mb(self, field: str = "VmHWM") -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text().split(field + ":")[1]
-        return round(int(status.split()[0]) / 1024, 1)
-
-    def reset_peak(self) -> None:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ingest(server: Server, parts) -> dict:
@@ -303,7 +249,7 @@ def run_default(args, root: Path) -> dict:
         print(f"{name} every {n} s: {r}", flush=True)
 
     load0 = os.getloadavg()
-    with Server(root) as server:
+    with Server(root, "--min-sampling-interval-ms", "1") as server:
         with open(path, "rb") as f:
             up = ingest(server, iter(lambda: f.read(1 << 20), b""))
         for rep in range(args.repeat):
@@ -352,7 +298,7 @@ def run_memory(args, root: Path) -> dict:
     avcc, gops = encode(w, h, 10, 4000)
     count = round(args.hours * 3600 * FPS / GOP)
     print(f"encoded 10 s of 1080p in {time.perf_counter() - t0:.0f} s", flush=True)
-    with Server(root) as server:
+    with Server(root, "--min-sampling-interval-ms", "1") as server:
         up = ingest(server, mkv_parts(avcc, w, h, gops, count))
         r = kvslite_images(server, BASE_MS, BASE_MS + count * GOP * FRAME_MS - 1, 1000)
         r["ok"] = accuracy(r.pop("_jpegs"), 1000, w, h, len(gops) * GOP)

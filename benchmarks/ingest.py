@@ -31,11 +31,8 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,6 +45,7 @@ import numpy as np
 from kvslite.media.mkv import (Cluster, Frame, StreamHeader, Track, write_cluster, write_header,
                                write_tags)
 from kvslite.media.synthetic import render_frame
+from kvs_server import Server
 
 W, H, FPS, GOP_S = 1280, 720, 25, 10
 X264 = ("nal-hrd=cbr:bitrate=2000:vbv-maxrate=2000:vbv-bufsize=2000:keyint=25:min-keyint=25"
@@ -188,14 +186,6 @@ def floor_baseline(root: Path, frags: list[bytes], limit_s: float) -> dict:
             "p99_ms": pct(lat, 99)}
 
 
-def server_cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
 def scenario_a(port: int, header: bytes, gops, n: int, limit_s: float) -> dict:
     base = int(time.time() * 1000) - (n + 10) * 1000  # all in the past, 1 s apart
     frags = [(base + k * 1000, chunk(fragment(gops[k % len(gops)], base + k * 1000)))
@@ -270,43 +260,6 @@ def scenario_b(port: int, header: bytes, gops, streams: int, seconds: int) -> di
             "errors": [e for r in results for e in r.get("errors", [])]}
 
 
-class Server:
-    """`python -m kvslite serve` on a free loopback port; always stopped on exit."""
-
-    def __init__(self, root: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log_path = root / "server.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port),
-             "--data-dir", str(root / "data"), "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def __enter__(self) -> "Server":
-        for _ in range(400):  # up to ~20 s
-            if self.proc.poll() is not None:
-                raise RuntimeError("kvslite exited early: " + self.log_path.read_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("kvslite did not start")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        self.warnings = [line for line in self.log_path.read_text(errors="replace").splitlines()
-                         if any(w in line for w in ("WARN", "ERROR", "Trace"))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=20, help="scenario B duration")
@@ -325,18 +278,18 @@ def main() -> None:
     try:
         floor = floor_baseline(root / "floor", [fragment(gops[k % len(gops)], k * 1000)
                                                 for k in range(n_a)], limit_s=120)
-        with Server(root) as server:
+        with Server(root, "--log-level", "warning") as server:
             kvs = boto3.client("kinesisvideo", endpoint_url=f"http://127.0.0.1:{server.port}",
                                region_name="us-east-1", aws_access_key_id="x",
                                aws_secret_access_key="x")
             for name in ["bench-a"] + [f"bench-b-{i}" for i in range(args.streams)]:
                 kvs.create_stream(StreamName=name, DataRetentionInHours=24, MediaType="video/h264")
-            cpu0 = server_cpu_s(server.proc.pid)
+            cpu0 = server.cpu_s()
             a = scenario_a(server.port, header, gops, n_a, limit_s=300)
-            cpu1 = server_cpu_s(server.proc.pid)
+            cpu1 = server.cpu_s()
             b = scenario_b(server.port, header, gops, args.streams, args.seconds)
             a["server_cpu_s"] = round(cpu1 - cpu0, 1)
-            b["server_cpu_s"] = round(server_cpu_s(server.proc.pid) - cpu1, 1)
+            b["server_cpu_s"] = round(server.cpu_s() - cpu1, 1)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {
@@ -346,7 +299,7 @@ def main() -> None:
                   "x264_params": X264},
         "floor": floor, "A_one_stream_unpaced": a, "B_concurrent_paced": b,
         "A_ratio_to_floor": round(a["mb_per_s"] / floor["mb_per_s"], 3),
-        "server_exit_code": server.proc.returncode, "server_log_warnings": server.warnings[:50],
+        "server_exit_code": server.proc.returncode, "server_log_warnings": server.problems[:50],
         "total_runtime_s": round(time.perf_counter() - started, 1),
     }
     print(f"\n{'':28}{'MB/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'frags':>7}{'errors':>7}")
@@ -356,7 +309,7 @@ def main() -> None:
         print(f"{label:28}{r['mb_per_s']:>8}{r['ack_p50_ms']!s:>9}{r['ack_p99_ms']!s:>9}"
               f"{r['ack_max_ms']!s:>9}{r['fragments_persisted']:>7}{len(r['errors']):>7}")
     print(f"\nA / floor = {result['A_ratio_to_floor']}   B max send lag {b['max_send_lag_ms']} ms"
-          f"   server log warnings: {len(server.warnings)}   runtime {result['total_runtime_s']} s")
+          f"   server log warnings: {len(server.problems)}   runtime {result['total_runtime_s']} s")
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
