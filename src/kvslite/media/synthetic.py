@@ -178,6 +178,9 @@ def encode_video(codec: str = "h264", *, width: int = 320, height: int = 240, fp
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = bframes
+        # frame threading: one slice per frame on any machine (slice threading, PyAV's
+        # default, makes the encoder cut each frame into a slice per core)
+        stream.codec_context.thread_type = "FRAME"
         for i in range(round(seconds * fps)):
             frame = av.VideoFrame.from_ndarray(render_frame(start_index + i, width, height, fps),
                                                format="rgb24").reformat(format="yuv420p")
