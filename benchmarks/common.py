@@ -1,15 +1,19 @@
-"""The benchmarks' kvslite: `python -m kvslite serve` on a free loopback port, always stopped."""
+"""What the benchmarks share: a kvslite server process and camera-like H.264."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+import av
 
 import boto3
 from botocore.config import Config
@@ -71,3 +75,41 @@ class Server:
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def encode_h264(frames: Iterable[av.VideoFrame], fps: int, x264_params: str
+                ) -> tuple[bytes, list[tuple[int, bool, bytes]]]:
+    """avcC + (pts ms from the first frame, keyframe, payload) in decode order.
+
+    Muxing to Matroska in memory and demuxing again yields avcC and length-prefixed NAL
+    units, as a real producer sends; frame threading keeps one slice per frame (PyAV's
+    slice-threading default would make x264 cut each frame into a slice per core).
+    """
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=fps,
+                                options={"preset": "veryfast", "x264-params": x264_params})
+        stream.codec_context.thread_type = "FRAME"
+        for i, frame in enumerate(frames):
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(io.BytesIO(buf.getvalue())) as inp:
+        video = inp.streams.video[0]
+        avcc, ms = bytes(video.codec_context.extradata), float(video.time_base) * 1000
+        packets = [(round(p.pts * ms), p.is_keyframe, bytes(p)) for p in inp.demux(video)
+                   if p.size]
+    first = min(pts for pts, _, _ in packets)
+    return avcc, [(pts - first, key, payload) for pts, key, payload in packets]
+
+
+def split_gops(packets: list[tuple[int, bool, bytes]]) -> list[list[tuple[int, bool, bytes]]]:
+    """Packets in decode order, cut before each keyframe."""
+    gops: list[list] = []
+    for packet in packets:
+        if packet[1] or not gops:
+            gops.append([])
+        gops[-1].append(packet)
+    return gops

@@ -26,7 +26,7 @@ Rerun:  .venv/bin/python benchmarks/getimages.py [--repeat 2] [--out FILE] [--ca
 
 from __future__ import annotations
 
-import argparse, base64, bisect, hashlib, io, json, os, platform, shutil, socket, subprocess
+import argparse, base64, bisect, hashlib, json, os, platform, shutil, socket, subprocess
 import tempfile, threading, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +38,7 @@ import simplejpeg
 
 from kvslite.media.mkv import Cluster, Frame, StreamHeader, Track, write_cluster, write_header
 from kvslite.media.synthetic import render_frame
-from kvs_server import Server
+from common import Server, encode_h264, split_gops
 
 FPS, GOP, FRAME_MS = 25, 50, 40
 BASE_MS = 1_700_000_010_000  # a multiple of 30 s, so ffmpeg's fps grids line up with samples
@@ -52,30 +52,17 @@ def x264_params(kbps: int) -> str:
 
 def encode(w: int, h: int, seconds: int, kbps: int):
     """avcC + GOPs: lists of (pts ms from the first frame, keyframe, payload) in decode order."""
-    rng, buf = np.random.default_rng(1), io.BytesIO()
-    with av.open(buf, "w", format="matroska") as out:  # remux: avcC + length-prefixed NALs
-        s = out.add_stream("libx264", rate=FPS,
-                           options={"preset": "veryfast", "x264-params": x264_params(kbps)})
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.codec_context.thread_type = "FRAME"  # PyAV's SLICE default makes x264 cut slices
+    rng = np.random.default_rng(1)
+
+    def frames():
         for i in range(seconds * FPS):
             small = render_frame(i, w // 4, h // 4, FPS).astype(np.int16)
             small += rng.integers(-6, 7, small.shape[:2] + (1,), dtype=np.int16)
             frame = av.VideoFrame.from_ndarray(small.clip(0, 255).astype(np.uint8), "rgb24")
-            frame = frame.reformat(w, h, "yuv420p", interpolation="POINT")  # 4x4 pixel blocks
-            frame.pts = i
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    with av.open(io.BytesIO(buf.getvalue())) as inp:
-        vs = inp.streams.video[0]
-        avcc, ms = bytes(vs.codec_context.extradata), float(vs.time_base) * 1000
-        raw = [(round(p.pts * ms), p.is_keyframe, bytes(p)) for p in inp.demux(vs) if p.size]
-    first, gops = min(p for p, _, _ in raw), []
-    for pts, key, payload in raw:
-        if key:
-            gops.append([])
-        gops[-1].append((pts - first, key, payload))
-    return avcc, gops
+            yield frame.reformat(w, h, "yuv420p", interpolation="POINT")  # 4x4 pixel blocks
+
+    avcc, packets = encode_h264(frames(), FPS, x264_params(kbps))
+    return avcc, split_gops(packets)
 
 
 def mkv_parts(avcc: bytes, w: int, h: int, gops, count: int):

@@ -26,7 +26,6 @@ Rerun:  .venv/bin/python benchmarks/ingest.py [--seconds 20] [--streams 20] [--m
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -45,7 +44,7 @@ import numpy as np
 from kvslite.media.mkv import (Cluster, Frame, StreamHeader, Track, write_cluster, write_header,
                                write_tags)
 from kvslite.media.synthetic import render_frame
-from kvs_server import Server
+from common import Server, encode_h264, split_gops
 
 W, H, FPS, GOP_S = 1280, 720, 25, 10
 X264 = ("nal-hrd=cbr:bitrate=2000:vbv-maxrate=2000:vbv-bufsize=2000:keyint=25:min-keyint=25"
@@ -55,29 +54,18 @@ EOF_TAGS = write_tags([("AWS_KINESISVIDEO_END_OF_FRAGMENT", "")])
 
 def encode_gops() -> tuple[bytes, list[list[tuple[int, bool, bytes]]]]:
     """avcC + GOP_S one-second GOPs of (pts offset ms, keyframe, payload) in decode order."""
-    rng, buf = np.random.default_rng(1), io.BytesIO()
-    with av.open(buf, "w", format="matroska") as out:  # remux: avcC + length-prefixed NALs
-        s = out.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "x264-params": X264})
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+    rng = np.random.default_rng(1)
+
+    def frames():
         for i in range(GOP_S * FPS):
             noise = rng.integers(-8, 9, (H // 4, W // 4, 1), dtype=np.int16)  # sensor noise
             noise = noise.repeat(4, 0).repeat(4, 1)
             img = (render_frame(i, W, H, FPS) + noise).clip(0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    with av.open(io.BytesIO(buf.getvalue())) as inp:
-        vs = inp.streams.video[0]
-        avcc, ms = bytes(vs.codec_context.extradata), float(vs.time_base) * 1000
-        packets = [(round(p.pts * ms), p.is_keyframe, bytes(p)) for p in inp.demux(vs) if p.size]
-    gops: list[list] = []
-    for pts, key, payload in packets:
-        if key:
-            gops.append([])
-            base = pts
-        gops[-1].append((pts - base, key, payload))
-    return avcc, gops
+            yield av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+
+    avcc, packets = encode_h264(frames(), FPS, X264)
+    return avcc, [[(pts - gop[0][0], key, payload) for pts, key, payload in gop]
+                  for gop in split_gops(packets)]
 
 
 def mkv_header(avcc: bytes) -> bytes:
