@@ -231,7 +231,7 @@ def test_one_upload_per_stream(shared_server, kvs, h264):
     header = mkv.write_header(synthetic.stream_header(h264))
     first = PutMediaConnection(shared_server.port, stream)
     first.send(header)
-    time.sleep(0.3)
+    assert first.started.wait(10)  # the 200 is out: the server holds the upload open
     second = PutMediaConnection(shared_server.port, stream)
     second.finish()
     assert second.closed.wait(10)
