@@ -167,30 +167,30 @@ def test_invalid_arguments(server, streams, overrides):
 
 def test_byte_limit(tmp_path, h264, monkeypatch):
     """In process, with the 200 MB limit lowered to below the recording's size."""
+    from kvslite.archive.control_plane import ControlPlane
     from kvslite.archive.fragments import Archive
-    from kvslite.archive.streams import Streams
     from kvslite.errors import ApiError
-    from kvslite.ops import playback
+    from kvslite.ops import clips
     from kvslite.store.files import FileBlobStore
     from kvslite.store.sqlite import SqliteMetadataStore
 
     store = SqliteMetadataStore(tmp_path / "db")
-    streams = Streams(store, region="us-east-1", account_id="000000000000")
+    streams = ControlPlane(store, region="us-east-1", account_id="000000000000")
     archive = Archive(store, FileBlobStore(tmp_path / "media"))
     stream = streams.create("limited", retention_hours=1)
     header_id = archive.save_header(stream, synthetic.stream_header(h264))
     for cluster in synthetic.clusters(h264, START_MS):
         archive.persist(stream, header_id, cluster, producer_ms=cluster.timecode,
                         server_ms=cluster.timecode, duration_ms=1000, to_ms=lambda t: t)
-    provider = playback.Playback(streams, archive, endpoint_url="http://x")
+    provider = clips.Clips(streams, archive, now_ms=lambda: int(time.time() * 1000))
     params = {"StreamName": "limited", "ClipFragmentSelector": {
         "FragmentSelectorType": "PRODUCER_TIMESTAMP",
         "TimestampRange": {"StartTimestamp": START_MS / 1000,
                            "EndTimestamp": (START_MS + 3999) / 1000}}}
-    total = sum(f.size for f in store.list_fragments(stream.arn, limit=10))
-    monkeypatch.setattr(playback, "MAX_CLIP_BYTES", total)
+    total = sum(f.size for f in archive.fragments(stream.arn, limit=10))
+    monkeypatch.setattr(clips, "MAX_CLIP_BYTES", total)
     assert provider.get_clip(params).status_code == 200
-    monkeypatch.setattr(playback, "MAX_CLIP_BYTES", total - 1)
+    monkeypatch.setattr(clips, "MAX_CLIP_BYTES", total - 1)
     with pytest.raises(ApiError) as e:
         provider.get_clip(params)
     assert e.value.code == "InvalidArgumentException"

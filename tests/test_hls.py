@@ -192,7 +192,7 @@ def test_tampered_foreign_and_misused_tokens(server, archived, streams):
 
 
 def test_token_from_another_server_is_refused(server, archived, streams):
-    from kvslite.archive.playback import SessionTokens
+    from kvslite.archive.sessions import SessionTokens
 
     url = session_url(archived)
     token = url.split("SessionToken=")[1]
@@ -205,20 +205,26 @@ def _decode(token: str):
     """The session inside a token (the payload is signed, not secret)."""
     import base64
 
-    from kvslite.archive.playback import Session
+    from kvslite.archive.sessions import Session
+
+    from dataclasses import replace
+
+    from kvslite.archive import Clock
 
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    return Session(*json.loads(raw[16:]))
+    session = Session(*json.loads(raw[16:]))
+    return replace(session, clock=Clock(session.clock))
 
 
 def test_tokens_expire():
-    from kvslite.archive.playback import SessionTokens
+    from kvslite.archive import Clock
+    from kvslite.archive.sessions import SessionTokens
     from kvslite.errors import ApiError
 
     now = [1_700_000_000.0]
     tokens = SessionTokens(b"s" * 32, clock=lambda: now[0])
     session = tokens.new(300, protocol="HLS", stream_arn="arn", mode="LIVE",
-                         clock="server_ms", start_ms=None, end_ms=None,
+                         clock=Clock.SERVER, start_ms=None, end_ms=None,
                          container="FRAGMENTED_MP4", discontinuity="ALWAYS",
                          show_timestamps=False, show_numbers=False, max_results=5,
                          origin_ms=0, first_seq=1)

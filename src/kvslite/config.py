@@ -51,6 +51,10 @@ class Settings:
             raise ValueError("--min-sampling-interval-ms must be between 1 and 20000")
 
 
+# Where clients (kvslite put / images, the producer) look for a server by default.
+DEFAULT_ENDPOINT_URL = Settings().endpoint_url
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -185,10 +185,8 @@ def run(*, port: int = 4567, data_dir: Path = Path("./kvslite-data"),
         out_dir: Path = Path("./demo-images"), seconds: int = 60,
         host: str = "127.0.0.1") -> int:
     """The whole demo; returns the exit code (0 after Ctrl-C once serving)."""
-    import uvicorn
-
     from kvslite.config import Settings
-    from kvslite.server import _Uvicorn, build
+    from kvslite.server import UvicornServer, build
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -219,17 +217,8 @@ def run(*, port: int = 4567, data_dir: Path = Path("./kvslite-data"),
         video = encode_demo_video(seconds)
         click.echo(f"encoded {len(video.packets)} frames in {time.monotonic() - t0:.1f} s")
 
-        config = uvicorn.Config(server.app, host=host, port=port, lifespan="off",
-                                access_log=False, log_level="warning",
-                                timeout_graceful_shutdown=5)
-        stop = threading.Event()
-
-        class DemoUvicorn(_Uvicorn):
-            def handle_exit(self, sig, frame) -> None:
-                stop.set()  # end an upload or fetch in flight at its next step
-                super().handle_exit(sig, frame)
-
-        uv = DemoUvicorn(config, settings)
+        stop = threading.Event()  # set on Ctrl-C: ends an upload or fetch at its next step
+        uv = UvicornServer(server, on_exit=stop.set)
         outcome: dict = {}
 
         def work() -> None:

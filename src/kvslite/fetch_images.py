@@ -26,12 +26,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kvslite.config import DEFAULT_ENDPOINT_URL
+
 __all__ = [
     "DEFAULT_ENDPOINT_URL", "FetchError", "Summary", "archived_media_client", "fetch_images",
     "file_name", "format_time", "parse_interval", "parse_time", "sample_count", "to_datetime",
 ]
 
-DEFAULT_ENDPOINT_URL = "http://127.0.0.1:4567"
 DUMMY_CREDENTIALS = ("kvslite", "kvslite")
 FORMATS = {"jpeg": ("JPEG", ".jpg"), "jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
 SELECTORS = {"producer": "PRODUCER_TIMESTAMP", "server": "SERVER_TIMESTAMP"}

@@ -1,22 +1,25 @@
-"""Wire the layers together and run them: stores -> archive -> providers -> edge."""
+"""Wire the layers together and run them: stores -> archive -> operations -> edge."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
 
+from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
-from kvslite.archive.images import ImageSampler
-from kvslite.archive.streams import Streams
+from kvslite.archive.sampling import ImageSampler
+from kvslite.archive.sessions import SessionTokens
 from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
-from kvslite.ops.archived import ArchivedMedia
-from kvslite.ops.control import ControlPlane
-from kvslite.ops.media import Media
-from kvslite.ops.playback import Playback
-from kvslite.ops.putmedia import PutMedia
+from kvslite.ops.archived_media import ArchivedMedia
+from kvslite.ops.clips import Clips
+from kvslite.ops.get_media import GetMedia
+from kvslite.ops.kinesisvideo import KinesisVideo
+from kvslite.ops.put_media import PutMedia
+from kvslite.ops.streaming_sessions import StreamingSessions
 from kvslite.store.files import FileBlobStore
 from kvslite.store.sqlite import SqliteMetadataStore
 from kvslite.web import WebViewer
@@ -41,28 +44,42 @@ def build(settings: Settings) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     metadata = SqliteMetadataStore(data_dir / "kvslite.db")
     blobs = FileBlobStore(data_dir / "media")
-    streams = Streams(metadata, region=settings.region, account_id=settings.account_id)
+    control = ControlPlane(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
-    playback = Playback(streams, archive, endpoint_url=settings.endpoint_url)
-    providers = {
-        "kinesisvideo": [ControlPlane(streams, archive, endpoint_url=settings.endpoint_url)],
-        "kinesis-video-media": [Media(streams, archive)],
-        "kinesis-video-archived-media": [ArchivedMedia(
-            streams, archive, ImageSampler(archive, max_requests=settings.max_image_requests),
-            min_sampling_interval_ms=settings.min_sampling_interval_ms), playback],
-    }
-    app = EdgeApp(settings, providers, streaming={"/putMedia": PutMedia(streams, archive)},
-                  pages={"/": WebViewer(), "/hls/": playback.hls_page,
-                         "/dash/": playback.dash_page})
+    tokens = SessionTokens(archive.secret("playback-session"))
+    sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
+                                 tokens=tokens)
+    providers = [
+        KinesisVideo(control, archive, endpoint_url=settings.endpoint_url),
+        GetMedia(control, archive),
+        ArchivedMedia(control, archive,
+                      ImageSampler(archive, max_requests=settings.max_image_requests),
+                      min_sampling_interval_ms=settings.min_sampling_interval_ms),
+        Clips(control, archive, now_ms=tokens.now_ms),
+        sessions,
+    ]
+    handlers: dict = {}
+    for provider in providers:
+        for operation, handler in provider.operations().items():
+            if operation in handlers:
+                raise ValueError(f"two handlers for {operation}")
+            handlers[operation] = handler
+    app = EdgeApp(settings, handlers, put_media=PutMedia(control, archive),
+                  routes=[*sessions.routes(), *WebViewer().routes()])
     return Server(settings, app, metadata, blobs)
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn with kvslite's start-up line and a plain exit 0 after SIGINT/SIGTERM."""
+class UvicornServer(uvicorn.Server):
+    """uvicorn configured for kvslite: its start-up line, a plain exit 0 after
+    SIGINT/SIGTERM (after draining open requests), and `on_exit` called on a signal."""
 
-    def __init__(self, config: uvicorn.Config, settings: Settings):
-        super().__init__(config)
+    def __init__(self, server: Server, *, on_exit: Callable[[], None] | None = None):
+        settings = server.settings
+        super().__init__(uvicorn.Config(
+            server.app, host=settings.host, port=settings.port, lifespan="off",
+            access_log=False, log_level="warning", timeout_graceful_shutdown=5))
         self.settings = settings
+        self.on_exit = on_exit
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
@@ -73,6 +90,8 @@ class _Uvicorn(uvicorn.Server):
                      s.host, s.port, s.endpoint_url, s.data_dir.resolve(), auth)
 
     def handle_exit(self, sig, frame) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
         super().handle_exit(sig, frame)
         # uvicorn re-raises the signal after draining; a requested stop is a clean exit
         self._captured_signals.clear()
@@ -82,11 +101,8 @@ def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; uvicorn drains open connections first."""
     settings.check()
     server = build(settings)
-    config = uvicorn.Config(server.app, host=settings.host, port=settings.port,
-                            lifespan="off", access_log=False, log_level="warning",
-                            timeout_graceful_shutdown=5)
     try:
-        _Uvicorn(config, settings).run()
+        UvicornServer(server).run()
     finally:
         server.close()
         log.info("kvslite stopped")

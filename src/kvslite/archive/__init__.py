@@ -1,1 +1,9 @@
-"""Domain rules: streams, fragments, time-to-fragment lookup, retention."""
+"""The archive: the KVS rules for streams and fragments, above the stores.
+
+The records the operations layer works with are re-exported here, so nothing above
+the archive needs to import a store.
+"""
+
+from kvslite.store.metadata import Clock, Fragment, Stream, seq_of
+
+__all__ = ["Clock", "Fragment", "Stream", "seq_of"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kvslite.media import mkv
+from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
 from kvslite.store.files import FileBlobStore
-from kvslite.store.metadata import Fragment, MetadataStore, Stream
+from kvslite.store.metadata import Clock, Fragment, MetadataStore, Stream
 
 # track, keyframe, pts offset from fragment start (ms), payload offset, payload size
 _FRAME = struct.Struct("<BBiII")
@@ -56,24 +58,25 @@ def fragment_duration_ms(frames: list[mkv.Frame], start_ms: int, to_ms, default_
         frame_ms = max(1, round((times[-1] - times[0]) / (len(times) - 1)))
     else:
         frame_ms = max(1, default_ms)
-    return max(1, times[-1] - start_ms + frame_ms)
+    return min(MAX_FRAGMENT_SPAN_MS, max(1, times[-1] - start_ms + frame_ms))
 
 
 class Archive:
-    """Persist and read fragments: blobs in the blob store, index in the metadata store."""
+    """Persist and read fragments: blobs in the blob store, index in the metadata store.
+
+    The operations layer reads the archive only through these methods; which columns
+    and files hold what stays inside the stores.
+    """
 
     def __init__(self, store: MetadataStore, blobs: FileBlobStore):
         self.store = store
         self.blobs = blobs
         self._headers: dict[int, bytes] = {}  # headers never change once saved
 
+    # -- writing ------------------------------------------------------------------------
+
     def save_header(self, stream: Stream, header: mkv.StreamHeader) -> int:
         return self.store.save_header(stream.arn, mkv.write_header(header))
-
-    def header(self, header_id: int) -> bytes:
-        if header_id not in self._headers:
-            self._headers[header_id] = self.store.get_header(header_id)
-        return self._headers[header_id]
 
     def persist(self, stream: Stream, header_id: int, cluster: mkv.Cluster, *,
                 producer_ms: int, server_ms: int, duration_ms: int, to_ms) -> Fragment:
@@ -91,11 +94,63 @@ class Archive:
             duration_ms=duration_ms, size=len(data), header_id=header_id, blob_key=key,
             frames=pack_frames(entries))
 
-    def cluster_bytes(self, fragment: Fragment) -> bytes:
-        return self.blobs.get(fragment.blob_key)
-
-    def payload(self, fragment: Fragment, entry: FrameEntry) -> bytes:
-        return self.blobs.get(fragment.blob_key, entry.payload_offset, entry.size)
-
     def delete_stream_media(self, stream: Stream) -> None:
         self.blobs.delete_prefix(stream_dir(stream))
+
+    # -- reading media ------------------------------------------------------------------
+
+    def header(self, header_id: int) -> bytes:
+        """The stream header (EBML + Segment start + Info + Tracks) a fragment belongs to."""
+        if header_id not in self._headers:
+            self._headers[header_id] = self.store.get_header(header_id)
+        return self._headers[header_id]
+
+    def tracks(self, header_id: int) -> list[mkv.Track]:
+        return _parse_tracks(self.header(header_id))
+
+    def cluster_bytes(self, fragment: Fragment, length: int | None = None) -> bytes:
+        """The stored cluster, or its first `length` bytes."""
+        return self.blobs.get(fragment.blob_key, 0, length)
+
+    # -- finding fragments ----------------------------------------------------------------
+
+    def secret(self, name: str) -> bytes:
+        """A server secret shared by every node (token signing keys)."""
+        return self.store.secret(name)
+
+    def find(self, stream: Stream, *, producer_ms: int) -> Fragment | None:
+        return self.store.find_fragment(stream.arn, producer_ms=producer_ms)
+
+    def fragments(self, stream_arn: str, *, after_seq: int = 0, limit: int,
+             clock: Clock | None = None, start_ms: int = 0, end_ms: int = 0) -> list[Fragment]:
+        """Fragments in number order after `after_seq`; with a clock, only those starting
+        in [start_ms, end_ms] on it."""
+        return self.store.list_fragments(stream_arn, clock=clock, start_ms=start_ms,
+                                         end_ms=end_ms, after_seq=after_seq, limit=limit)
+
+    def by_numbers(self, stream_arn: str, numbers: list[str]) -> dict[str, Fragment]:
+        return self.store.fragments_by_number(stream_arn, numbers)
+
+    def by_number(self, stream_arn: str, number: str) -> Fragment | None:
+        return self.by_numbers(stream_arn, [number]).get(number)
+
+    def latest(self, stream_arn: str) -> Fragment | None:
+        return self.store.latest_fragment(stream_arn)
+
+    def at(self, stream_arn: str, clock: Clock, ms: int) -> Fragment | None:
+        """The fragment whose span holds `ms` on the clock, else the first starting after."""
+        return self.store.fragment_at(stream_arn, clock, ms)
+
+    def overlapping(self, stream_arn: str, clock: Clock, start_ms: int, end_ms: int
+                    ) -> list[Fragment]:
+        """Fragments whose span [start, start + duration) meets [start_ms, end_ms], by start."""
+        return self.store.fragments_overlapping(stream_arn, clock, start_ms, end_ms,
+                                                MAX_FRAGMENT_SPAN_MS)
+
+
+@lru_cache(maxsize=256)
+def _parse_tracks(header: bytes) -> list[mkv.Track]:
+    for event in mkv.MkvReader().feed(header):
+        if isinstance(event, mkv.StreamHeader):
+            return event.tracks
+    return []

@@ -13,16 +13,11 @@ import time
 
 from kvslite.archive.fragments import Archive, fragment_duration_ms
 from kvslite.media import mkv
+from kvslite.media.limits import (MAX_FRAGMENT_BYTES, MAX_FRAGMENT_MS, MAX_FUTURE_MS,
+                                  MAX_TRACKS, video_track)
 from kvslite.store.metadata import Stream
 
 log = logging.getLogger("kvslite.ingest")
-
-END_OF_FRAGMENT = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
-MAX_FRAGMENT_BYTES = 50 * 1024 * 1024
-MAX_FRAGMENT_MS = 20_000
-MAX_TRACKS = 3
-MAX_FUTURE_MS = 60_000  # producer clocks drift; further ahead than this is a bad clock
-VIDEO = 1
 
 # PutMedia ErrorIds, as the AWS PutMedia reference and the producer SDK name them.
 ERROR_NAMES = {
@@ -100,14 +95,14 @@ class IngestSession:
         try:
             events, bad_input = read(), None
         except mkv.MkvError as e:
-            events, bad_input = getattr(e, "events", []), e
+            events, bad_input = e.events, e
         acks: list[dict] = []
         try:
             for event in events:
                 acks += self._handle(event, arrived_ms)
             if bad_input is not None:
-                reason = getattr(bad_input, "reason", "")
-                raise IngestError(_MKV_ERROR_IDS.get(reason, 4006), f"invalid MKV: {bad_input}")
+                raise IngestError(_MKV_ERROR_IDS.get(bad_input.reason, 4006),
+                                  f"invalid MKV: {bad_input}")
         except IngestError as error:
             error.acks = acks + error.acks
             raise
@@ -154,13 +149,13 @@ class IngestSession:
         producer_ms = self._to_ms(cluster.timecode)
         if not self.keeps_data:
             return [_ack("RECEIVED", cluster.timecode)]  # retention 0: RECEIVED is final
-        existing = self.archive.store.find_fragment(self.stream.arn, producer_ms=producer_ms)
+        existing = self.archive.find(self.stream, producer_ms=producer_ms)
         if existing is not None:
             # a reconnecting producer resends what was not acked in time
             self.duplicates += 1
             fragment = existing
         else:
-            video = self._video_track()
+            video = video_track(self.header.tracks)
             frames = [f for f in cluster.frames if video is None or f.track_number == video.number]
             default_ms = (video.default_duration_ns // 1_000_000
                           if video and video.default_duration_ns else 0)
@@ -174,9 +169,6 @@ class IngestSession:
         return [_ack("RECEIVED", cluster.timecode, fragment.number),
                 _ack("PERSISTED", cluster.timecode, fragment.number)]
 
-    def _video_track(self) -> mkv.Track | None:
-        return next((t for t in self.header.tracks if t.track_type == VIDEO), None)
-
     def _check(self, cluster: mkv.Cluster) -> None:
         timecode = cluster.timecode
         if self.last_timecode is not None and timecode < self.last_timecode:
@@ -187,7 +179,7 @@ class IngestSession:
         if stray:
             raise IngestError(4010, f"frames for track(s) {sorted(stray)} not in the header",
                               timecode)
-        video = self._video_track()
+        video = video_track(self.header.tracks)
         if video is not None:
             first = next((f for f in cluster.frames if f.track_number == video.number), None)
             if first is None:

@@ -1,10 +1,11 @@
 """The HTTP edge: one ASGI app serving all three KVS APIs on one port.
 
-A request is routed on `POST <requestUri>` from botocore's models, its size
-bounded, its SigV4 signature checked, its JSON validated against the model,
-and handed to the provider method named after the operation
-(`CreateStream` -> `create_stream`). Whatever goes wrong becomes an AWS-style
-error: `x-amzn-ErrorType` header plus `{"message": ...}`; never a traceback.
+Starlette's Router does the routing. Every `POST <requestUri>` of botocore's models is a
+route: its body size bounded, its SigV4 signature checked, its JSON validated against
+the model and handed to the handler registered for the operation. Other routes (PutMedia,
+the HLS/DASH session pages, the web viewer) are plain Starlette routes handed in by the
+server. Whatever goes wrong becomes an AWS-style error: `x-amzn-ErrorType` header plus
+`{"message": ...}`; never a traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from botocore import xform_name
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, Router
 
 from kvslite.config import Settings
 from kvslite.edge import model, sigv4
@@ -26,90 +28,79 @@ from kvslite.errors import ApiError
 
 log = logging.getLogger("kvslite.edge")
 
-# A streaming operation the botocore models do not describe (PutMedia): it gets the
-# raw request (already authenticated) and returns a response that may stream.
-StreamingHandler = Callable[[Request], Awaitable[Response]]
-# A plain HTTP endpoint outside the KVS APIs, matched by path prefix: HLS/DASH session
-# URLs (authenticated by their session token, as on AWS) and the web viewer's files.
-PageHandler = Callable[[Request], Awaitable[Response]]
+# An operation's handler takes the validated request and returns the output members
+# (serialized by the model) or a Response of its own (streaming media).
+Handler = Callable[[dict], Any]
+# PutMedia is not in botocore's models: it gets the raw (authenticated) request and
+# returns an ASGI response that may stream while the body is still arriving.
+StreamingHandler = Callable[[Request], Awaitable[Any]]
+
+_HTTP_ERRORS = {404: "UnknownOperationException", 405: "MethodNotAllowedException"}
 
 
 class EdgeApp:
-    def __init__(
-        self,
-        settings: Settings,
-        providers: dict[str, list[Any]],
-        streaming: dict[str, StreamingHandler] | None = None,
-        pages: dict[str, PageHandler] | None = None,
-    ):
+    def __init__(self, settings: Settings, handlers: dict[str, Handler],
+                 put_media: StreamingHandler | None = None,
+                 routes: Iterable[BaseRoute] = ()):
         self.settings = settings
-        self.providers = providers  # botocore service name -> provider objects
-        self.streaming = streaming or {}  # request path -> handler
-        self.pages = pages or {}  # path prefix -> handler
-        self.routes = model.routes()
+        self.handlers = _checked(handlers)
+        kvs = [Route(path, self._operation(route), methods=["POST"])
+               for path, route in model.routes().items()]
+        if put_media is not None:
+            kvs.append(Route("/putMedia", self._streaming(put_media), methods=["POST"]))
+        self.router = Router([*kvs, *routes], redirect_slashes=False)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         if scope["type"] != "http":
-            return
-        request = Request(scope, receive)
+            return  # no lifespan events or websockets: the server runs with lifespan off
         request_id = str(uuid.uuid4())
+        started = False
+
+        async def send_with_id(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"],
+                                      (b"x-amzn-requestid", request_id.encode())]
+            await send(message)
+
+        scope["app"] = self  # Starlette raises HTTPException instead of answering plain text
         try:
-            response = await self._handle(request)
-        except ApiError as error:
-            response = error_response(error)
-        except Exception:
-            log.exception("internal error serving %s %s", request.method, request.url.path)
-            response = error_response(
-                ApiError("InternalFailure", f"Internal server error (request {request_id})",
-                         status=500))
-        response.headers["x-amzn-RequestId"] = request_id
-        await response(scope, receive, send)
+            await self.router(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # a streaming response broke off: nothing more can be said
+                log.exception("error while streaming %s", scope.get("path"))
+                return
+            await error_response(_as_api_error(exc, scope, request_id))(
+                scope, receive, send_with_id)
 
-    async def _handle(self, request: Request) -> Response:
-        path = request.url.path
-        streaming = self.streaming.get(path)
-        route = self.routes.get(path)
-        if streaming is None and route is None:
-            page = self._page_for(path)
-            if page is not None:
-                return await page(request)
-            raise ApiError("UnknownOperationException", f"No KVS operation at {path}",
-                           status=404)
-        if request.method != "POST":
-            raise ApiError("MethodNotAllowedException",
-                           f"{path} accepts POST only, not {request.method}", status=405)
+    # -- the KVS operations -----------------------------------------------------------
 
-        if streaming is not None:
-            self._authenticate(request, b"")  # streaming bodies sign the empty payload
-            return await streaming(request)
-
-        body = await read_body(request, self.settings.max_request_body_bytes)
-        self._authenticate(request, body)
+    def _operation(self, route: model.Route):
         operation = route.operation
-        handler = self.handler_for(route)
-        if handler is None:
-            raise ApiError("NotImplementedException",
-                           f"kvslite does not implement {operation.name}", status=501)
-        params = model.parse_input(operation, decode_json(body))
-        result = await run_in_threadpool(handler, params)
-        if isinstance(result, Response):
-            return result
-        return json_response(model.serialize_output(operation, result))
+        handler = self.handlers.get(route.name)
 
-    def handler_for(self, route: model.Route):
-        """The provider method serving `route`, or None if kvslite lacks it."""
-        method = xform_name(route.name)
-        for provider in self.providers.get(route.service, []):
-            if hasattr(provider, method):
-                return getattr(provider, method)
-        return None
+        async def endpoint(request: Request) -> Response:
+            body = await read_body(request, self.settings.max_request_body_bytes)
+            self._authenticate(request, body)
+            if handler is None:
+                raise ApiError("NotImplementedException",
+                               f"kvslite does not implement {operation.name}", status=501)
+            params = model.parse_input(operation, decode_json(body))
+            result = await run_in_threadpool(handler, params)
+            if isinstance(result, Response):
+                return result
+            return json_response(model.serialize_output(operation, result))
 
-    def _page_for(self, path: str) -> PageHandler | None:
-        matches = [prefix for prefix in self.pages if path.startswith(prefix)]
-        return self.pages[max(matches, key=len)] if matches else None
+        return endpoint
+
+    def _streaming(self, handler: StreamingHandler):
+        async def endpoint(request: Request):
+            self._authenticate(request, b"")  # streaming bodies sign the empty payload
+            return await handler(request)
+
+        return endpoint
 
     def _authenticate(self, request: Request, body: bytes) -> None:
         if not self.settings.auth_enabled:
@@ -129,6 +120,28 @@ class EdgeApp:
             body=body,
             max_skew_s=self.settings.max_clock_skew_s,
         )
+
+
+def _checked(handlers: dict[str, Handler]) -> dict[str, Handler]:
+    """Handlers are registered by operation name; a name the models lack is a bug."""
+    known = {route.name for route in model.routes().values()}
+    unknown = set(handlers) - known
+    if unknown:
+        raise ValueError(f"handlers for operations the KVS models lack: {sorted(unknown)}")
+    return dict(handlers)
+
+
+def _as_api_error(exc: Exception, scope, request_id: str) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    path = scope.get("path", "")
+    if isinstance(exc, HTTPException) and exc.status_code in _HTTP_ERRORS:
+        what = (f"No KVS operation at {path}" if exc.status_code == 404
+                else f"{path} does not accept {scope.get('method')}")
+        return ApiError(_HTTP_ERRORS[exc.status_code], what, status=exc.status_code)
+    log.error("internal error serving %s %s", scope.get("method"), path, exc_info=exc)
+    return ApiError("InternalFailure", f"Internal server error (request {request_id})",
+                    status=500)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -172,13 +185,3 @@ def error_response(error: ApiError) -> Response:
     status = error.status or model.error_statuses().get(error.code, 400)
     return json_response({"message": error.message}, status,
                          headers={"x-amzn-ErrorType": error.code})
-
-
-async def _lifespan(receive, send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

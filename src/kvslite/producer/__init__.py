@@ -20,7 +20,7 @@ How it works, one module per step:
   from the SPS/PPS (and VPS) found in the stream.
 - fragments: packets -> KVS-style Matroska, one Cluster per GOP (a fragment), absolute
   cluster timecodes in epoch ms: producer start time + the pts offset from the first keyframe.
-- putmedia: the MKV streams as the chunked body of `POST <DataEndpoint>/putMedia`, SigV4-
+- connection: the MKV streams as the chunked body of `POST <DataEndpoint>/putMedia`, SigV4-
   signed over the empty payload hash, while the server's JSON acks (acks) are read on the
   same connection (asyncio + h11). The packets are read in a thread (readahead) so that
   acks keep flowing; the upload ends when every fragment has its final ack (PERSISTED, or
@@ -34,7 +34,7 @@ from .annexb import (AnnexBConverter, avcc_from_parameter_sets, hvcc_from_parame
 from .errors import AckError, HttpError, ProducerError, SourceError
 from .fragments import MAX_FRAGMENT_MS, USER_AGENT, FragmentBuilder, media_chunks
 from .producer import DEFAULT_ENDPOINT_URL, Producer, put_source
-from .putmedia import putmedia_headers
+from .connection import putmedia_headers
 from .source import MediaSource, open_source
 from .summary import PutSummary
 from .timestamps import format_timestamp, parse_timestamp

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from kvslite import __version__
-from kvslite.archive.ingest import MAX_FRAGMENT_MS  # KVS's limit; SimpleBlocks allow 32.767 s
 from kvslite.media import mkv
+from kvslite.media.limits import MAX_FRAGMENT_MS  # SimpleBlock offsets would allow 32.767 s
 
 from .annexb import AnnexBConverter, is_annexb, is_length_prefixed
 from .errors import SourceError

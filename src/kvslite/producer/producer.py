@@ -9,23 +9,23 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
+from kvslite.config import DEFAULT_ENDPOINT_URL
+
 from .acks import Ack
+from .connection import PutMediaUpload, putmedia_headers
 from .errors import HttpError, ProducerError
 from .fragments import MAX_FRAGMENT_MS, USER_AGENT, media_chunks
-from .putmedia import PutMediaUpload, putmedia_headers
 from .source import MediaSource, open_source
 from .summary import PutSummary
 from .timestamps import now_ms, to_epoch_ms
 from .video import MEDIA_TYPES, VideoFormat
-
-DEFAULT_ENDPOINT_URL = "http://127.0.0.1:4567"
 
 
 class Producer:
     """Uploads video to one stream with PutMedia.
 
     `endpoint_url` is the control-plane URL (kvslite, or https://kinesisvideo.<region>.
-    amazonaws.com for AWS); None means $KVSLITE_ENDPOINT_URL or http://127.0.0.1:4567.
+    amazonaws.com for AWS); None means $KVSLITE_ENDPOINT_URL or DEFAULT_ENDPOINT_URL.
     `credentials`: a botocore Credentials object, a (key, secret[, token]) tuple, or None
     for the usual AWS chain (environment, ~/.aws, ...); with no credentials anywhere the
     requests go unsigned. The data endpoint comes from GetDataEndpoint (APIName

@@ -8,7 +8,15 @@ compare-and-set, unique names); the rules of the KVS API live in `kvslite.archiv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
+
+
+class Clock(Enum):
+    """Which clock a fragment time is read on; values are the API's selector names."""
+
+    PRODUCER = "PRODUCER_TIMESTAMP"  # the producer's timestamps (cluster timecodes)
+    SERVER = "SERVER_TIMESTAMP"  # when kvslite received the fragment's first byte
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,10 @@ class Fragment:
     header_id: int  # the EBML header + Tracks it was produced with
     blob_key: str
     frames: bytes  # packed frame index, see kvslite.archive.fragments
+
+    def start_ms(self, clock: Clock) -> int:
+        """Where the fragment starts on `clock`, epoch ms."""
+        return self.producer_ms if clock is Clock.PRODUCER else self.server_ms
 
 
 def fragment_number(seq: int) -> str:
@@ -89,19 +101,18 @@ class MetadataStore(Protocol):
 
     def find_fragment(self, arn: str, *, producer_ms: int) -> Fragment | None: ...
 
-    def list_fragments(self, arn: str, *, time_column: str | None = None, start_ms: int = 0,
+    def list_fragments(self, arn: str, *, clock: Clock | None = None, start_ms: int = 0,
                        end_ms: int = 0, after_seq: int = 0, limit: int) -> list[Fragment]:
-        """Fragments by seq; with time_column ('producer_ms' | 'server_ms'), only those
-        starting in [start_ms, end_ms]."""
+        """Fragments by seq; with a clock, only those starting in [start_ms, end_ms] on it."""
 
     def fragments_by_number(self, arn: str, numbers: list[str]) -> dict[str, Fragment]: ...
 
     def latest_fragment(self, arn: str) -> Fragment | None: ...
 
-    def fragment_at(self, arn: str, time_column: str, ms: int) -> Fragment | None:
+    def fragment_at(self, arn: str, clock: Clock, ms: int) -> Fragment | None:
         """The fragment whose span holds `ms` on that clock, else the first starting after."""
 
-    def fragments_overlapping(self, arn: str, time_column: str, start_ms: int, end_ms: int,
+    def fragments_overlapping(self, arn: str, clock: Clock, start_ms: int, end_ms: int,
                               max_duration_ms: int) -> list[Fragment]:
         """Fragments whose span [start, start + duration) meets [start_ms, end_ms]."""
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from kvslite.store.metadata import Fragment, NameTaken, Stream, fragment_number
+from kvslite.store.metadata import Clock, Fragment, NameTaken, Stream, fragment_number
 
 # Append-only: migration N brings the schema from version N-1 to N.
 MIGRATIONS = [
@@ -70,6 +70,7 @@ MIGRATIONS = [
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
 _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
+_TIME_COLUMNS = {Clock.PRODUCER: "producer_ms", Clock.SERVER: "server_ms"}
 
 
 class SqliteMetadataStore:
@@ -251,13 +252,12 @@ class SqliteMetadataStore:
                                 (arn, producer_ms))
         return found[0] if found else None
 
-    def list_fragments(self, arn: str, *, time_column: str | None = None, start_ms: int = 0,
+    def list_fragments(self, arn: str, *, clock: Clock | None = None, start_ms: int = 0,
                        end_ms: int = 0, after_seq: int = 0, limit: int) -> list[Fragment]:
-        if time_column is None:
+        if clock is None:
             return self._fragments("arn = ? AND seq > ? ORDER BY seq LIMIT ?",
                                    (arn, after_seq, limit))
-        if time_column not in ("producer_ms", "server_ms"):
-            raise ValueError(time_column)
+        time_column = _TIME_COLUMNS[clock]
         return self._fragments(
             f"arn = ? AND {time_column} BETWEEN ? AND ? AND seq > ? ORDER BY seq LIMIT ?",
             (arn, start_ms, end_ms, after_seq, limit))
@@ -275,22 +275,20 @@ class SqliteMetadataStore:
         found = self._fragments("arn = ? ORDER BY seq DESC LIMIT 1", (arn,))
         return found[0] if found else None
 
-    def fragment_at(self, arn: str, time_column: str, ms: int) -> Fragment | None:
-        if time_column not in ("producer_ms", "server_ms"):
-            raise ValueError(time_column)
+    def fragment_at(self, arn: str, clock: Clock, ms: int) -> Fragment | None:
+        time_column = _TIME_COLUMNS[clock]
         before = self._fragments(
             f"arn = ? AND {time_column} <= ? ORDER BY {time_column} DESC, seq DESC LIMIT 1",
             (arn, ms))
-        if before and getattr(before[0], time_column) + before[0].duration_ms > ms:
+        if before and before[0].start_ms(clock) + before[0].duration_ms > ms:
             return before[0]
         after = self._fragments(
             f"arn = ? AND {time_column} > ? ORDER BY {time_column}, seq LIMIT 1", (arn, ms))
         return after[0] if after else None
 
-    def fragments_overlapping(self, arn: str, time_column: str, start_ms: int, end_ms: int,
+    def fragments_overlapping(self, arn: str, clock: Clock, start_ms: int, end_ms: int,
                               max_duration_ms: int) -> list[Fragment]:
-        if time_column not in ("producer_ms", "server_ms"):
-            raise ValueError(time_column)
+        time_column = _TIME_COLUMNS[clock]
         # the lower bound on the start keeps the index useful; no fragment is longer
         return self._fragments(
             f"arn = ? AND {time_column} BETWEEN ? AND ? AND {time_column} + duration_ms > ? "

@@ -1,35 +1,27 @@
 """The web viewer: static files served at `/` (the page) and `/web/...` (its assets).
 
-The viewer is plain HTML/CSS/JS talking to the same origin through the public KVS API,
-so serving it is only a matter of files. Every servable file is listed once, when the
-module loads, into a table keyed by URL path: a request can only ever get one of those
-files, whatever `..`, `%2e`, or backslashes it carries. Anything else under the page's
-prefix is the edge's usual `UnknownOperationException`, so unknown API paths keep
-answering as before.
+The viewer is plain HTML/CSS/JS under `static/`, talking to the same origin through the
+public KVS API, so serving it is Starlette's StaticFiles plus kvslite's headers: a
+Content-Security-Policy on the page, `nosniff` everywhere, and a year of caching for
+pinned third-party files. `/web/limits.js` hands the viewer the limits it shares with
+the server, so each number has one home.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from kvslite.errors import ApiError
+from kvslite.media import limits
 
-ROOT = Path(__file__).resolve().parent
-ASSET_PREFIX = "/web/"
+STATIC = Path(__file__).resolve().parent / "static"
 
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".txt": "text/plain; charset=utf-8",
-}
 # Pinned third-party files carry their version in the name: cache them for a year.
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"  # our own files: always revalidate (cheap, thanks to the ETag)
@@ -39,82 +31,70 @@ REVALIDATE = "no-cache"  # our own files: always revalidate (cheap, thanks to th
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
        "worker-src 'self' blob:; connect-src 'self'; style-src 'self'; script-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+GZIP_MIN_BYTES = 1024
+CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
 
 
-@dataclass
-class Asset:
-    path: Path
-    content_type: str
-    cache_control: str
-    body: bytes = field(repr=False)
-    etag: str = ""
-    _gzipped: bytes | None = field(default=None, repr=False)
+class _Assets(StaticFiles):
+    """StaticFiles with kvslite's headers on every file, gzipped for clients that take it."""
 
-    def __post_init__(self) -> None:
-        self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+    def file_response(self, full_path, stat_result, scope, status_code=200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        path = Path(full_path)
+        if response.status_code == 200 and _accepts_gzip(scope) and \
+                stat_result.st_size > GZIP_MIN_BYTES:
+            body = _gzipped(path, stat_result.st_mtime_ns)
+            headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+            response = Response(body if scope["method"] != "HEAD" else b"", headers=headers)
+            response.headers.update({"content-encoding": "gzip",
+                                     "content-length": str(len(body))})
+        if path.suffix in CONTENT_TYPES:  # the platform's MIME table varies; these must not
+            response.headers["content-type"] = CONTENT_TYPES[path.suffix]
+        pinned = path.parent.name == "vendor" and path.suffix == ".js"
+        response.headers.update(_security_headers(html=path.suffix == ".html"))
+        response.headers["cache-control"] = IMMUTABLE if pinned else REVALIDATE
+        return response
 
-    def gzipped(self) -> bytes:
-        if self._gzipped is None:
-            self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
-        return self._gzipped
+
+def _accepts_gzip(scope) -> bool:
+    return any(name == b"accept-encoding" and b"gzip" in value
+               for name, value in scope["headers"])
 
 
-def _scan(root: Path = ROOT) -> dict[str, Asset]:
-    """URL path -> asset, for every servable file under `root` (no Python, no dotfiles)."""
-    assets: dict[str, Asset] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if (not path.is_file() or path.suffix not in CONTENT_TYPES
-                or any(part.startswith((".", "_")) for part in rel.parts)):
-            continue
-        cache = IMMUTABLE if rel.parts[0] == "vendor" and rel.suffix == ".js" else REVALIDATE
-        assets[ASSET_PREFIX + rel.as_posix()] = Asset(
-            path, CONTENT_TYPES[path.suffix], cache, path.read_bytes())
-    if "/web/index.html" in assets:
-        assets["/"] = assets["/index.html"] = assets["/web/index.html"]
-    return assets
+@lru_cache(maxsize=64)
+def _gzipped(path: Path, mtime_ns: int) -> bytes:
+    """The file compressed once per version (the viewer's files are small)."""
+    return gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
+
+
+def _security_headers(*, html: bool) -> dict[str, str]:
+    headers = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
+               "vary": "Accept-Encoding"}
+    if html:
+        headers.update({"content-security-policy": CSP, "x-frame-options": "DENY"})
+    return headers
+
+
+def limits_module() -> str:
+    """The limits the viewer shares with the server, as an ES module."""
+    return (f"// Served by kvslite from kvslite.media.limits; not a file on disk.\n"
+            f"export const MAX_FRAGMENT_SPAN_MS = {limits.MAX_FRAGMENT_SPAN_MS};\n")
 
 
 class WebViewer:
-    """The page handler for EdgeApp(pages={"/": WebViewer()})."""
+    def __init__(self, root: Path = STATIC):
+        self.assets = _Assets(directory=root)
 
-    def __init__(self, root: Path = ROOT):
-        self.assets = _scan(root)
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/", self._index, methods=["GET", "HEAD"]),
+                Route("/index.html", self._index, methods=["GET", "HEAD"]),
+                Route("/web/limits.js", self._limits, methods=["GET", "HEAD"]),
+                Mount("/web", app=self.assets)]
 
-    async def __call__(self, request: Request) -> Response:
-        path = request.url.path
-        asset = self.assets.get(path)
-        if asset is None:
-            raise ApiError("UnknownOperationException", f"No KVS operation at {path}",
-                           status=404)
-        if request.method not in ("GET", "HEAD"):
-            raise ApiError("MethodNotAllowedException",
-                           f"{path} accepts GET and HEAD only, not {request.method}",
-                           status=405)
-        headers = {
-            "Cache-Control": asset.cache_control,
-            "ETag": asset.etag,
-            "Vary": "Accept-Encoding",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        }
-        if asset.content_type.startswith("text/html"):
-            headers["Content-Security-Policy"] = CSP
-            headers["X-Frame-Options"] = "DENY"
-        if _etag_matches(request.headers.get("if-none-match"), asset.etag):
-            return Response(status_code=304, headers=headers)
-        body = asset.body
-        if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1024:
-            body = asset.gzipped()
-            headers["Content-Encoding"] = "gzip"
-        headers["Content-Length"] = str(len(body))
-        if request.method == "HEAD":
-            return Response(status_code=200, headers=headers, media_type=asset.content_type)
-        return Response(body, headers=headers, media_type=asset.content_type)
+    async def _index(self, request: Request) -> Response:
+        return await self.assets.get_response("index.html", request.scope)
 
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return etag in tags or "*" in tags
+    async def _limits(self, request: Request) -> Response:
+        headers = {**_security_headers(html=False), "cache-control": REVALIDATE}
+        return Response(limits_module(), headers=headers,
+                        media_type="text/javascript; charset=utf-8")

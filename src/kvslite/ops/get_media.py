@@ -1,4 +1,4 @@
-"""The `kinesis-video-media` service: GetMedia, the archive as a live MKV stream.
+"""GetMedia (`kinesis-video-media`): the archive as a live MKV stream.
 
 It streams fragments in fragment-number order from the start selector, then
 keeps following new fragments as they are persisted, and ends once none has
@@ -18,12 +18,11 @@ from collections.abc import AsyncIterator
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
+from kvslite.archive import Clock, Fragment, Stream, seq_of
+from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
-from kvslite.archive.streams import Streams
 from kvslite.errors import ApiError, invalid, not_found
-from kvslite.media import mkv
-from kvslite.ops.archived import MEDIA_TYPE, TIME_COLUMNS, fragment_tags
-from kvslite.store.metadata import Fragment, Stream, seq_of
+from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
 FOLLOW_IDLE_S = 10.0
 POLL_S = 0.2
@@ -31,14 +30,17 @@ BATCH = 16
 MAX_CONNECTIONS_PER_STREAM = 3  # AWS: more GetMedia connections are refused
 
 
-class Media:
-    def __init__(self, streams: Streams, archive: Archive):
-        self.streams = streams
+class GetMedia:
+    def __init__(self, control: ControlPlane, archive: Archive):
+        self.control = control
         self.archive = archive
         self.active: Counter[str] = Counter()
 
+    def operations(self) -> dict:
+        return {"GetMedia": self.get_media}
+
     def get_media(self, params: dict) -> StreamingResponse:
-        stream = self.streams.resolve(params.get("StreamName"), params.get("StreamARN"))
+        stream = self.control.resolve(params.get("StreamName"), params.get("StreamARN"))
         after_seq = self._start_after(stream, params["StartSelector"])
         if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
             raise ApiError("ConnectionLimitExceededException",
@@ -49,11 +51,10 @@ class Media:
     def _start_after(self, stream: Stream, selector: dict) -> int:
         """The seq after which streaming starts."""
         kind = selector["StartSelectorType"]
-        store = self.archive.store
         if kind == "EARLIEST":
             return 0
         if kind == "NOW":
-            latest = store.latest_fragment(stream.arn)
+            latest = self.archive.latest(stream.arn)
             return latest.seq if latest else 0
         if kind in ("FRAGMENT_NUMBER", "CONTINUATION_TOKEN"):
             member = "AfterFragmentNumber" if kind == "FRAGMENT_NUMBER" else "ContinuationToken"
@@ -61,16 +62,16 @@ class Media:
             if not number:
                 raise invalid(f"StartSelector.{member} is required for {kind}")
             seq = seq_of(number)
-            if seq is None or not store.fragments_by_number(stream.arn, [number]):
+            if seq is None or self.archive.by_number(stream.arn, number) is None:
                 raise not_found(f"Fragment {number} was not found in stream {stream.name}")
             return seq
         timestamp = selector.get("StartTimestamp")
         if timestamp is None:
             raise invalid(f"StartSelector.StartTimestamp is required for {kind}")
-        fragment = store.fragment_at(stream.arn, TIME_COLUMNS[kind], round(timestamp * 1000))
+        fragment = self.archive.at(stream.arn, Clock(kind), round(timestamp * 1000))
         if fragment is not None:
             return fragment.seq - 1
-        latest = store.latest_fragment(stream.arn)  # nothing that late yet: follow live
+        latest = self.archive.latest(stream.arn)  # nothing that late yet: follow live
         return latest.seq if latest else 0
 
     async def _follow(self, stream: Stream, after_seq: int) -> AsyncIterator[bytes]:
@@ -78,7 +79,7 @@ class Media:
         try:
             idle_since = time.monotonic()
             while time.monotonic() - idle_since < FOLLOW_IDLE_S:
-                batch = await run_in_threadpool(self.archive.store.list_fragments, stream.arn,
+                batch = await run_in_threadpool(self.archive.fragments, stream.arn,
                                                 after_seq=after_seq, limit=BATCH)
                 if not batch:
                     await asyncio.sleep(POLL_S)
@@ -92,11 +93,6 @@ class Media:
 
     def _chunk(self, fragment: Fragment) -> bytes:
         behind_ms = max(0, int(time.time() * 1000) - fragment.server_ms)
-        return b"".join([
-            self.archive.header(fragment.header_id),
-            mkv.write_tags(fragment_tags(fragment)),
-            self.archive.cluster_bytes(fragment),
-            mkv.write_tags([("AWS_KINESISVIDEO_MILLIS_BEHIND_NOW", str(behind_ms)),
-                            ("AWS_KINESISVIDEO_CONTINUATION_TOKEN", fragment.number)]),
-        ])
-
+        return fragment_mkv(self.archive, fragment, [
+            ("AWS_KINESISVIDEO_MILLIS_BEHIND_NOW", str(behind_ms)),
+            ("AWS_KINESISVIDEO_CONTINUATION_TOKEN", fragment.number)])

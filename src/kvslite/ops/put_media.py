@@ -17,9 +17,9 @@ from collections import Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
 from kvslite.archive.ingest import IngestError, IngestSession, error_ack
-from kvslite.archive.streams import Streams
 from kvslite.errors import ApiError, invalid
 
 log = logging.getLogger("kvslite.putmedia")
@@ -31,14 +31,14 @@ MAX_CONNECTIONS_PER_STREAM = 1  # AWS: one PutMedia per stream; the newest is re
 
 
 class PutMedia:
-    def __init__(self, streams: Streams, archive: Archive):
-        self.streams = streams
+    def __init__(self, control: ControlPlane, archive: Archive):
+        self.control = control
         self.archive = archive
         self.active: Counter[str] = Counter()  # stream ARN -> open uploads on this node
 
     async def __call__(self, request: Request) -> "_Upload":
         headers = request.headers
-        stream = await run_in_threadpool(self.streams.resolve,
+        stream = await run_in_threadpool(self.control.resolve,
                                          headers.get("x-amzn-stream-name"),
                                          headers.get("x-amzn-stream-arn"))
         timecode_type = headers.get("x-amzn-fragment-timecode-type")

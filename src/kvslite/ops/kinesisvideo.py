@@ -9,27 +9,40 @@ from __future__ import annotations
 import base64
 import binascii
 
+from kvslite.archive import Stream
+from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
-from kvslite.archive.streams import Streams
 from kvslite.errors import ApiError, invalid, not_found
-from kvslite.store.metadata import Stream
 
 DEFAULT_LIST_LIMIT = 10_000
 
 
-class ControlPlane:
-    def __init__(self, streams: Streams, archive: Archive, *, endpoint_url: str):
-        self.streams = streams
+class KinesisVideo:
+    def __init__(self, control: ControlPlane, archive: Archive, *, endpoint_url: str):
+        self.control = control
         self.archive = archive
         self.endpoint_url = endpoint_url
 
+    def operations(self) -> dict:
+        return {
+            "CreateStream": self.create_stream, "DescribeStream": self.describe_stream,
+            "ListStreams": self.list_streams, "UpdateStream": self.update_stream,
+            "DeleteStream": self.delete_stream,
+            "UpdateDataRetention": self.update_data_retention,
+            "GetDataEndpoint": self.get_data_endpoint,
+            "TagStream": self.tag_stream, "UntagStream": self.untag_stream,
+            "ListTagsForStream": self.list_tags_for_stream,
+            "TagResource": self.tag_resource, "UntagResource": self.untag_resource,
+            "ListTagsForResource": self.list_tags_for_resource,
+        }
+
     def _stream(self, params: dict) -> Stream:
-        return self.streams.resolve(params.get("StreamName"), params.get("StreamARN"))
+        return self.control.resolve(params.get("StreamName"), params.get("StreamARN"))
 
     # -- streams ---------------------------------------------------------------------
 
     def create_stream(self, params: dict) -> dict:
-        stream = self.streams.create(
+        stream = self.control.create(
             params["StreamName"],
             retention_hours=params.get("DataRetentionInHours", 0),
             device_name=params.get("DeviceName"),
@@ -49,7 +62,7 @@ class ControlPlane:
         prefix = condition.get("ComparisonValue", "")
         limit = params.get("MaxResults", DEFAULT_LIST_LIMIT)
         after = _decode_token(params.get("NextToken"))
-        page = self.streams.list(prefix=prefix, after=after, limit=limit + 1)
+        page = self.control.list_streams(prefix=prefix, after=after, limit=limit + 1)
         result = {"StreamInfoList": [stream_info(s) for s in page[:limit]]}
         if len(page) > limit:
             result["NextToken"] = _encode_token(page[limit - 1].name)
@@ -62,18 +75,18 @@ class ControlPlane:
             changes["device_name"] = params["DeviceName"]
         if "MediaType" in params:
             changes["media_type"] = params["MediaType"]
-        self.streams.update(stream, params["CurrentVersion"], **changes)
+        self.control.update(stream, params["CurrentVersion"], **changes)
         return {}
 
     def delete_stream(self, params: dict) -> dict:
-        stream = self.streams.resolve(arn=params["StreamARN"])
-        self.streams.delete(stream, params.get("CurrentVersion"))
+        stream = self.control.resolve(arn=params["StreamARN"])
+        self.control.delete(stream, params.get("CurrentVersion"))
         self.archive.delete_stream_media(stream)  # rows went with the stream; now the bytes
         return {}
 
     def update_data_retention(self, params: dict) -> dict:
         stream = self._stream(params)
-        self.streams.change_retention(stream, params["CurrentVersion"], params["Operation"],
+        self.control.change_retention(stream, params["CurrentVersion"], params["Operation"],
                                       params["DataRetentionChangeInHours"])
         return {}
 
@@ -84,36 +97,36 @@ class ControlPlane:
     # -- tags on streams (by name or ARN) --------------------------------------------
 
     def tag_stream(self, params: dict) -> dict:
-        self.streams.tag(self._stream(params), params["Tags"])
+        self.control.tag(self._stream(params), params["Tags"])
         return {}
 
     def untag_stream(self, params: dict) -> dict:
-        self.streams.untag(self._stream(params), params["TagKeyList"])
+        self.control.untag(self._stream(params), params["TagKeyList"])
         return {}
 
     def list_tags_for_stream(self, params: dict) -> dict:
-        return {"Tags": self.streams.tags(self._stream(params))}
+        return {"Tags": self.control.tags(self._stream(params))}
 
     # -- tags on resources (by ARN; streams are the only resources kvslite has) -------
 
     def _resource(self, arn: str) -> Stream:
         if ":stream/" not in arn:
             raise not_found(f"The resource {arn} was not found (kvslite has streams only)")
-        return self.streams.resolve(arn=arn)
+        return self.control.resolve(arn=arn)
 
     def tag_resource(self, params: dict) -> dict:
         tags = {}
         for tag in params["Tags"]:
             tags[tag["Key"]] = tag["Value"]
-        self.streams.tag(self._resource(params["ResourceARN"]), tags)
+        self.control.tag(self._resource(params["ResourceARN"]), tags)
         return {}
 
     def untag_resource(self, params: dict) -> dict:
-        self.streams.untag(self._resource(params["ResourceARN"]), params["TagKeyList"])
+        self.control.untag(self._resource(params["ResourceARN"]), params["TagKeyList"])
         return {}
 
     def list_tags_for_resource(self, params: dict) -> dict:
-        return {"Tags": self.streams.tags(self._resource(params["ResourceARN"]))}
+        return {"Tags": self.control.tags(self._resource(params["ResourceARN"]))}
 
 
 def stream_info(stream: Stream) -> dict:

@@ -19,19 +19,15 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 from kvslite.archive.fragments import Archive, FrameEntry, unpack_frames
 from kvslite.errors import ApiError, invalid
-from kvslite.media import mkv
 from kvslite.media.decode import DecodeError, decode_wanted
 from kvslite.media.images import encode_image
-from kvslite.store.metadata import Fragment
+from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS, video_track
+from kvslite.store.metadata import Clock, Fragment
 
 log = logging.getLogger("kvslite.images")
-
-MAX_FRAGMENT_SPAN_MS = 60_000  # longer than any fragment ingest accepts
-VIDEO = 1
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class ImageRequest:
     """Everything that decides which images a GetImages call returns (not its paging)."""
 
     stream_arn: str
-    clock: str  # "producer_ms" | "server_ms"
+    clock: Clock
     start_ms: int
     end_ms: int
     interval_ms: int
@@ -78,12 +74,13 @@ class ImageSampler:
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kvslite-decode")
         self.slots = threading.BoundedSemaphore(max_requests)
         self.page_bytes = page_bytes
-        self.token_key = archive.store.secret("get-images-next-token")
+        self.token_key = archive.secret("get-images-next-token")
 
     # -- paging tokens ------------------------------------------------------------------
 
     def _mac(self, request: ImageRequest, index: int) -> bytes:
-        message = json.dumps(asdict(request), sort_keys=True).encode() + struct.pack(">Q", index)
+        fields = {**asdict(request), "clock": request.clock.value}
+        message = json.dumps(fields, sort_keys=True).encode() + struct.pack(">Q", index)
         return hmac.new(self.token_key, message, hashlib.sha256).digest()[:16]
 
     def token_for(self, request: ImageRequest, index: int) -> str:
@@ -140,10 +137,10 @@ class ImageSampler:
 
     def _plan(self, request: ImageRequest, first: int, last: int) -> list[_Group]:
         """Assign each sample to the fragment covering it and the frame it shows."""
-        fragments = self.archive.store.fragments_overlapping(
-            request.stream_arn, request.clock, request.sample_time(first),
-            request.sample_time(last), MAX_FRAGMENT_SPAN_MS)
-        starts = [getattr(f, request.clock) for f in fragments]
+        fragments = self.archive.overlapping(request.stream_arn, request.clock,
+                                             request.sample_time(first),
+                                             request.sample_time(last))
+        starts = [f.start_ms(request.clock) for f in fragments]
         groups: dict[int, _Group] = {}
         frames: dict[int, list[FrameEntry]] = {}
         for index in range(first, last + 1):
@@ -153,13 +150,13 @@ class ImageSampler:
                 continue  # NO_MEDIA
             if fragment.seq not in frames:
                 frames[fragment.seq] = self._video_frames(fragment)
-            shown = _frame_shown(frames[fragment.seq], t - getattr(fragment, request.clock))
+            shown = _frame_shown(frames[fragment.seq], t - fragment.start_ms(request.clock))
             group = groups.setdefault(fragment.seq, _Group(fragment, []))
             group.samples.append((index, shown))
         return list(groups.values())
 
     def _video_frames(self, fragment: Fragment) -> list[FrameEntry]:
-        track = _video_track(self.archive.header(fragment.header_id))
+        track = video_track(self.archive.tracks(fragment.header_id))
         if track is None:
             return []
         return [e for e in unpack_frames(fragment.frames) if e.track == track.number]
@@ -170,12 +167,12 @@ class ImageSampler:
         if any(frame is None for _, frame in group.samples):
             return {}  # no video track in this fragment: MEDIA_ERROR
         try:
-            track = _video_track(self.archive.header(fragment.header_id))
+            track = video_track(self.archive.tracks(fragment.header_id))
             frames = self._video_frames(fragment)
             wanted = {frame.offset_ms for _, frame in group.samples}
             last = max(i for i, e in enumerate(frames) if e.offset_ms in wanted)
             needed = frames[last].payload_offset + frames[last].size
-            blob = self.archive.blobs.get(fragment.blob_key, 0, needed)
+            blob = self.archive.cluster_bytes(fragment, needed)
             if len(blob) < needed:
                 raise OSError(f"stored fragment is truncated ({len(blob)} < {needed} bytes)")
             packets = [(e.offset_ms, blob[e.payload_offset:e.payload_offset + e.size])
@@ -220,11 +217,3 @@ def _frame_shown(frames: list[FrameEntry], offset_ms: int) -> FrameEntry | None:
             shown = frame
     return shown or min(frames, key=lambda f: f.offset_ms)
 
-
-@lru_cache(maxsize=256)
-def _video_track(header: bytes) -> mkv.Track | None:
-    reader = mkv.MkvReader()
-    for event in reader.feed(header):
-        if isinstance(event, mkv.StreamHeader):
-            return next((t for t in event.tracks if t.track_type == VIDEO), None)
-    return None

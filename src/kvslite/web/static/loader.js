@@ -3,11 +3,11 @@
 
 import { listFragments, timeRange } from './api.js';
 import { $, showError } from './dom.js';
+import { MAX_FRAGMENT_SPAN_MS } from './limits.js';
 import { scheduleRender } from './render.js';
 import { S, streamShown } from './state.js';
 import { loadThumbs } from './thumbnails.js';
 
-const MAX_FRAGMENT_MS = 20_000;       // fragments start at most this long before they matter
 const SPAN_TOLERANCE_MS = 250;        // closer fragments are drawn as one span
 
 let loadTimer = null;
@@ -50,7 +50,7 @@ function markLoaded(start, end) {
 
 async function loadFragments(generation) {
   const stream = S.stream;
-  const from = S.view.start - MAX_FRAGMENT_MS;
+  const from = S.view.start - MAX_FRAGMENT_SPAN_MS;  // a fragment covering the start began here at most
   const to = S.view.end;
   const liveEdge = Date.now() - 60_000;  // recent time may still be growing
   if (!covered(from, Math.min(to, liveEdge)) || to > liveEdge) {

@@ -1,4 +1,4 @@
-"""Streams: the rules of the KVS control plane, independent of HTTP.
+"""The control plane: the KVS rules for streams, independent of HTTP.
 
 Resolving StreamName/StreamARN, version checks, retention bounds and tag limits
 live here; the store only persists and enforces atomicity.
@@ -20,7 +20,7 @@ def new_version() -> str:
     return secrets.token_hex(10)
 
 
-class Streams:
+class ControlPlane:
     def __init__(self, store: MetadataStore, *, region: str, account_id: str):
         self.store = store
         self.region = region
@@ -78,7 +78,7 @@ class Streams:
             raise invalid(f"StreamName {name} and StreamARN {arn} name different streams")
         return stream
 
-    def list(self, *, prefix: str = "", after: str = "", limit: int) -> list[Stream]:
+    def list_streams(self, *, prefix: str = "", after: str = "", limit: int) -> list[Stream]:
         return self.store.list_streams(prefix=prefix, after=after, limit=limit)
 
     def update(self, stream: Stream, current_version: str, **changes) -> None:
@@ -111,6 +111,14 @@ class Streams:
 
     def untag(self, stream: Stream, keys: list[str]) -> None:
         self.store.delete_tags(stream.arn, keys)
+
+
+def require_archive(stream: Stream) -> Stream:
+    """The stream, if it keeps an archive to read (retention 0 keeps nothing)."""
+    if stream.data_retention_hours == 0:
+        raise ApiError("NoDataRetentionException",
+                       f"Stream {stream.name} has no data retention, so no archive")
+    return stream
 
 
 def check_retention(hours: int) -> None:

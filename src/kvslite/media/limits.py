@@ -1,0 +1,25 @@
+"""KVS's limits on what a producer sends, shared by the server's ingest and the producer.
+
+One home for each number: the server enforces them, the producer stays within them,
+readers rely on them to bound their lookups, and the web viewer gets them from here too.
+"""
+
+from __future__ import annotations
+
+MAX_FRAGMENT_MS = 20_000  # frames of one fragment span at most this (PutMedia ERROR 4002)
+MAX_FRAGMENT_BYTES = 50 * 1024 * 1024  # one fragment's cluster (ERROR 4001)
+MAX_TRACKS = 3  # tracks in a stream header (ERROR 4012)
+MAX_FUTURE_MS = 60_000  # producer clocks drift; further ahead than this is a bad clock (4007)
+
+# A stored fragment's span [start, start + duration) is never longer than this: its frames
+# spread over at most MAX_FRAGMENT_MS, and its last frame is shown for at most the rest.
+# Lookups by time reach back this far to find the fragment that covers an instant.
+MAX_FRAGMENT_SPAN_MS = 3 * MAX_FRAGMENT_MS
+
+VIDEO_TRACK_TYPE = 1  # Matroska TrackType of video
+
+
+def video_track(tracks):
+    """The stream's video track (the first of type video), or None: frames are indexed,
+    timed and decoded by it."""
+    return next((t for t in tracks if t.track_type == VIDEO_TRACK_TYPE), None)
