@@ -1,7 +1,8 @@
 """Fragments: how a cluster is archived, indexed and read back.
 
-A fragment is stored as one canonical Matroska Cluster blob (written by
-`kvslite.media.mkv.write_cluster`) plus a row of metadata whose `frames`
+A fragment is stored as one Matroska Cluster blob (written by
+`kvslite.media.mkv.write_cluster`: each block as the producer sent it, only the cluster
+framing normalised) plus a row of metadata whose `frames`
 column indexes every frame: track, keyframe flag, timestamp offset and the
 byte range of its payload inside the blob. Readers slice payloads straight
 out of the blob and never parse a cluster again.
@@ -76,7 +77,8 @@ class Archive:
     # -- writing ------------------------------------------------------------------------
 
     def save_header(self, stream: Stream, header: mkv.StreamHeader) -> int:
-        return self.store.save_header(stream.arn, mkv.write_header(header))
+        """Keep the header elements exactly as the producer sent them."""
+        return self.store.save_header(stream.arn, mkv.header_bytes(header))
 
     def persist(self, stream: Stream, header_id: int, cluster: mkv.Cluster, *,
                 producer_ms: int, server_ms: int, duration_ms: int, to_ms) -> Fragment:
@@ -84,7 +86,7 @@ class Archive:
         data, offsets = mkv.write_cluster(cluster)
         entries = [
             FrameEntry(f.track_number, f.keyframe, to_ms(f.timecode) - producer_ms, offset,
-                       len(f.payload))
+                       f.payload_size)
             for f, offset in zip(cluster.frames, offsets)
         ]
         key = f"{stream_dir(stream)}/{producer_ms}-{secrets.token_hex(4)}.mkv"

@@ -17,19 +17,30 @@ VIDEO, PIXEL_WIDTH, PIXEL_HEIGHT = 0xE0, 0xB0, 0xBA
 AUDIO, SAMPLING_FREQUENCY, CHANNELS = 0xE1, 0xB5, 0x9F
 TIMECODE, SIMPLE_BLOCK, BLOCK_GROUP, BLOCK, REFERENCE_BLOCK = 0xE7, 0xA3, 0xA0, 0xA1, 0xFB
 TAG, TARGETS, SIMPLE_TAG, TAG_NAME, TAG_STRING = 0x7373, 0x63C0, 0x67C8, 0x45A3, 0x4487
+# TrackEntry details the reader only checks or keeps as received
+CONTENT_ENCODINGS, CONTENT_ENCODING = 0x6D80, 0x6240
+CONTENT_COMPRESSION, CONTENT_COMP_ALGO, CONTENT_ENCRYPTION = 0x5034, 0x4254, 0x5035
+LANGUAGE, CODEC_DELAY, SEEK_PRE_ROLL = 0x22B59C, 0x56AA, 0x56BB
+COLOUR, MATRIX_COEFFICIENTS, TRANSFER_CHARACTERISTICS, PRIMARIES = 0x55B0, 0x55B1, 0x55BA, 0x55BB
+MASTERING_METADATA, LUMINANCE_MAX, LUMINANCE_MIN = 0x55D0, 0x55D9, 0x55DA
+MAX_CLL, MAX_FALL = 0x55BC, 0x55BD
+# BlockGroup children besides Block and ReferenceBlock
+BLOCK_DURATION, BLOCK_ADDITIONS, BLOCK_MORE, BLOCK_ADD_ID, BLOCK_ADDITIONAL = (
+    0x9B, 0x75A1, 0xA6, 0xEE, 0xA5)
 
 SEGMENT_CHILDREN = {SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, TAGS, CHAPTERS, ATTACHMENTS,
                     VOID, CRC32}
 UNKNOWN = -1  # size value of an unknown-size element
 _NAMES = {EBML: "EBML", SEGMENT: "Segment", INFO: "Info", TRACKS: "Tracks", CLUSTER: "Cluster",
           TAGS: "Tags", TIMECODE: "Timecode", SIMPLE_BLOCK: "SimpleBlock",
-          BLOCK_GROUP: "BlockGroup"}
+          BLOCK_GROUP: "BlockGroup", BLOCK: "Block", TRACK_ENTRY: "TrackEntry"}
 
 
 class MkvError(Exception):
     """Bad Matroska input.
 
-    `reason`: invalid_mkv (malformed or unexpected structure), too_large (over a size limit),
+    `reason`: invalid_mkv (malformed or unexpected structure, or a track whose frames are
+    compressed or encrypted by ContentEncodings), too_large (over a size limit),
     truncated (input ended inside an element), unsupported (valid Matroska we do not handle:
     lacing, unknown-size Info/Tracks/Tags), unknown_track (a block for a track not in Tracks),
     timecode_range (writer only: a block offset outside int16). `events` holds the events the
@@ -81,17 +92,24 @@ def read_size(buf, pos: int) -> tuple[int, int] | None:
     return (UNKNOWN if value == mask else value), n
 
 
+def child_spans(buf, start: int, end: int, parent: int):
+    """Iterate (id, payload start, payload end) over the children in buf[start:end] of a fully
+    buffered master element, without copying them."""
+    pos = start
+    while pos < end:
+        got = read_id(buf, pos)
+        sz = got and read_size(buf, pos + got[1])
+        if not sz or sz[0] == UNKNOWN or pos + got[1] + sz[1] + sz[0] > end:
+            raise MkvError("invalid_mkv", f"malformed child element in {element_name(parent)}")
+        data = pos + got[1] + sz[1]
+        pos = data + sz[0]
+        yield got[0], data, pos
+
+
 def iter_children(body: bytes, parent: int):
     """Iterate (id, payload) over the children of a fully buffered master element."""
-    pos = 0
-    while pos < len(body):
-        got = read_id(body, pos)
-        sz = got and read_size(body, pos + got[1])
-        if not sz or sz[0] == UNKNOWN or pos + got[1] + sz[1] + sz[0] > len(body):
-            raise MkvError("invalid_mkv", f"malformed child element in {element_name(parent)}")
-        start = pos + got[1] + sz[1]
-        pos = start + sz[0]
-        yield got[0], body[start:pos]
+    for eid, start, end in child_spans(body, 0, len(body), parent):
+        yield eid, body[start:end]
 
 
 def decode_uint(b: bytes) -> int:
@@ -139,7 +157,6 @@ def uint_element(eid: int, v: int) -> bytes:
 
 def str_element(eid: int, s: str) -> bytes:
     return element(eid, s.encode("utf-8"))
-
 
 
 def float_element(eid: int, f: float) -> bytes:
