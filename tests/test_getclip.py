@@ -171,6 +171,7 @@ def test_byte_limit(tmp_path, h264, monkeypatch):
     from kvslite.archive.fragments import Archive
     from kvslite.errors import ApiError
     from kvslite.ops import clips
+    from kvslite.ops.requests import GetClipInput, from_wire
     from kvslite.store.files import FileBlobStore
     from kvslite.store.sqlite import SqliteMetadataStore
 
@@ -183,10 +184,10 @@ def test_byte_limit(tmp_path, h264, monkeypatch):
         archive.persist(stream, header_id, cluster, producer_ms=cluster.timecode,
                         server_ms=cluster.timecode, duration_ms=1000, to_ms=lambda t: t)
     provider = clips.Clips(streams, archive, now_ms=lambda: int(time.time() * 1000))
-    params = {"StreamName": "limited", "ClipFragmentSelector": {
+    params = from_wire(GetClipInput, {"StreamName": "limited", "ClipFragmentSelector": {
         "FragmentSelectorType": "PRODUCER_TIMESTAMP",
         "TimestampRange": {"StartTimestamp": START_MS / 1000,
-                           "EndTimestamp": (START_MS + 3999) / 1000}}}
+                           "EndTimestamp": (START_MS + 3999) / 1000}}})
     total = sum(f.size for f in archive.fragments(stream.arn, limit=10))
     monkeypatch.setattr(clips, "MAX_CLIP_BYTES", total)
     assert provider.get_clip(params).status_code == 200

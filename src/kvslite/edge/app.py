@@ -25,12 +25,13 @@ from starlette.routing import BaseRoute, Route, Router
 from kvslite.config import Settings
 from kvslite.edge import model, sigv4
 from kvslite.errors import ApiError
+from kvslite.ops.requests import REQUESTS, from_wire
 
 log = logging.getLogger("kvslite.edge")
 
-# An operation's handler takes the validated request and returns the output members
-# (serialized by the model) or a Response of its own (streaming media).
-Handler = Callable[[dict], Any]
+# An operation's handler takes its typed request (kvslite.ops.requests) and returns the
+# output members (serialized by the model) or a Response of its own (streaming media).
+Handler = Callable[[Any], Any]
 # PutMedia is not in botocore's models: it gets the raw (authenticated) request and
 # returns an ASGI response that may stream while the body is still arriving.
 StreamingHandler = Callable[[Request], Awaitable[Any]]
@@ -80,6 +81,7 @@ class EdgeApp:
     def _operation(self, route: model.Route):
         operation = route.operation
         handler = self.handlers.get(route.name)
+        request_type = REQUESTS[route.name]
 
         async def endpoint(request: Request) -> Response:
             body = await read_body(request, self.settings.max_request_body_bytes)
@@ -88,7 +90,7 @@ class EdgeApp:
                 raise ApiError("NotImplementedException",
                                f"kvslite does not implement {operation.name}", status=501)
             params = model.parse_input(operation, decode_json(body))
-            result = await run_in_threadpool(handler, params)
+            result = await run_in_threadpool(handler, from_wire(request_type, params))
             if isinstance(result, Response):
                 return result
             return json_response(model.serialize_output(operation, result))

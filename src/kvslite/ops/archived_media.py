@@ -18,6 +18,7 @@ from kvslite.archive.control_plane import ControlPlane, require_archive
 from kvslite.archive.fragments import Archive
 from kvslite.archive.sampling import ImageRequest, ImageSampler
 from kvslite.errors import invalid
+from kvslite.ops import requests as rq
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
 DEFAULT_MAX_FRAGMENTS = 100
@@ -38,21 +39,20 @@ class ArchivedMedia:
                 "GetMediaForFragmentList": self.get_media_for_fragment_list,
                 "GetImages": self.get_images}
 
-    def _stream(self, params: dict) -> Stream:
-        return require_archive(self.control.resolve(params.get("StreamName"),
-                                                    params.get("StreamARN")))
+    def _stream(self, request) -> Stream:
+        return require_archive(self.control.resolve(request.stream_name, request.stream_arn))
 
     # -- ListFragments ------------------------------------------------------------------
 
-    def list_fragments(self, params: dict) -> dict:
-        stream = self._stream(params)
-        limit = params.get("MaxResults", DEFAULT_MAX_FRAGMENTS)
-        if params.get("NextToken"):
-            query = _decode_token(params["NextToken"])
+    def list_fragments(self, request: rq.ListFragmentsInput) -> dict:
+        stream = self._stream(request)
+        limit = request.max_results or DEFAULT_MAX_FRAGMENTS
+        if request.next_token:
+            query = _decode_token(request.next_token)
+        elif request.fragment_selector:
+            query = _FragmentQuery.from_selector(request.fragment_selector)
         else:
             query = _FragmentQuery()
-            if params.get("FragmentSelector"):
-                query = _FragmentQuery.from_selector(params["FragmentSelector"])
         page = self.archive.fragments(stream.arn, after_seq=query.after_seq, limit=limit + 1,
                                       clock=query.clock, start_ms=query.start_ms,
                                       end_ms=query.end_ms)
@@ -63,9 +63,10 @@ class ArchivedMedia:
 
     # -- GetMediaForFragmentList --------------------------------------------------------
 
-    def get_media_for_fragment_list(self, params: dict) -> StreamingResponse:
-        stream = self._stream(params)
-        numbers = params["Fragments"]
+    def get_media_for_fragment_list(self, request: rq.GetMediaForFragmentListInput
+                                    ) -> StreamingResponse:
+        stream = self._stream(request)
+        numbers = request.fragments
         found = self.archive.by_numbers(stream.arn, numbers)
         missing = [n for n in numbers if n not in found]
         if missing:
@@ -80,42 +81,43 @@ class ArchivedMedia:
 
     # -- GetImages ----------------------------------------------------------------------
 
-    def get_images(self, params: dict) -> dict:
-        stream = self._stream(params)
-        request = self._image_request(stream, params)
+    def get_images(self, request: rq.GetImagesInput) -> dict:
+        stream = self._stream(request)
+        wanted = self._image_request(stream, request)
         first = 0
-        if params.get("NextToken"):
-            first = self.images.index_from(request, params["NextToken"])
-        images, next_index = self.images.page(request, first,
-                                              params.get("MaxResults", DEFAULT_MAX_IMAGES))
+        if request.next_token:
+            first = self.images.index_from(wanted, request.next_token)
+        images, next_index = self.images.page(wanted, first,
+                                              request.max_results or DEFAULT_MAX_IMAGES)
         result = {"Images": [
             {"TimeStamp": image.time_ms / 1000, "Error": image.error,
              "ImageContent": base64.b64encode(image.content).decode() if image.content else None}
             for image in images
         ]}
         if next_index is not None:
-            result["NextToken"] = self.images.token_for(request, next_index)
+            result["NextToken"] = self.images.token_for(wanted, next_index)
         return result
 
-    def _image_request(self, stream: Stream, params: dict) -> ImageRequest:
-        start_ms = round(params["StartTimestamp"] * 1000)
-        end_ms = round(params["EndTimestamp"] * 1000)
+    def _image_request(self, stream: Stream, request: rq.GetImagesInput) -> ImageRequest:
+        start_ms = round(request.start_timestamp * 1000)
+        end_ms = round(request.end_timestamp * 1000)
         if start_ms > end_ms:
             raise invalid("StartTimestamp must not be after EndTimestamp")
-        interval = params.get("SamplingInterval", self.min_sampling_interval_ms)
+        interval = request.sampling_interval
+        if interval is None:
+            interval = self.min_sampling_interval_ms
         if interval < self.min_sampling_interval_ms:
             raise invalid(f"SamplingInterval must be at least {self.min_sampling_interval_ms} "
                           f"ms on this server, got {interval}")
-        quality = (params.get("FormatConfig") or {}).get("JPEGQuality",
-                                                         str(DEFAULT_JPEG_QUALITY))
+        quality = (request.format_config or {}).get("JPEGQuality", str(DEFAULT_JPEG_QUALITY))
         if not quality.isdigit() or not 1 <= int(quality) <= 100:
             raise invalid(f"FormatConfig JPEGQuality must be an integer from 1 to 100, "
                           f"got {quality!r}")
         return ImageRequest(
-            stream_arn=stream.arn, clock=Clock(params["ImageSelectorType"]),
+            stream_arn=stream.arn, clock=Clock(request.image_selector_type),
             start_ms=start_ms, end_ms=end_ms, interval_ms=interval,
-            image_format=params["Format"], quality=int(quality),
-            width=params.get("WidthPixels"), height=params.get("HeightPixels"))
+            image_format=request.format, quality=int(quality),
+            width=request.width_pixels, height=request.height_pixels)
 
 
 def fragment_shape(fragment: Fragment) -> dict:
@@ -136,12 +138,12 @@ class _FragmentQuery:
         self.clock, self.start_ms, self.end_ms, self.after_seq = clock, start_ms, end_ms, after_seq
 
     @classmethod
-    def from_selector(cls, selector: dict) -> _FragmentQuery:
-        start = selector["TimestampRange"]["StartTimestamp"]
-        end = selector["TimestampRange"]["EndTimestamp"]
+    def from_selector(cls, selector: rq.FragmentSelector) -> _FragmentQuery:
+        start = selector.timestamp_range.start_timestamp
+        end = selector.timestamp_range.end_timestamp
         if start > end:
             raise invalid("TimestampRange StartTimestamp must not be after EndTimestamp")
-        return cls(Clock(selector["FragmentSelectorType"]), round(start * 1000),
+        return cls(Clock(selector.fragment_selector_type), round(start * 1000),
                    round(end * 1000))
 
 

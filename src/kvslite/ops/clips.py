@@ -23,6 +23,7 @@ from kvslite.archive.segments import check_playable, clip_delay, fragment_sample
 from kvslite.archive.selection import fragments_in_range
 from kvslite.errors import ApiError, invalid, not_found
 from kvslite.media import remux
+from kvslite.ops import requests as rq
 
 MAX_CLIP_BYTES = 200 * 1024 * 1024
 MAX_CLIP_MS = 90 * 60_000
@@ -41,12 +42,11 @@ class Clips:
     def operations(self) -> dict:
         return {"GetClip": self.get_clip}
 
-    def get_clip(self, params: dict) -> StreamingResponse:
-        stream = require_archive(self.control.resolve(params.get("StreamName"),
-                                                      params.get("StreamARN")))
-        selector = params["ClipFragmentSelector"]
-        clock = Clock(selector["FragmentSelectorType"])
-        start, end = time_range(clock, selector["TimestampRange"], self.now_ms(),
+    def get_clip(self, request: rq.GetClipInput) -> StreamingResponse:
+        stream = require_archive(self.control.resolve(request.stream_name, request.stream_arn))
+        selector = request.clip_fragment_selector
+        clock = Clock(selector.fragment_selector_type)
+        start, end = time_range(clock, selector.timestamp_range, self.now_ms(),
                                 end_required=True)
         placed = self._clip_fragments(stream, clock, start, end)
         if not self.slots.acquire(blocking=False):
@@ -101,13 +101,14 @@ class Clips:
             os.unlink(path)  # the open file keeps the data until it is closed
 
 
-def time_range(clock: Clock, timestamps: dict, now_ms: int, *, end_required: bool
+def time_range(clock: Clock, timestamps, now_ms: int, *, end_required: bool
                ) -> tuple[int, int | None]:
-    """A playback TimestampRange in epoch ms, checked as AWS checks it."""
-    if timestamps.get("StartTimestamp") is None:
+    """A playback TimestampRange (Clip, HLS or DASH shape) in epoch ms, checked as AWS
+    checks it."""
+    if timestamps.start_timestamp is None:
         raise invalid("TimestampRange.StartTimestamp is required")
-    start = round(timestamps["StartTimestamp"] * 1000)
-    end = timestamps.get("EndTimestamp")
+    start = round(timestamps.start_timestamp * 1000)
+    end = timestamps.end_timestamp
     if end is None:
         if end_required:
             raise invalid("TimestampRange.EndTimestamp is required")

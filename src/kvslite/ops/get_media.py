@@ -22,6 +22,7 @@ from kvslite.archive import Clock, Fragment, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
 from kvslite.errors import ApiError, invalid, not_found
+from kvslite.ops import requests as rq
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
 FOLLOW_IDLE_S = 10.0
@@ -39,33 +40,35 @@ class GetMedia:
     def operations(self) -> dict:
         return {"GetMedia": self.get_media}
 
-    def get_media(self, params: dict) -> StreamingResponse:
-        stream = self.control.resolve(params.get("StreamName"), params.get("StreamARN"))
-        after_seq = self._start_after(stream, params["StartSelector"])
+    def get_media(self, request: rq.GetMediaInput) -> StreamingResponse:
+        stream = self.control.resolve(request.stream_name, request.stream_arn)
+        after_seq = self._start_after(stream, request.start_selector)
         if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
             raise ApiError("ConnectionLimitExceededException",
                            f"Stream {stream.name} already has "
                            f"{MAX_CONNECTIONS_PER_STREAM} GetMedia connections")
         return StreamingResponse(self._follow(stream, after_seq), media_type=MEDIA_TYPE)
 
-    def _start_after(self, stream: Stream, selector: dict) -> int:
+    def _start_after(self, stream: Stream, selector: rq.StartSelector) -> int:
         """The seq after which streaming starts."""
-        kind = selector["StartSelectorType"]
+        kind = selector.start_selector_type
         if kind == "EARLIEST":
             return 0
         if kind == "NOW":
             latest = self.archive.latest(stream.arn)
             return latest.seq if latest else 0
         if kind in ("FRAGMENT_NUMBER", "CONTINUATION_TOKEN"):
-            member = "AfterFragmentNumber" if kind == "FRAGMENT_NUMBER" else "ContinuationToken"
-            number = selector.get(member)
+            if kind == "FRAGMENT_NUMBER":
+                member, number = "AfterFragmentNumber", selector.after_fragment_number
+            else:
+                member, number = "ContinuationToken", selector.continuation_token
             if not number:
                 raise invalid(f"StartSelector.{member} is required for {kind}")
             seq = seq_of(number)
             if seq is None or self.archive.by_number(stream.arn, number) is None:
                 raise not_found(f"Fragment {number} was not found in stream {stream.name}")
             return seq
-        timestamp = selector.get("StartTimestamp")
+        timestamp = selector.start_timestamp
         if timestamp is None:
             raise invalid(f"StartSelector.StartTimestamp is required for {kind}")
         fragment = self.archive.at(stream.arn, Clock(kind), round(timestamp * 1000))

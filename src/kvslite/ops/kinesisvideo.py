@@ -1,7 +1,7 @@
 """The `kinesisvideo` service: the stream control plane, one method per operation.
 
-Each method takes the validated request parameters (member names as in the
-botocore model) and returns the output members; the edge serializes them.
+Each method takes its typed request (`kvslite.ops.requests`, derived from the botocore
+model) and returns the output members; the edge serializes them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from kvslite.archive import Stream
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
 from kvslite.errors import ApiError, invalid, not_found
+from kvslite.ops import requests as rq
 
 DEFAULT_LIST_LIMIT = 10_000
 
@@ -36,76 +37,77 @@ class KinesisVideo:
             "ListTagsForResource": self.list_tags_for_resource,
         }
 
-    def _stream(self, params: dict) -> Stream:
-        return self.control.resolve(params.get("StreamName"), params.get("StreamARN"))
+    def _stream(self, request) -> Stream:
+        """The stream a request names by StreamName and/or StreamARN."""
+        return self.control.resolve(request.stream_name, request.stream_arn)
 
     # -- streams ---------------------------------------------------------------------
 
-    def create_stream(self, params: dict) -> dict:
+    def create_stream(self, request: rq.CreateStreamInput) -> dict:
         stream = self.control.create(
-            params["StreamName"],
-            retention_hours=params.get("DataRetentionInHours", 0),
-            device_name=params.get("DeviceName"),
-            media_type=params.get("MediaType"),
-            kms_key_id=params.get("KmsKeyId"),
-            tags=params.get("Tags"),
+            request.stream_name,
+            retention_hours=request.data_retention_in_hours or 0,
+            device_name=request.device_name,
+            media_type=request.media_type,
+            kms_key_id=request.kms_key_id,
+            tags=request.tags,
         )
         return {"StreamARN": stream.arn}
 
-    def describe_stream(self, params: dict) -> dict:
-        return {"StreamInfo": stream_info(self._stream(params))}
+    def describe_stream(self, request: rq.DescribeStreamInput) -> dict:
+        return {"StreamInfo": stream_info(self._stream(request))}
 
-    def list_streams(self, params: dict) -> dict:
-        condition = params.get("StreamNameCondition") or {}
-        if condition and condition.get("ComparisonOperator", "BEGINS_WITH") != "BEGINS_WITH":
+    def list_streams(self, request: rq.ListStreamsInput) -> dict:
+        condition = request.stream_name_condition
+        if condition and (condition.comparison_operator or "BEGINS_WITH") != "BEGINS_WITH":
             raise invalid("StreamNameCondition supports only BEGINS_WITH")
-        prefix = condition.get("ComparisonValue", "")
-        limit = params.get("MaxResults", DEFAULT_LIST_LIMIT)
-        after = _decode_token(params.get("NextToken"))
+        prefix = (condition.comparison_value if condition else None) or ""
+        limit = request.max_results or DEFAULT_LIST_LIMIT
+        after = _decode_token(request.next_token)
         page = self.control.list_streams(prefix=prefix, after=after, limit=limit + 1)
         result = {"StreamInfoList": [stream_info(s) for s in page[:limit]]}
         if len(page) > limit:
             result["NextToken"] = _encode_token(page[limit - 1].name)
         return result
 
-    def update_stream(self, params: dict) -> dict:
-        stream = self._stream(params)
+    def update_stream(self, request: rq.UpdateStreamInput) -> dict:
+        stream = self._stream(request)
         changes = {}
-        if "DeviceName" in params:
-            changes["device_name"] = params["DeviceName"]
-        if "MediaType" in params:
-            changes["media_type"] = params["MediaType"]
-        self.control.update(stream, params["CurrentVersion"], **changes)
+        if request.device_name is not None:
+            changes["device_name"] = request.device_name
+        if request.media_type is not None:
+            changes["media_type"] = request.media_type
+        self.control.update(stream, request.current_version, **changes)
         return {}
 
-    def delete_stream(self, params: dict) -> dict:
-        stream = self.control.resolve(arn=params["StreamARN"])
-        self.control.delete(stream, params.get("CurrentVersion"))
+    def delete_stream(self, request: rq.DeleteStreamInput) -> dict:
+        stream = self.control.resolve(arn=request.stream_arn)
+        self.control.delete(stream, request.current_version)
         self.archive.delete_stream_media(stream)  # rows went with the stream; now the bytes
         return {}
 
-    def update_data_retention(self, params: dict) -> dict:
-        stream = self._stream(params)
-        self.control.change_retention(stream, params["CurrentVersion"], params["Operation"],
-                                      params["DataRetentionChangeInHours"])
+    def update_data_retention(self, request: rq.UpdateDataRetentionInput) -> dict:
+        stream = self._stream(request)
+        self.control.change_retention(stream, request.current_version, request.operation,
+                                      request.data_retention_change_in_hours)
         return {}
 
-    def get_data_endpoint(self, params: dict) -> dict:
-        self._stream(params)
+    def get_data_endpoint(self, request: rq.GetDataEndpointInput) -> dict:
+        self._stream(request)
         return {"DataEndpoint": self.endpoint_url}
 
     # -- tags on streams (by name or ARN) --------------------------------------------
 
-    def tag_stream(self, params: dict) -> dict:
-        self.control.tag(self._stream(params), params["Tags"])
+    def tag_stream(self, request: rq.TagStreamInput) -> dict:
+        self.control.tag(self._stream(request), request.tags)
         return {}
 
-    def untag_stream(self, params: dict) -> dict:
-        self.control.untag(self._stream(params), params["TagKeyList"])
+    def untag_stream(self, request: rq.UntagStreamInput) -> dict:
+        self.control.untag(self._stream(request), request.tag_key_list)
         return {}
 
-    def list_tags_for_stream(self, params: dict) -> dict:
-        return {"Tags": self.control.tags(self._stream(params))}
+    def list_tags_for_stream(self, request: rq.ListTagsForStreamInput) -> dict:
+        return {"Tags": self.control.tags(self._stream(request))}
 
     # -- tags on resources (by ARN; streams are the only resources kvslite has) -------
 
@@ -114,19 +116,17 @@ class KinesisVideo:
             raise not_found(f"The resource {arn} was not found (kvslite has streams only)")
         return self.control.resolve(arn=arn)
 
-    def tag_resource(self, params: dict) -> dict:
-        tags = {}
-        for tag in params["Tags"]:
-            tags[tag["Key"]] = tag["Value"]
-        self.control.tag(self._resource(params["ResourceARN"]), tags)
+    def tag_resource(self, request: rq.TagResourceInput) -> dict:
+        tags = {tag.key: tag.value for tag in request.tags}
+        self.control.tag(self._resource(request.resource_arn), tags)
         return {}
 
-    def untag_resource(self, params: dict) -> dict:
-        self.control.untag(self._resource(params["ResourceARN"]), params["TagKeyList"])
+    def untag_resource(self, request: rq.UntagResourceInput) -> dict:
+        self.control.untag(self._resource(request.resource_arn), request.tag_key_list)
         return {}
 
-    def list_tags_for_resource(self, params: dict) -> dict:
-        return {"Tags": self.control.tags(self._resource(params["ResourceARN"]))}
+    def list_tags_for_resource(self, request: rq.ListTagsForResourceInput) -> dict:
+        return {"Tags": self.control.tags(self._resource(request.resource_arn))}
 
 
 def stream_info(stream: Stream) -> dict:

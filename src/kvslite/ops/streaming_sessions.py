@@ -25,6 +25,7 @@ from kvslite.archive.sessions import LIVE_RECENT_MS, ORIGIN_LEAD_MS, Session, Se
 from kvslite.errors import ApiError, invalid, not_found
 from kvslite.media import remux
 from kvslite.ops import manifests
+from kvslite.ops import requests as rq
 from kvslite.ops.clips import media_errors, time_range
 
 DEFAULT_EXPIRES_S = 300
@@ -51,33 +52,40 @@ class StreamingSessions:
 
     # -- the session URLs -----------------------------------------------------------------
 
-    def get_hls_streaming_session_url(self, params: dict) -> dict:
-        session = self._new_session("HLS", params, params.get("HLSFragmentSelector"),
-                                    params.get("MaxMediaPlaylistFragmentResults"))
+    def get_hls_streaming_session_url(self, request: rq.GetHLSStreamingSessionURLInput
+                                      ) -> dict:
+        session = self._new_session("HLS", request, request.hls_fragment_selector,
+                                    request.max_media_playlist_fragment_results,
+                                    request.discontinuity_mode, request.container_format)
         token = self.tokens.issue(session)
         return {"HLSStreamingSessionURL":
                 f"{self.endpoint_url}/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken={token}"}
 
-    def get_dash_streaming_session_url(self, params: dict) -> dict:
-        session = self._new_session("DASH", params, params.get("DASHFragmentSelector"),
-                                    params.get("MaxManifestFragmentResults"))
+    def get_dash_streaming_session_url(self, request: rq.GetDASHStreamingSessionURLInput
+                                       ) -> dict:
+        # DASH starts a new Period at each gap instead of marking a discontinuity
+        session = self._new_session("DASH", request, request.dash_fragment_selector,
+                                    request.max_manifest_fragment_results,
+                                    "ON_DISCONTINUITY", "FRAGMENTED_MP4",
+                                    show_numbers=request.display_fragment_number == "ALWAYS")
         token = self.tokens.issue(session)
         return {"DASHStreamingSessionURL":
                 f"{self.endpoint_url}/dash/v1/getDASHManifest.mpd?SessionToken={token}"}
 
-    def _new_session(self, protocol: str, params: dict, selector: dict | None,
-                     max_results: int | None) -> Session:
-        stream = require_archive(self.control.resolve(params.get("StreamName"),
-                                                      params.get("StreamARN")))
-        mode = params.get("PlaybackMode", "LIVE")
-        selector = selector or {}
-        clock = Clock(selector.get("FragmentSelectorType", "SERVER_TIMESTAMP"))
-        timestamps = selector.get("TimestampRange")
+    def _new_session(self, protocol: str, request, selector, max_results: int | None,
+                     discontinuity: str | None, container: str | None, *,
+                     show_numbers: bool = False) -> Session:
+        """A session for an HLS or DASH request (their members share names)."""
+        stream = require_archive(self.control.resolve(request.stream_name, request.stream_arn))
+        mode = request.playback_mode or "LIVE"
+        selector_type = selector.fragment_selector_type if selector else None
+        clock = Clock(selector_type or "SERVER_TIMESTAMP")
+        timestamps = selector.timestamp_range if selector else None
         start = end = None
         if mode == "LIVE" and timestamps:
             raise invalid("TimestampRange must not be set when PlaybackMode is LIVE")
         if mode != "LIVE":
-            if not selector.get("FragmentSelectorType") or not timestamps:
+            if not selector_type or not timestamps:
                 raise invalid(f"PlaybackMode {mode} needs FragmentSelectorType and "
                               f"TimestampRange")
             start, end = time_range(clock, timestamps, self.tokens.now_ms(),
@@ -86,18 +94,13 @@ class StreamingSessions:
         first_seq, origin, first = self._session_start(stream, mode, clock, start, end,
                                                        max_results)
         check_playable(self.archive, first)
-        if protocol == "DASH":
-            discontinuity = "ON_DISCONTINUITY"  # DASH: a new Period at each gap
-        else:
-            discontinuity = params.get("DiscontinuityMode") or (
-                "ALWAYS" if clock is Clock.SERVER else "NEVER")
         return self.tokens.new(
-            params.get("Expires", DEFAULT_EXPIRES_S), protocol=protocol,
+            request.expires or DEFAULT_EXPIRES_S, protocol=protocol,
             stream_arn=stream.arn, mode=mode, clock=clock, start_ms=start, end_ms=end,
-            container=params.get("ContainerFormat", "FRAGMENTED_MP4"),
-            discontinuity=discontinuity,
-            show_timestamps=params.get("DisplayFragmentTimestamp") == "ALWAYS",
-            show_numbers=params.get("DisplayFragmentNumber") == "ALWAYS",
+            container=container or "FRAGMENTED_MP4",
+            discontinuity=discontinuity or ("ALWAYS" if clock is Clock.SERVER else "NEVER"),
+            show_timestamps=request.display_fragment_timestamp == "ALWAYS",
+            show_numbers=show_numbers,
             max_results=max_results, origin_ms=origin, first_seq=first_seq)
 
     def _session_start(self, stream: Stream, mode: str, clock: Clock, start, end,
