@@ -1,6 +1,51 @@
-"""The one exception type every layer raises for a client-visible AWS error."""
+"""The one exception type every layer raises for a client-visible AWS error, and the
+error codes kvslite answers with: each written once, here, and checked against
+botocore's models by the test suite."""
 
 from __future__ import annotations
+
+# Codes the botocore models define as error shapes: the HTTP status comes from the model.
+ACCESS_DENIED = "AccessDeniedException"
+CLIENT_LIMIT_EXCEEDED = "ClientLimitExceededException"
+CONNECTION_LIMIT_EXCEEDED = "ConnectionLimitExceededException"
+INVALID_ARGUMENT = "InvalidArgumentException"
+INVALID_CODEC_PRIVATE_DATA = "InvalidCodecPrivateDataException"
+INVALID_MEDIA_FRAME = "InvalidMediaFrameException"
+MISSING_CODEC_PRIVATE_DATA = "MissingCodecPrivateDataException"
+NO_DATA_RETENTION = "NoDataRetentionException"
+NOT_AUTHORIZED = "NotAuthorizedException"
+RESOURCE_IN_USE = "ResourceInUseException"
+RESOURCE_NOT_FOUND = "ResourceNotFoundException"
+TAGS_PER_RESOURCE_EXCEEDED_LIMIT = "TagsPerResourceExceededLimitException"
+UNSUPPORTED_STREAM_MEDIA_TYPE = "UnsupportedStreamMediaTypeException"
+VERSION_MISMATCH = "VersionMismatchException"
+
+MODELED = frozenset({
+    ACCESS_DENIED, CLIENT_LIMIT_EXCEEDED, CONNECTION_LIMIT_EXCEEDED, INVALID_ARGUMENT,
+    INVALID_CODEC_PRIVATE_DATA, INVALID_MEDIA_FRAME, MISSING_CODEC_PRIVATE_DATA,
+    NO_DATA_RETENTION, NOT_AUTHORIZED, RESOURCE_IN_USE, RESOURCE_NOT_FOUND,
+    TAGS_PER_RESOURCE_EXCEEDED_LIMIT, UNSUPPORTED_STREAM_MEDIA_TYPE, VERSION_MISMATCH,
+})
+
+# Codes outside the models: AWS's common errors for the protocol and for SigV4, which
+# botocore recognises by name; each is raised with an explicit HTTP status.
+SERIALIZATION = "SerializationException"
+UNKNOWN_OPERATION = "UnknownOperationException"
+METHOD_NOT_ALLOWED = "MethodNotAllowedException"
+REQUEST_ENTITY_TOO_LARGE = "RequestEntityTooLargeException"
+NOT_IMPLEMENTED = "NotImplementedException"
+INTERNAL_FAILURE = "InternalFailure"
+MISSING_PARAMETER = "MissingParameter"
+MISSING_AUTHENTICATION_TOKEN = "MissingAuthenticationTokenException"
+INCOMPLETE_SIGNATURE = "IncompleteSignatureException"
+UNRECOGNIZED_CLIENT = "UnrecognizedClientException"
+INVALID_SIGNATURE = "InvalidSignatureException"
+
+UNMODELED = frozenset({
+    SERIALIZATION, UNKNOWN_OPERATION, METHOD_NOT_ALLOWED, REQUEST_ENTITY_TOO_LARGE,
+    NOT_IMPLEMENTED, INTERNAL_FAILURE, MISSING_PARAMETER, MISSING_AUTHENTICATION_TOKEN,
+    INCOMPLETE_SIGNATURE, UNRECOGNIZED_CLIENT, INVALID_SIGNATURE,
+})
 
 
 class ApiError(Exception):
@@ -19,8 +64,8 @@ class ApiError(Exception):
 
 
 def not_found(what: str) -> ApiError:
-    return ApiError("ResourceNotFoundException", what)
+    return ApiError(RESOURCE_NOT_FOUND, what)
 
 
 def invalid(message: str) -> ApiError:
-    return ApiError("InvalidArgumentException", message)
+    return ApiError(INVALID_ARGUMENT, message)

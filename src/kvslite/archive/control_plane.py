@@ -9,7 +9,15 @@ from __future__ import annotations
 import secrets
 import time
 
-from kvslite.errors import ApiError, invalid, not_found
+from kvslite.errors import (
+    NO_DATA_RETENTION,
+    RESOURCE_IN_USE,
+    TAGS_PER_RESOURCE_EXCEEDED_LIMIT,
+    VERSION_MISMATCH,
+    ApiError,
+    invalid,
+    not_found,
+)
 from kvslite.store.metadata import MetadataStore, NameTaken, Stream
 
 MAX_TAGS = 50
@@ -46,7 +54,7 @@ class ControlPlane:
         check_retention(retention_hours)
         tags = tags or {}
         if len(tags) > MAX_TAGS:
-            raise ApiError("TagsPerResourceExceededLimitException",
+            raise ApiError(TAGS_PER_RESOURCE_EXCEEDED_LIMIT,
                            f"A stream can have at most {MAX_TAGS} tags")
         created_ms = int(time.time() * 1000)
         stream = Stream(
@@ -62,7 +70,7 @@ class ControlPlane:
         try:
             self.store.create_stream(stream, tags)
         except NameTaken:
-            raise ApiError("ResourceInUseException",
+            raise ApiError(RESOURCE_IN_USE,
                            f"The stream {name} already exists") from None
         return stream
 
@@ -106,7 +114,7 @@ class ControlPlane:
 
     def tag(self, stream: Stream, tags: dict[str, str]) -> None:
         if not self.store.put_tags(stream.arn, tags, MAX_TAGS):
-            raise ApiError("TagsPerResourceExceededLimitException",
+            raise ApiError(TAGS_PER_RESOURCE_EXCEEDED_LIMIT,
                            f"A stream can have at most {MAX_TAGS} tags")
 
     def untag(self, stream: Stream, keys: list[str]) -> None:
@@ -116,7 +124,7 @@ class ControlPlane:
 def require_archive(stream: Stream) -> Stream:
     """The stream, if it keeps an archive to read (retention 0 keeps nothing)."""
     if stream.data_retention_hours == 0:
-        raise ApiError("NoDataRetentionException",
+        raise ApiError(NO_DATA_RETENTION,
                        f"Stream {stream.name} has no data retention, so no archive")
     return stream
 
@@ -128,5 +136,5 @@ def check_retention(hours: int) -> None:
 
 
 def _version_mismatch(stream: Stream, given: str | None) -> ApiError:
-    return ApiError("VersionMismatchException",
+    return ApiError(VERSION_MISMATCH,
                     f"The version {given} of stream {stream.name} is not the latest version")

@@ -13,8 +13,13 @@ import time
 
 from kvslite.archive.fragments import Archive, fragment_duration_ms
 from kvslite.media import mkv
-from kvslite.media.limits import (MAX_FRAGMENT_BYTES, MAX_FRAGMENT_MS, MAX_FUTURE_MS,
-                                  MAX_TRACKS, video_track)
+from kvslite.media.limits import (
+    MAX_FRAGMENT_BYTES,
+    MAX_FRAGMENT_MS,
+    MAX_FUTURE_MS,
+    MAX_TRACKS,
+    video_track,
+)
 from kvslite.store.metadata import Stream
 
 log = logging.getLogger("kvslite.ingest")

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from kvslite.archive.fragments import Archive, FrameEntry, unpack_frames
-from kvslite.errors import ApiError, invalid
+from kvslite.errors import CLIENT_LIMIT_EXCEEDED, ApiError, invalid
 from kvslite.media.decode import DecodeError, decode_wanted
 from kvslite.media.images import encode_image
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS, video_track
@@ -104,7 +104,7 @@ class ImageSampler:
              ) -> tuple[list[Image], int | None]:
         """Images for samples first, first+1, ...; returns them and the next index (or None)."""
         if not self.slots.acquire(blocking=False):
-            raise ApiError("ClientLimitExceededException",
+            raise ApiError(CLIENT_LIMIT_EXCEEDED,
                            "Too many GetImages requests in flight; retry shortly")
         try:
             return self._page(request, first, max_results)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from kvslite.archive.fragments import Archive, unpack_frames
 from kvslite.archive.sessions import Session
-from kvslite.errors import ApiError
+from kvslite.errors import (
+    INVALID_CODEC_PRIVATE_DATA,
+    MISSING_CODEC_PRIVATE_DATA,
+    UNSUPPORTED_STREAM_MEDIA_TYPE,
+    ApiError,
+)
 from kvslite.media import remux
 from kvslite.store.metadata import Fragment
 
@@ -19,15 +24,15 @@ def check_playable(archive: Archive, fragment: Fragment) -> None:
     if not tracks or tracks[0].codec_id not in remux.PLAYABLE_CODECS or \
             any(t.codec_id not in remux.PLAYABLE_CODECS for t in tracks):
         codecs = ", ".join(t.codec_id for t in tracks)
-        raise ApiError("UnsupportedStreamMediaTypeException",
+        raise ApiError(UNSUPPORTED_STREAM_MEDIA_TYPE,
                        f"Tracks ({codecs}) cannot be played back: track 1 must be H.264 "
                        f"(V_MPEG4/ISO/AVC) or H.265 (V_MPEGH/ISO/HEVC), others AAC")
     for track in tracks:
         if track.codec_id in remux.NEEDS_CODEC_PRIVATE and not track.codec_private:
-            raise ApiError("MissingCodecPrivateDataException",
+            raise ApiError(MISSING_CODEC_PRIVATE_DATA,
                            f"Track {track.number} ({track.codec_id}) has no codec private data")
         if track.codec_id != "A_AAC" and track.codec_private[:1] != b"\x01":
-            raise ApiError("InvalidCodecPrivateDataException",
+            raise ApiError(INVALID_CODEC_PRIVATE_DATA,
                            f"Track {track.number} codec private data is not in "
                            f"ISO/IEC 14496-15 (avcC/hvcC) format")
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, replace
 
-from kvslite.errors import ApiError
+from kvslite.errors import MISSING_PARAMETER, NOT_AUTHORIZED, ApiError
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
 from kvslite.store.metadata import Clock, Fragment
 
@@ -83,7 +83,7 @@ class SessionTokens:
 
     def check(self, token: str | None, protocol: str) -> Session:
         if not token:
-            raise ApiError("MissingParameter", "SessionToken is required", status=400)
+            raise ApiError(MISSING_PARAMETER, "SessionToken is required", status=400)
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except ValueError:
@@ -105,7 +105,7 @@ class SessionTokens:
 
 def _unauthorized(message: str) -> ApiError:
     # AWS documents "Status Code: 403" for this error; its model says 401
-    return ApiError("NotAuthorizedException", message, status=403)
+    return ApiError(NOT_AUTHORIZED, message, status=403)
 
 
 

@@ -24,7 +24,15 @@ from starlette.routing import BaseRoute, Route, Router
 
 from kvslite.config import Settings
 from kvslite.edge import model, sigv4
-from kvslite.errors import ApiError
+from kvslite.errors import (
+    INTERNAL_FAILURE,
+    METHOD_NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    REQUEST_ENTITY_TOO_LARGE,
+    SERIALIZATION,
+    UNKNOWN_OPERATION,
+    ApiError,
+)
 from kvslite.ops.requests import REQUESTS, from_wire
 
 log = logging.getLogger("kvslite.edge")
@@ -36,7 +44,7 @@ Handler = Callable[[Any], Any]
 # returns an ASGI response that may stream while the body is still arriving.
 StreamingHandler = Callable[[Request], Awaitable[Any]]
 
-_HTTP_ERRORS = {404: "UnknownOperationException", 405: "MethodNotAllowedException"}
+_HTTP_ERRORS = {404: UNKNOWN_OPERATION, 405: METHOD_NOT_ALLOWED}
 
 
 class EdgeApp:
@@ -87,7 +95,7 @@ class EdgeApp:
             body = await read_body(request, self.settings.max_request_body_bytes)
             self._authenticate(request, body)
             if handler is None:
-                raise ApiError("NotImplementedException",
+                raise ApiError(NOT_IMPLEMENTED,
                                f"kvslite does not implement {operation.name}", status=501)
             params = model.parse_input(operation, decode_json(body))
             result = await run_in_threadpool(handler, from_wire(request_type, params))
@@ -142,7 +150,7 @@ def _as_api_error(exc: Exception, scope, request_id: str) -> ApiError:
                 else f"{path} does not accept {scope.get('method')}")
         return ApiError(_HTTP_ERRORS[exc.status_code], what, status=exc.status_code)
     log.error("internal error serving %s %s", scope.get("method"), path, exc_info=exc)
-    return ApiError("InternalFailure", f"Internal server error (request {request_id})",
+    return ApiError(INTERNAL_FAILURE, f"Internal server error (request {request_id})",
                     status=500)
 
 
@@ -151,7 +159,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ApiError("SerializationException", "Content-Length is not a number")
+            raise ApiError(SERIALIZATION, "Content-Length is not a number")
         if int(declared) > limit:
             raise _too_large(limit)
     chunks, size = [], 0
@@ -164,7 +172,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError("RequestEntityTooLargeException",
+    return ApiError(REQUEST_ENTITY_TOO_LARGE,
                     f"The request body exceeds the limit of {limit} bytes", status=413)
 
 
@@ -174,7 +182,7 @@ def decode_json(body: bytes) -> object:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError("SerializationException", f"The request body is not valid JSON: {e}"
+        raise ApiError(SERIALIZATION, f"The request body is not valid JSON: {e}"
                        ) from None
 
 

@@ -17,7 +17,7 @@ import botocore.session
 import regex  # the models' patterns use \p{L}-style classes that `re` lacks
 from botocore.model import OperationModel, Shape
 
-from kvslite.errors import ApiError
+from kvslite.errors import INTERNAL_FAILURE, SERIALIZATION, ApiError, invalid
 
 SERVICES = ("kinesisvideo", "kinesis-video-media", "kinesis-video-archived-media")
 
@@ -70,7 +70,7 @@ def parse_input(operation: OperationModel, body: object) -> dict:
     if shape is None:
         return {}
     if not isinstance(body, dict):
-        raise ApiError("SerializationException", "The request body must be a JSON object")
+        raise ApiError(SERIALIZATION, "The request body must be a JSON object")
     return _parse(shape, body, "")
 
 
@@ -78,8 +78,7 @@ def _fail(path: str, value: object, constraint: str) -> ApiError:
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return ApiError(
-        "InvalidArgumentException",
+    return invalid(
         f"1 validation error detected: Value {shown} at '{path}' failed to satisfy "
         f"constraint: {constraint}",
     )
@@ -97,7 +96,7 @@ def _parse(shape: Shape, value: object, path: str) -> object:
     kind = shape.type_name
     parser = _PARSERS.get(kind)
     if parser is None:
-        raise ApiError("InternalFailure", f"kvslite cannot parse shape type {kind}")
+        raise ApiError(INTERNAL_FAILURE, f"kvslite cannot parse shape type {kind}")
     return parser(shape, value, path)
 
 

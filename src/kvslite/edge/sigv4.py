@@ -17,7 +17,13 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
-from kvslite.errors import ApiError
+from kvslite.errors import (
+    INCOMPLETE_SIGNATURE,
+    INVALID_SIGNATURE,
+    MISSING_AUTHENTICATION_TOKEN,
+    UNRECOGNIZED_CLIENT,
+    ApiError,
+)
 
 SIGNING_NAME = "kinesisvideo"
 EMPTY_SHA256 = sha256(b"").hexdigest()
@@ -61,33 +67,33 @@ def verify(
     """
     authorization = (headers.get("authorization") or [""])[0]
     if not authorization:
-        raise _forbidden("MissingAuthenticationTokenException",
+        raise _forbidden(MISSING_AUTHENTICATION_TOKEN,
                          "Missing Authentication Token")
     match = _AUTH_RE.match(authorization.strip())
     if not match:
-        raise _forbidden("IncompleteSignatureException",
+        raise _forbidden(INCOMPLETE_SIGNATURE,
                          "Authorization header is not a valid AWS4-HMAC-SHA256 signature")
     scope = match["credential"].split("/")
     if len(scope) != 5 or scope[4] != "aws4_request":
-        raise _forbidden("IncompleteSignatureException",
+        raise _forbidden(INCOMPLETE_SIGNATURE,
                          f"Credential scope is malformed: {match['credential']}")
     key_id, date, region, service, _ = scope
     if key_id != access_key_id:
-        raise _forbidden("UnrecognizedClientException",
+        raise _forbidden(UNRECOGNIZED_CLIENT,
                          "The security token included in the request is invalid.")
     if service != SIGNING_NAME:
-        raise _forbidden("InvalidSignatureException",
+        raise _forbidden(INVALID_SIGNATURE,
                          f"Credential should be scoped to correct service: '{SIGNING_NAME}'.")
 
     amz_date = (headers.get("x-amz-date") or [""])[0]
     signed_at = _parse_amz_date(amz_date)
     if signed_at.strftime("%Y%m%d") != date:
-        raise _forbidden("InvalidSignatureException",
+        raise _forbidden(INVALID_SIGNATURE,
                          "Credential date does not match X-Amz-Date.")
     now = now or dt.datetime.now(dt.timezone.utc)
     if abs((now - signed_at).total_seconds()) > max_skew_s:
         raise _forbidden(
-            "InvalidSignatureException",
+            INVALID_SIGNATURE,
             f"Signature expired: {amz_date} is now outside the allowed clock skew of "
             f"{max_skew_s // 60} minutes from {now.strftime('%Y%m%dT%H%M%SZ')}.",
         )
@@ -95,7 +101,7 @@ def verify(
     signed_names = match["signed"].split(";")
     missing = [name for name in signed_names if name not in headers]
     if missing:
-        raise _forbidden("InvalidSignatureException",
+        raise _forbidden(INVALID_SIGNATURE,
                          f"Signed headers are missing from the request: {', '.join(missing)}")
     request = AWSRequest(
         method=method,
@@ -109,7 +115,7 @@ def verify(
     expected = signer.signature(signer.string_to_sign(request, canonical), request)
     if not hmac.compare_digest(expected, match["signature"]):
         raise _forbidden(
-            "InvalidSignatureException",
+            INVALID_SIGNATURE,
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method.",
         )
@@ -119,6 +125,6 @@ def _parse_amz_date(value: str) -> dt.datetime:
     try:
         return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
     except ValueError:
-        raise _forbidden("IncompleteSignatureException",
+        raise _forbidden(INCOMPLETE_SIGNATURE,
                          "Requests must carry a valid X-Amz-Date header (YYYYMMDDTHHMMSSZ)."
                          ) from None

@@ -21,7 +21,14 @@ from kvslite.archive.control_plane import ControlPlane, require_archive
 from kvslite.archive.fragments import Archive, unpack_frames
 from kvslite.archive.segments import check_playable, clip_delay, fragment_samples
 from kvslite.archive.selection import fragments_in_range
-from kvslite.errors import ApiError, invalid, not_found
+from kvslite.errors import (
+    CLIENT_LIMIT_EXCEEDED,
+    INVALID_CODEC_PRIVATE_DATA,
+    INVALID_MEDIA_FRAME,
+    ApiError,
+    invalid,
+    not_found,
+)
 from kvslite.media import remux
 from kvslite.ops import requests as rq
 
@@ -50,7 +57,7 @@ class Clips:
                                 end_required=True)
         placed = self._clip_fragments(stream, clock, start, end)
         if not self.slots.acquire(blocking=False):
-            raise ApiError("ClientLimitExceededException",
+            raise ApiError(CLIENT_LIMIT_EXCEEDED,
                            "Too many GetClip requests in flight; retry shortly")
         try:
             clip = self._write_clip(placed)
@@ -81,7 +88,7 @@ class Clips:
         headers = {f.header_id for f in fragments}
         check_playable(self.archive, fragments[0])
         if len({self.archive.header(h) for h in headers}) > 1:
-            raise ApiError("InvalidCodecPrivateDataException",
+            raise ApiError(INVALID_CODEC_PRIVATE_DATA,
                            "The codec private data or tracks change within the requested "
                            "clip; request a range with one track configuration")
 
@@ -144,7 +151,7 @@ def media_errors():
     try:
         yield
     except (av.FFmpegError, ValueError) as e:
-        raise ApiError("InvalidMediaFrameException",
+        raise ApiError(INVALID_MEDIA_FRAME,
                        f"The stored media could not be remuxed: {e}") from e
 
 

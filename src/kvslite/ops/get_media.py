@@ -21,7 +21,7 @@ from starlette.responses import StreamingResponse
 from kvslite.archive import Clock, Fragment, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
-from kvslite.errors import ApiError, invalid, not_found
+from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid, not_found
 from kvslite.ops import requests as rq
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
@@ -44,7 +44,7 @@ class GetMedia:
         stream = self.control.resolve(request.stream_name, request.stream_arn)
         after_seq = self._start_after(stream, request.start_selector)
         if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
-            raise ApiError("ConnectionLimitExceededException",
+            raise ApiError(CONNECTION_LIMIT_EXCEEDED,
                            f"Stream {stream.name} already has "
                            f"{MAX_CONNECTIONS_PER_STREAM} GetMedia connections")
         return StreamingResponse(self._follow(stream, after_seq), media_type=MEDIA_TYPE)

@@ -12,7 +12,7 @@ import binascii
 from kvslite.archive import Stream
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
-from kvslite.errors import ApiError, invalid, not_found
+from kvslite.errors import INVALID_ARGUMENT, ApiError, invalid, not_found
 from kvslite.ops import requests as rq
 
 DEFAULT_LIST_LIMIT = 10_000
@@ -153,4 +153,4 @@ def _decode_token(token: str | None) -> str:
     try:
         return base64.b64decode(token, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
-        raise ApiError("InvalidArgumentException", "NextToken is not valid") from None
+        raise ApiError(INVALID_ARGUMENT, "NextToken is not valid") from None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
+from kvslite.archive import Fragment
 from kvslite.archive.selection import Window, discontinuity
 from kvslite.archive.sessions import Session
 from kvslite.media import remux
 from kvslite.media.mkv import Track
-from kvslite.store.metadata import Fragment
 
 
 def hls_master(token: str, tracks: list[Track], window: Window) -> str:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
 from kvslite.archive.ingest import IngestError, IngestSession, error_ack
-from kvslite.errors import ApiError, invalid
+from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid
 
 log = logging.getLogger("kvslite.putmedia")
 
@@ -48,7 +48,7 @@ class PutMedia:
         if timecode_type == "RELATIVE" and start_ms is None:
             raise invalid("x-amzn-producer-start-timestamp is required with RELATIVE timecodes")
         if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
-            raise ApiError("ConnectionLimitExceededException",
+            raise ApiError(CONNECTION_LIMIT_EXCEEDED,
                            f"Stream {stream.name} already has an open PutMedia connection")
         session = IngestSession(self.archive, stream, timecode_type=timecode_type,
                                 producer_start_ms=start_ms)

@@ -22,7 +22,7 @@ from kvslite.archive.fragments import Archive
 from kvslite.archive.segments import check_playable, segment
 from kvslite.archive.selection import Window, fragments_in_range, session_window
 from kvslite.archive.sessions import LIVE_RECENT_MS, ORIGIN_LEAD_MS, Session, SessionTokens
-from kvslite.errors import ApiError, invalid, not_found
+from kvslite.errors import MISSING_PARAMETER, RESOURCE_NOT_FOUND, ApiError, invalid, not_found
 from kvslite.media import remux
 from kvslite.ops import manifests
 from kvslite.ops import requests as rq
@@ -141,7 +141,7 @@ class StreamingSessions:
                   for name, build in builders.items()]
 
         async def unknown(request: Request) -> Response:
-            raise ApiError("ResourceNotFoundException",
+            raise ApiError(RESOURCE_NOT_FOUND,
                            f"No {protocol} resource at {request.url.path}", status=404)
 
         return routes + [Route("/{name:path}", unknown)]
@@ -197,7 +197,7 @@ class StreamingSessions:
         elif query.get("FragmentNumber"):
             fragment = self._fragment(session, query["FragmentNumber"], None)
         else:
-            raise ApiError("MissingParameter", "FragmentNumber is required", status=400)
+            raise ApiError(MISSING_PARAMETER, "FragmentNumber is required", status=400)
         with media_errors():
             return segment(self.archive, session, fragment, kind)
 

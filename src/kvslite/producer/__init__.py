@@ -29,12 +29,18 @@ How it works, one module per step:
 """
 
 from .acks import Ack, AckParser
-from .annexb import (AnnexBConverter, avcc_from_parameter_sets, hvcc_from_parameter_sets,
-                     is_annexb, split_annexb, split_length_prefixed)
+from .annexb import (
+                     AnnexBConverter,
+                     avcc_from_parameter_sets,
+                     hvcc_from_parameter_sets,
+                     is_annexb,
+                     split_annexb,
+                     split_length_prefixed,
+)
+from .connection import putmedia_headers
 from .errors import AckError, HttpError, ProducerError, SourceError
 from .fragments import MAX_FRAGMENT_MS, USER_AGENT, FragmentBuilder, media_chunks
 from .producer import DEFAULT_ENDPOINT_URL, Producer, put_source
-from .connection import putmedia_headers
 from .source import MediaSource, open_source
 from .summary import PutSummary
 from .timestamps import format_timestamp, parse_timestamp

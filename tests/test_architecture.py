@@ -1,0 +1,67 @@
+"""The structure the README promises, checked on every run so it cannot quietly rot."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from kvslite import errors
+from kvslite.edge import model
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "kvslite"
+
+
+def test_import_layers_hold():
+    """pyproject's [tool.importlinter] contracts: data flows edge -> ops -> archive -> store,
+    and client libraries never import server code."""
+    linter = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(linter), "--no-cache"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout or "broken" not in result.stdout.split("Contracts:")[1]
+
+
+def _python_files(*packages: str):
+    for package in packages:
+        yield from sorted((SRC / package).rglob("*.py"))
+
+
+def test_operations_do_not_reach_through_the_archive_to_a_store():
+    """An import contract cannot see `self.archive.store.x`; this can."""
+    for path in _python_files("ops", "edge", "web"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("store", "blobs"):
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} reaches .{node.attr}")
+
+
+def test_no_module_is_two_things():
+    """A module past ~400 lines is usually two concepts (the generated request shapes are
+    data, not code)."""
+    long = {str(p.relative_to(ROOT)): n for p in SRC.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400 and p.name != "requests.py"}
+    assert long == {}
+
+
+def test_error_codes_match_the_models():
+    """Codes raised as modeled errors are error shapes of the KVS models (so their HTTP
+    status comes from there); the others really are outside the models."""
+    shapes = set(model.error_statuses())
+    assert errors.MODELED <= shapes, errors.MODELED - shapes
+    assert not errors.UNMODELED & shapes, errors.UNMODELED & shapes
+
+
+def test_every_raised_error_code_is_a_named_constant():
+    """ApiError codes come from kvslite.errors, never a string typed at the raise site."""
+    literal = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call)
+                    and getattr(node.func, "id", None) in ("ApiError", "_forbidden")
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                literal.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert literal == []
+    codes = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
+    assert codes == errors.MODELED | errors.UNMODELED
