@@ -3,30 +3,9 @@
 from __future__ import annotations
 
 from .ebml import (
-    ATTACHMENTS,
-    BLOCK_GROUP,
-    CHAPTERS,
-    CLUSTER,
-    CRC32,
-    CUES,
-    EBML,
-    INFO,
-    SEEK_HEAD,
-    SEGMENT,
-    SEGMENT_CHILDREN,
-    SIMPLE_BLOCK,
-    TAGS,
-    TIMECODE,
-    TRACKS,
-    UNKNOWN,
-    UNKNOWN_SIZE_VINT,
-    VOID,
-    MkvError,
-    decode_uint,
-    element_name,
-    encode_id,
-    read_id,
-    read_size,
+    ATTACHMENTS, BLOCK_GROUP, CHAPTERS, CLUSTER, CRC32, CUES, EBML, INFO, SEEK_HEAD, SEGMENT,
+    SEGMENT_CHILDREN, SIMPLE_BLOCK, TAGS, TIMECODE, TRACKS, UNKNOWN, UNKNOWN_SIZE_VINT, VOID,
+    MkvError, decode_uint, element_name, encode_id, read_id, read_size,
 )
 from .mkv_model import Cluster, Frame, StreamHeader, Tags, Track
 from .mkv_parse import check_doc_type, parse_block, parse_info, parse_tags, parse_tracks
