@@ -127,8 +127,15 @@ def test_server_timestamp_selector(server, archived, h264):
     server.client("kinesisvideo").create_stream(StreamName="img-server", DataRetentionInHours=1)
     conn = PutMediaConnection(server.port, "img-server")
     conn.send(mkv.write_header(synthetic.stream_header(h264)))
+    end_of_fragment = mkv.write_tags([("AWS_KINESISVIDEO_END_OF_FRAGMENT", "")])
     for cluster in synthetic.clusters(h264, START_MS)[:3]:
-        conn.send(mkv.write_cluster(cluster)[0])  # one fragment a second, like a camera
+        conn.send(mkv.write_cluster(cluster)[0] + end_of_fragment)
+        # its server timestamp (arrival of its first byte) is fixed once it is acked
+        acks = conn.wait_for("PERSISTED")
+        assert acks[-1]["EventType"] == "PERSISTED", acks
+        # one fragment a second, like a camera. Counted from the ack, the next fragment
+        # arrives at least 1 s after this one on the server's clock; counted from the
+        # send alone, it might not, if the server read this one late
         time.sleep(1.0)
     conn.finish()
     conn.all_acks()
@@ -302,11 +309,20 @@ def test_overload_is_shed_not_fatal(module_servers, h264):
         except ClientError as e:
             outcomes.append(e.response["Error"]["Code"])
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # One call holds the only slot while it renders 100 PNGs; a call made meanwhile is
+    # shed at once. The held call is observable only as "no response yet", so keep
+    # calling while it is in flight until one call is refused (instead of starting a
+    # few threads and hoping two of them overlap).
+    for _ in range(5):
+        holder = threading.Thread(target=call)
+        holder.start()
+        while holder.is_alive() and "ClientLimitExceededException" not in outcomes:
+            call()
+        holder.join()
+        if "ClientLimitExceededException" in outcomes:
+            break
+    call()  # nothing in flight any more: served again
+    assert outcomes[-1] == 100
     assert "ClientLimitExceededException" in outcomes
     assert set(outcomes) <= {100, "ClientLimitExceededException"}
     assert 100 in outcomes

@@ -91,8 +91,10 @@ def test_now_follows_fragments_put_after_the_call(shared_server, kvs, media, vid
     put_mkv(shared_server.port, "gm-live", synthetic.to_mkv(video, START_MS))  # old, skipped
     response = media.get_media(StreamName="gm-live", StartSelector={"StartSelectorType": "NOW"})
     live_start = START_MS + 100_000
-    uploader = threading.Timer(0.5, put_mkv, (shared_server.port, "gm-live",
-                                              synthetic.to_mkv(video, live_start)))
+    # NOW was fixed when the response started (get_media returned), so an upload begun
+    # from here on comes after it: no delay needed, it runs while the reader follows
+    uploader = threading.Thread(target=put_mkv, args=(shared_server.port, "gm-live",
+                                                      synthetic.to_mkv(video, live_start)))
     uploader.start()
     fragments = read_fragments(response["Payload"], 5)
     uploader.join()

@@ -162,8 +162,13 @@ def test_live_replay_adds_a_fragment_per_fragment_duration(archived, streams):
     first = media_playlist(url)
     assert first.count("#EXTINF:") == 2 and "#EXT-X-MEDIA-SEQUENCE:0" in first
     assert "#EXT-X-ENDLIST" not in first
-    time.sleep(1.1)  # one more 1-s fragment is due; the window of 2 slides by one
+    # one more 1-s fragment is due a second into the session; the window of 2 slides by
+    # one. Poll for that change (a fixed sleep could land past the next slide, too)
+    deadline = time.monotonic() + 10
     second = media_playlist(url)
+    while "#EXT-X-MEDIA-SEQUENCE:0" in second and time.monotonic() < deadline:
+        time.sleep(0.05)
+        second = media_playlist(url)
     assert second.count("#EXTINF:") == 2 and "#EXT-X-MEDIA-SEQUENCE:1" in second
     segments = [[line for line in playlist.splitlines() if line.startswith("getMP4")]
                 for playlist in (first, second)]

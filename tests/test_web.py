@@ -247,7 +247,9 @@ def test_click_plays_hls_from_that_time(page, server):
     page.page.mouse.click(box["x"] + 2, box["y"] + box["height"] / 2)  # the first fragment
     page.page.wait_for_function("() => document.querySelector('video').currentTime > 0.5")
     first = page.page.evaluate("document.querySelector('video').currentTime")
-    page.page.wait_for_timeout(1200)
+    # it keeps playing: wait for the time to advance instead of sleeping and hoping
+    page.page.wait_for_function(
+        "t => document.querySelector('video').currentTime > t", arg=first + 0.5)
     state = page.page.evaluate("""() => {
         const v = document.querySelector('video');
         return {t: v.currentTime, paused: v.paused, w: v.videoWidth,
@@ -286,7 +288,8 @@ def test_live_button_plays_what_is_being_recorded(page, server):
         page.page.click("#play-live")
         page.page.wait_for_function("() => document.querySelector('video').currentTime > 0.5")
         first = page.page.evaluate("document.querySelector('video').currentTime")
-        page.page.wait_for_timeout(1500)
+        page.page.wait_for_function(  # it keeps playing live
+            "t => document.querySelector('video').currentTime > t", arg=first + 0.7)
         state = page.page.evaluate("""() => ({
             t: document.querySelector('video').currentTime,
             paused: document.querySelector('video').paused,
