@@ -1,19 +1,39 @@
-"""The `kvslite` command: serve (and, as they land, put, images, demo)."""
+"""The `kvslite` command: serve, put, images and demo.
+
+Heavy modules (the server, the producer, boto3) are imported inside the commands, so
+`kvslite --help` and a mistyped option answer at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from kvslite import __version__
-from kvslite.config import Settings
+from kvslite.config import DEFAULT_ENDPOINT_URL, Settings
 
 
 def _option(name: str, env: str, **kwargs):
     return click.option(name, envvar=f"KVSLITE_{env}", show_envvar=True, **kwargs)
+
+
+def _as_typed(path: Path) -> str:
+    """A default path as one would type it, `./kvslite-data`, so --help shows that it is
+    relative to the current directory (str(Path) drops the `./`)."""
+    return str(path) if path.is_absolute() else f"./{path}"
+
+
+def _exit_aborted() -> NoReturn:
+    click.echo("aborted", err=True)
+    sys.exit(130)
 
 
 @click.group()
@@ -23,14 +43,14 @@ def main() -> None:
 
 
 @main.command()
-@_option("--host", "HOST", default="127.0.0.1", show_default=True, help="Address to bind.")
-@_option("--port", "PORT", default=4567, show_default=True, type=click.IntRange(1, 65535),
-         help="Port to bind.")
-@_option("--data-dir", "DATA_DIR", default="./kvslite-data", show_default=True,
+@_option("--host", "HOST", default=Settings.host, show_default=True, help="Address to bind.")
+@_option("--port", "PORT", default=Settings.port, show_default=True,
+         type=click.IntRange(1, 65535), help="Port to bind.")
+@_option("--data-dir", "DATA_DIR", default=_as_typed(Settings.data_dir), show_default=True,
          type=click.Path(file_okay=False, path_type=Path), help="Where metadata and media live.")
-@_option("--region", "REGION", default="us-east-1", show_default=True,
+@_option("--region", "REGION", default=Settings.region, show_default=True,
          help="Region in stream ARNs.")
-@_option("--account-id", "ACCOUNT_ID", default="000000000000", show_default=True,
+@_option("--account-id", "ACCOUNT_ID", default=Settings.account_id, show_default=True,
          help="Account id in stream ARNs.")
 @_option("--public-url", "PUBLIC_URL", default=None,
          help="URL that GetDataEndpoint returns [default: http://HOST:PORT].")
@@ -40,10 +60,11 @@ def main() -> None:
          help="Secret for --access-key-id.")
 @_option("--allow-anonymous", "ALLOW_ANONYMOUS", is_flag=True, default=False,
          help="Serve without credentials on a non-loopback address.")
-@_option("--min-sampling-interval-ms", "MIN_SAMPLING_INTERVAL_MS", default=3000,
-         show_default=True, type=int, help="Smallest GetImages SamplingInterval accepted.")
-@_option("--max-image-requests", "MAX_IMAGE_REQUESTS", default=8, show_default=True,
-         type=click.IntRange(1, 1000),
+@_option("--min-sampling-interval-ms", "MIN_SAMPLING_INTERVAL_MS",
+         default=Settings.min_sampling_interval_ms, show_default=True, type=int,
+         help="Smallest GetImages SamplingInterval accepted.")
+@_option("--max-image-requests", "MAX_IMAGE_REQUESTS", default=Settings.max_image_requests,
+         show_default=True, type=click.IntRange(1, 1000),
          help="GetImages requests served at once; more get ClientLimitExceededException.")
 @_option("--log-level", "LOG_LEVEL", default="info", show_default=True,
          type=click.Choice(["debug", "info", "warning", "error"]))
@@ -65,7 +86,7 @@ def serve(log_level: str, **options) -> None:
 @click.argument("stream")
 @click.argument("source")
 @click.option("--endpoint-url", envvar="KVSLITE_ENDPOINT_URL", show_envvar=True,
-              default="http://127.0.0.1:4567", show_default=True,
+              default=DEFAULT_ENDPOINT_URL, show_default=True,
               help="Control-plane URL: kvslite, or https://kinesisvideo.REGION.amazonaws.com.")
 @click.option("--region", default=None,
               help="Signing region [default: the AWS configuration's, else us-east-1].")
@@ -91,93 +112,118 @@ def put(stream: str, source: str, endpoint_url: str, region: str | None, create:
     server's acks; Ctrl-C ends the upload cleanly after the current fragment. Exits 1 on an
     ERROR ack or HTTP error, printing its ErrorId/ErrorCode or error type.
     """
-    import os
-    import signal
-    import threading
-
     from kvslite import producer as kp
 
+    start_ms = _start_timestamp_param(start_timestamp)
+    progress = _PutProgress(source, stream, endpoint_url, quiet)
+    stop = threading.Event()
+    with _ctrl_c_sets(stop):
+        try:
+            summary = kp.put_source(source, stream, endpoint_url=endpoint_url, region=region,
+                                    create=create, retention_hours=retention_hours,
+                                    realtime=realtime, start_timestamp=start_ms, stop=stop,
+                                    on_ack=progress.on_ack, on_source=progress.on_source)
+        except kp.ProducerError as e:
+            progress.close()
+            _exit_put_failed(e)
+        except KeyboardInterrupt:
+            progress.close()
+            _exit_aborted()
+    progress.close()
+    click.echo(f"put {summary.line()}")
+
+
+def _start_timestamp_param(value: str | None) -> int | None:
+    from kvslite.producer import parse_timestamp
+
     try:
-        start_ms = kp.parse_timestamp(start_timestamp) if start_timestamp else None
+        return parse_timestamp(value) if value else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--start-timestamp") from None
 
-    stop = threading.Event()
 
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: threading.Event):
+    """While inside: the first Ctrl-C sets `stop` (the upload ends cleanly after the current
+    fragment), a second one raises KeyboardInterrupt."""
     def on_sigint(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
         click.echo("stopping after the current fragment (Ctrl-C again to abort)", err=True)
 
-    def terminal_columns() -> int:
-        try:
-            return os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
-        except (OSError, ValueError):
-            return 0
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
-    bar = None
-    lines = not quiet and not terminal_columns()  # a bar on a terminal, else a line per fragment
 
-    def on_source(media) -> None:
-        nonlocal bar
-        if not quiet:
-            skipped = f", {media.skipped_streams} other stream(s) skipped" \
-                if media.skipped_streams else ""
-            click.echo(f"{source}: {media.description}{skipped} -> {stream} at {endpoint_url}",
-                       err=True)
-        if not quiet and not lines:
+def _stderr_columns() -> int:
+    """The terminal's width if stderr is one, else 0."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+    except (OSError, ValueError):
+        return 0
+
+
+class _PutProgress:
+    """What `put` shows on stderr while uploading: the source, then a bar on a terminal or
+    a line per fragment elsewhere; nothing with --quiet."""
+
+    def __init__(self, source: str, stream: str, endpoint_url: str, quiet: bool):
+        self.source, self.stream, self.endpoint_url = source, stream, endpoint_url
+        self.quiet = quiet
+        self.lines = not quiet and not _stderr_columns()
+        self.bar = None
+
+    def on_source(self, media) -> None:
+        """The source is open: say what it holds, and start the bar."""
+        if self.quiet:
+            return
+        skipped = f", {media.skipped_streams} other stream(s) skipped" \
+            if media.skipped_streams else ""
+        click.echo(f"{self.source}: {media.description}{skipped} -> {self.stream} at "
+                   f"{self.endpoint_url}", err=True)
+        if not self.lines:
             from tqdm import tqdm
 
-            bar = tqdm(desc="persisted", unit=" fragments", file=sys.stderr)
+            self.bar = tqdm(desc="persisted", unit=" fragments", file=sys.stderr)
 
-    def on_ack(ack, summary) -> None:
+    def on_ack(self, ack, summary) -> None:
+        """Count each fragment once, at its last ack: PERSISTED, or RECEIVED on a stream
+        that keeps no data."""
         final = "RECEIVED" if summary.data_retained is False else "PERSISTED"
         if ack.event_type != final:
             return
         lag = f"{ack.lag_ms:.0f} ms" if ack.lag_ms is not None else "?"
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{summary.bytes_sent / 1e6:.2f} MB sent, ack lag {lag}")
-        elif lines:
-            when = kp.format_timestamp(ack.timecode) if ack.timecode is not None else "?"
-            click.echo(f"fragment {summary.fragments_acked} {ack.event_type.lower()}: {when} "
-                       f"#{ack.fragment_number or '-'}, {summary.bytes_sent / 1e6:.2f} MB sent, "
-                       f"ack lag {lag}", err=True)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{summary.bytes_sent / 1e6:.2f} MB sent, ack lag {lag}")
+        elif self.lines:
+            click.echo(_fragment_line(ack, summary, lag), err=True)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        summary = kp.put_source(source, stream, endpoint_url=endpoint_url, region=region,
-                                create=create, retention_hours=retention_hours,
-                                realtime=realtime, start_timestamp=start_ms, stop=stop,
-                                on_ack=on_ack, on_source=on_source)
-    except kp.ProducerError as e:
-        if bar is not None:
-            bar.close()
-        got = e.summary
-        if got is not None and got.fragments_sent:
-            click.echo(f"partial: {got.line()}", err=True)
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if bar is not None:
-        bar.close()
-    click.echo(f"put {summary.line()}")
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _time_param(value: str, param_hint: str, now_ms: int) -> int:
-    from kvslite.fetch_images import parse_time
+def _fragment_line(ack, summary, lag: str) -> str:
+    from kvslite.producer import format_timestamp
 
-    try:
-        return parse_time(value, now_ms)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint=param_hint) from None
+    when = format_timestamp(ack.timecode) if ack.timecode is not None else "?"
+    return (f"fragment {summary.fragments_acked} {ack.event_type.lower()}: {when} "
+            f"#{ack.fragment_number or '-'}, {summary.bytes_sent / 1e6:.2f} MB sent, "
+            f"ack lag {lag}")
+
+
+def _exit_put_failed(error) -> NoReturn:
+    """Report a failed upload (and what got through before it) and exit 1."""
+    got = error.summary
+    if got is not None and got.fragments_sent:
+        click.echo(f"partial: {got.line()}", err=True)
+    click.echo(f"error: {error}", err=True)
+    sys.exit(1)
 
 
 @main.command()
@@ -206,7 +252,7 @@ def _time_param(value: str, param_hint: str, now_ms: int) -> int:
               type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the images (created if missing).")
 @click.option("--endpoint-url", envvar="KVSLITE_ENDPOINT_URL", show_envvar=True,
-              default="http://127.0.0.1:4567", show_default=True,
+              default=DEFAULT_ENDPOINT_URL, show_default=True,
               help="Control-plane URL: kvslite, or https://kinesisvideo.REGION.amazonaws.com.")
 @click.option("--region", default=None,
               help="Signing region [default: the AWS configuration's, else us-east-1].")
@@ -226,22 +272,10 @@ def images(stream: str, start: str, end: str, every: str | None, image_format: s
     \b
     kvslite images front-door --start -10m --end now --every 3s --out frames/
     """
-    import time
-
     from kvslite import fetch_images as fi
 
-    now_ms = round(time.time() * 1000)
-    start_ms = _time_param(start, "--start", now_ms)
-    end_ms = _time_param(end, "--end", now_ms)
-    if start_ms > end_ms:
-        raise click.BadParameter(f"{fi.format_time(start_ms)} is after --end "
-                                 f"{fi.format_time(end_ms)}", param_hint="--start")
-    interval = None
-    if every is not None:
-        try:
-            interval = fi.parse_interval(every)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--every") from None
+    start_ms, end_ms = _time_range_params(start, end)
+    interval = _interval_param(every)
     if quality is not None and image_format.lower() != "jpeg":
         raise click.BadParameter("applies to --format jpeg only", param_hint="--quality")
     if not quiet:
@@ -258,19 +292,61 @@ def images(stream: str, start: str, end: str, every: str | None, image_format: s
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    for kind, first, last, count in summary.error_runs():
-        when = fi.format_time(first) if count == 1 else \
-            f"{fi.format_time(first)} .. {fi.format_time(last)}"
-        click.echo(f"{kind}: {count} sample(s) at {when}", err=True)
+        _exit_aborted()
+    _echo_missing_samples(summary)
     click.echo(f"images {summary.line()} -> {out_dir}")
 
 
+def _time_range_params(start: str, end: str) -> tuple[int, int]:
+    """--start and --end as epoch ms, both relative to the same `now`."""
+    import time
+
+    from kvslite.fetch_images import format_time
+
+    now_ms = round(time.time() * 1000)
+    start_ms = _time_param(start, "--start", now_ms)
+    end_ms = _time_param(end, "--end", now_ms)
+    if start_ms > end_ms:
+        raise click.BadParameter(f"{format_time(start_ms)} is after --end "
+                                 f"{format_time(end_ms)}", param_hint="--start")
+    return start_ms, end_ms
+
+
+def _time_param(value: str, param_hint: str, now_ms: int) -> int:
+    from kvslite.fetch_images import parse_time
+
+    try:
+        return parse_time(value, now_ms)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=param_hint) from None
+
+
+def _interval_param(every: str | None) -> int | None:
+    from kvslite.fetch_images import parse_interval
+
+    if every is None:
+        return None
+    try:
+        return parse_interval(every)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--every") from None
+
+
+def _echo_missing_samples(summary) -> None:
+    """One stderr line per run of samples that got no image (NO_MEDIA, MEDIA_ERROR, ...)."""
+    from kvslite.fetch_images import format_time
+
+    for kind, first, last, count in summary.error_runs():
+        when = format_time(first)
+        if count > 1:
+            when += f" .. {format_time(last)}"
+        click.echo(f"{kind}: {count} sample(s) at {when}", err=True)
+
+
 @main.command()
-@click.option("--port", default=4567, show_default=True, type=click.IntRange(1, 65535),
-              help="Port to serve on (127.0.0.1).")
-@click.option("--data-dir", default="./kvslite-data", show_default=True,
+@click.option("--port", default=Settings.port, show_default=True, type=click.IntRange(1, 65535),
+              help=f"Port to serve on ({Settings.host}).")
+@click.option("--data-dir", default=_as_typed(Settings.data_dir), show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Where metadata and media live.")
 @click.option("--out", "out_dir", default="./demo-images", show_default=True,

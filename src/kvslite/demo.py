@@ -22,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from kvslite.config import Settings
+
 STREAM = "kvslite-demo"
 RETENTION_HOURS = 24
 INTERVAL_MS = 3000
@@ -30,10 +32,6 @@ INTERVAL_MS = 3000
 WIDTH, HEIGHT, FPS = 320, 240, 25
 CREDENTIALS = ("any", "any")  # kvslite on loopback without credentials accepts any signature
 REGION = "us-east-1"
-
-
-class DemoError(Exception):
-    pass
 
 
 def encode_demo_video(seconds: int, *, width: int = WIDTH, height: int = HEIGHT,
@@ -55,7 +53,15 @@ def encode_demo_video(seconds: int, *, width: int = WIDTH, height: int = HEIGHT,
 
     if len(slices) == 1:
         return encode(slices[0])
-    # Daemon threads joined in short steps, so Ctrl-C is not held up by the encoders.
+    parts = _encode_in_threads(encode, slices)
+    if any(p.codec_private != parts[0].codec_private for p in parts):
+        return encode((0, seconds))  # not expected; stay correct anyway
+    return _joined(parts, [a for a, _ in slices])
+
+
+def _encode_in_threads(encode, slices: list[tuple[int, int]]) -> list:
+    """[encode(s) for s in slices], one thread per slice; the first failure is re-raised.
+    Daemon threads joined in short steps, so Ctrl-C is not held up by the encoders."""
     parts: list = [None] * len(slices)
     failures: list[BaseException] = []
 
@@ -74,11 +80,14 @@ def encode_demo_video(seconds: int, *, width: int = WIDTH, height: int = HEIGHT,
             t.join(0.1)
     if failures:
         raise failures[0]
-    if any(p.codec_private != parts[0].codec_private for p in parts):
-        return encode((0, seconds))  # not expected; stay correct anyway
+    return parts
+
+
+def _joined(parts: list, start_seconds: list[int]):
+    """The slices as one video: each slice's timestamps shifted by the second it starts at."""
     packets = []
-    for (a, _), part in zip(slices, parts):
-        packets += [(pts + a * 1000, key, data) for pts, key, data in part.packets]
+    for start, part in zip(start_seconds, parts):
+        packets += [(pts + start * 1000, key, data) for pts, key, data in part.packets]
     return dataclasses.replace(parts[0], packets=packets, start_index=0, _decoded=None)
 
 
@@ -143,108 +152,87 @@ def _ensure_stream(endpoint: str) -> str:
 
 
 def _demo(endpoint: str, video, out_dir: Path, stop: threading.Event) -> None:
-    """Create the stream, ingest, fetch images, print the snippet (runs while serving)."""
-    from kvslite.fetch_images import archived_media_client, fetch_images, format_time
-    from kvslite.producer import Producer, VideoFormat
+    """Create the stream, ingest, fetch images, print the snippet (runs while serving).
+    Once `stop` is set (Ctrl-C) it returns at the next step without saying more."""
+    from kvslite.fetch_images import format_time
 
     click.echo(_ensure_stream(endpoint))
-    duration_ms = video.duration_ms
-    start_ms = round(time.time() * 1000) - duration_ms  # the last frame ends now
-    end_ms = start_ms + duration_ms - 1                   # the last ms the video covers
-    producer = Producer(STREAM, endpoint_url=endpoint, region=REGION, credentials=CREDENTIALS)
-    fmt = VideoFormat("h264", codec_private=video.codec_private, width=video.width,
-                      height=video.height, frame_rate=video.fps, name="kvslite demo clock")
-    put = producer.put(video.packets, fmt, start_timestamp=start_ms, stop=stop)
+    start_ms = round(time.time() * 1000) - video.duration_ms  # the last frame ends now
+    end_ms = start_ms + video.duration_ms - 1                  # the last ms the video covers
+    put = _upload(endpoint, video, start_ms, stop)
     if stop.is_set():
         return
     click.echo(f"PutMedia: {put.fragments_persisted} fragments persisted, "
                f"{put.bytes_sent / 1e6:.2f} MB in {put.elapsed_s:.1f} s, producer time "
-               f"{format_time(start_ms)} .. {format_time(start_ms + duration_ms)}")
-
+               f"{format_time(start_ms)} .. {format_time(start_ms + video.duration_ms)}")
     click.echo(f"GetImages every {INTERVAL_MS // 1000} s -> {out_dir}/")
-    client = archived_media_client(STREAM, endpoint_url=endpoint, region=REGION)
-    summary = fetch_images(client, STREAM, start_ms, end_ms, out_dir, interval_ms=INTERVAL_MS,
-                           image_format="jpeg", quality=80, progress=sys.stderr.isatty())
+    summary = _fetch_demo_images(endpoint, start_ms, end_ms, out_dir)
     if stop.is_set():
         return
+    _echo_images_summary(summary)
+    _echo_how_to_repeat(endpoint, start_ms, end_ms, out_dir)
+
+
+def _upload(endpoint: str, video, start_ms: int, stop: threading.Event):
+    """PutMedia the video through the Python producer, its first frame at start_ms."""
+    from kvslite.producer import Producer, VideoFormat
+
+    producer = Producer(STREAM, endpoint_url=endpoint, region=REGION, credentials=CREDENTIALS)
+    fmt = VideoFormat("h264", codec_private=video.codec_private, width=video.width,
+                      height=video.height, frame_rate=video.fps, name="kvslite demo clock")
+    return producer.put(video.packets, fmt, start_timestamp=start_ms, stop=stop)
+
+
+def _fetch_demo_images(endpoint: str, start_ms: int, end_ms: int, out_dir: Path):
+    from kvslite.fetch_images import archived_media_client, fetch_images
+
+    client = archived_media_client(STREAM, endpoint_url=endpoint, region=REGION)
+    return fetch_images(client, STREAM, start_ms, end_ms, out_dir, interval_ms=INTERVAL_MS,
+                        image_format="jpeg", quality=80, progress=sys.stderr.isatty())
+
+
+def _echo_images_summary(summary) -> None:
+    from kvslite.fetch_images import format_time
+
     names = sorted(p.name for p in summary.paths)
     span = f" ({names[0]} .. {names[-1]})" if names else ""
     click.echo(f"GetImages: {summary.line()}{span}")
     for kind, first, last, count in summary.error_runs():
         click.echo(f"  {kind}: {count} sample(s) from {format_time(first)} to "
                    f"{format_time(last)}")
+
+
+def _echo_how_to_repeat(endpoint: str, start_ms: int, end_ms: int, out_dir: Path) -> None:
+    """The same GetImages call as boto3 code and as a `kvslite images` command."""
+    from kvslite.fetch_images import format_time
+
     bar = "-" * 78
     click.echo(f"\nThe boto3 code that fetched them (paste it into python3):\n{bar}")
     click.echo(snippet(endpoint, STREAM, start_ms, end_ms, INTERVAL_MS))
     click.echo(f"{bar}\nor from the shell: kvslite images {STREAM} --start "
-               f"{format_time(start_ms)} --end {format_time(end_ms)} --every 3s "
-               f"--out {out_dir} --endpoint-url {endpoint}\n")
+               f"{format_time(start_ms)} --end {format_time(end_ms)} "
+               f"--every {INTERVAL_MS // 1000}s --out {out_dir} --endpoint-url {endpoint}\n")
 
 
-def run(*, port: int = 4567, data_dir: Path = Path("./kvslite-data"),
+def run(*, port: int = Settings.port, data_dir: Path = Settings.data_dir,
         out_dir: Path = Path("./demo-images"), seconds: int = 60,
-        host: str = "127.0.0.1") -> int:
+        host: str = Settings.host) -> int:
     """The whole demo; returns the exit code (0 after Ctrl-C once serving)."""
-    from kvslite.config import Settings
-    from kvslite.server import UvicornServer, build
+    from kvslite.server import build
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(host=host, port=port, data_dir=Path(data_dir))
-    try:
-        settings.check()
-    except ValueError as e:
-        click.echo(f"error: {e}", err=True)
+    sock = _listen(settings)
+    if sock is None:
         return 2
-    try:
-        sock = bind(host, port)
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            click.echo(f"error: port {port} on {host} is already in use (another kvslite?); "
-                       f"stop it or pick another port with --port", err=True)
-        else:
-            click.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
-        return 2
-    endpoint = settings.endpoint_url
-    out_dir = Path(out_dir)
     server = None
     try:
         server = build(settings)
-        click.echo(f"kvslite demo: server at {endpoint}, data in {settings.data_dir.resolve()}")
-        click.echo(f"encoding {seconds} s of synthetic H.264 video ({WIDTH}x{HEIGHT}, {FPS} fps, "
-                   f"a clock in every frame)...")
-        t0 = time.monotonic()
-        video = encode_demo_video(seconds)
-        click.echo(f"encoded {len(video.packets)} frames in {time.monotonic() - t0:.1f} s")
-
-        stop = threading.Event()  # set on Ctrl-C: ends an upload or fetch at its next step
-        uv = UvicornServer(server, on_exit=stop.set)
-        outcome: dict = {}
-
-        def work() -> None:
-            while not uv.started:
-                if uv.should_exit:
-                    return
-                time.sleep(0.02)
-            try:
-                _demo(endpoint, video, out_dir, stop)
-            except BaseException as e:  # noqa: BLE001 - reported, then the server stops
-                if not stop.is_set():
-                    outcome["error"] = e
-                    uv.should_exit = True
-                return
-            if not stop.is_set():
-                outcome["done"] = True
-                click.echo(f"kvslite is serving at {endpoint} - try the snippet above; "
-                           f"Ctrl-C to stop")
-
-        worker = threading.Thread(target=work, name="kvslite-demo", daemon=True)
-        worker.start()
-        try:
-            uv.run(sockets=[sock])
-        finally:
-            stop.set()
-            worker.join(timeout=10)
+        click.echo(f"kvslite demo: server at {settings.endpoint_url}, "
+                   f"data in {settings.data_dir.resolve()}")
+        video = _encode_and_report(seconds)
+        outcome = _serve_during_demo(server, sock, settings.endpoint_url, video, Path(out_dir))
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         return 130
@@ -252,11 +240,92 @@ def run(*, port: int = 4567, data_dir: Path = Path("./kvslite-data"),
         sock.close()
         if server is not None:
             server.close()
-    if "error" in outcome:
-        e = outcome["error"]
+    return _exit_code(outcome)
+
+
+def _listen(settings: Settings) -> socket.socket | None:
+    """The listening socket, or None after saying why the settings or the port won't do."""
+    try:
+        settings.check()
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        return None
+    host, port = settings.host, settings.port
+    try:
+        return bind(host, port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            click.echo(f"error: port {port} on {host} is already in use (another kvslite?); "
+                       f"stop it or pick another port with --port", err=True)
+        else:
+            click.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
+        return None
+
+
+def _encode_and_report(seconds: int):
+    click.echo(f"encoding {seconds} s of synthetic H.264 video ({WIDTH}x{HEIGHT}, {FPS} fps, "
+               f"a clock in every frame)...")
+    t0 = time.monotonic()
+    video = encode_demo_video(seconds)
+    click.echo(f"encoded {len(video.packets)} frames in {time.monotonic() - t0:.1f} s")
+    return video
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """How the demo thread ended: `done`, failed with `error`, or neither (stopped first)."""
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _serve_during_demo(server, sock: socket.socket, endpoint: str, video,
+                       out_dir: Path) -> _Outcome:
+    """Serve on `sock` until Ctrl-C (or a failed demo), running the demo on a worker thread
+    once the server is up."""
+    from kvslite.server import UvicornServer
+
+    stop = threading.Event()  # set on Ctrl-C: ends an upload or fetch at its next step
+    uv = UvicornServer(server, on_exit=stop.set)
+    outcome = _Outcome()
+    worker = threading.Thread(target=_demo_once_serving, name="kvslite-demo", daemon=True,
+                              args=(uv, endpoint, video, out_dir, stop, outcome))
+    worker.start()
+    try:
+        uv.run(sockets=[sock])
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    return outcome
+
+
+def _demo_once_serving(uv, endpoint: str, video, out_dir: Path, stop: threading.Event,
+                       outcome: _Outcome) -> None:
+    """The worker thread: wait for the server, run the demo, record how it ended. A failure
+    stops the server, so `run` can report it."""
+    while not uv.started:
+        if uv.should_exit:
+            return
+        time.sleep(0.02)
+    try:
+        _demo(endpoint, video, out_dir, stop)
+    except BaseException as e:  # noqa: BLE001 - reported, then the server stops
+        if not stop.is_set():
+            outcome.error = e
+            uv.should_exit = True
+        return
+    if not stop.is_set():
+        outcome.done = True
+        click.echo(f"kvslite is serving at {endpoint} - try the snippet above; "
+                   f"Ctrl-C to stop")
+
+
+def _exit_code(outcome: _Outcome) -> int:
+    """Say how the demo ended once the server has stopped, as an exit code."""
+    if outcome.error is not None:
+        e = outcome.error
         click.echo(f"error: demo failed: {type(e).__name__}: {e}", err=True)
         return 1
-    if not outcome.get("done"):
+    if not outcome.done:
         click.echo("stopped before the demo finished", err=True)
         return 130
     click.echo("kvslite stopped")

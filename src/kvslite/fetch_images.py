@@ -251,22 +251,56 @@ def fetch_images(client, stream: str, start, end, out_dir, *, interval_ms: int |
 
     `client` is a `kinesis-video-archived-media` client (see archived_media_client).
     `selector`: producer | server (or PRODUCER_TIMESTAMP | SERVER_TIMESTAMP)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     start_ms, end_ms = _to_ms(start), _to_ms(end)
     if start_ms > end_ms:
         raise FetchError(f"the start ({format_time(start_ms)}) is after the end "
                          f"({format_time(end_ms)})")
+    api_format, extension = _api_format(image_format)
+    params = _get_images_params(stream, start_ms, end_ms, api_format, selector,
+                                interval_ms=interval_ms, quality=quality, width=width,
+                                height=height, max_results=max_results)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(total=sample_count(start_ms, end_ms, interval_ms) if interval_ms else None)
+    bar = _progress_bar(stream, summary.total, shown=progress)
+    t0 = time.monotonic()
     try:
-        api_format, extension = FORMATS[image_format.lower()]
+        for page in _pages(client, params, retries):
+            summary.pages += 1
+            images = page.get("Images") or []
+            if summary.total is None:
+                summary.total = bar.total = _total_from_step(images, start_ms, end_ms)
+            for image in images:
+                _save(image, out, extension, summary)
+            bar.update(len(images))
+            bar.set_postfix_str(f"{summary.no_media} NO_MEDIA, "
+                                f"{summary.media_error} MEDIA_ERROR", refresh=False)
+    finally:
+        summary.elapsed_s = time.monotonic() - t0
+        bar.close()
+    if summary.total is None:
+        summary.total = summary.samples
+    return summary
+
+
+def _api_format(image_format: str) -> tuple[str, str]:
+    """jpeg | jpg | png -> (GetImages Format, file extension)."""
+    try:
+        return FORMATS[image_format.lower()]
     except KeyError:
         raise ValueError(f"image_format must be jpeg or png, not {image_format!r}") from None
+
+
+def _get_images_params(stream: str, start_ms: int, end_ms: int, api_format: str,
+                       selector: str, *, interval_ms: int | None, quality: int | None,
+                       width: int | None, height: int | None,
+                       max_results: int | None) -> dict:
+    """The GetImages request (without NextToken); options left at None are not sent."""
     selector_type = SELECTORS.get(selector.lower(), selector.upper())
     if selector_type not in SELECTORS.values():
         raise ValueError(f"selector must be producer or server, not {selector!r}")
     if quality is not None and api_format != "JPEG":
         raise ValueError("quality applies to JPEG only")
-
     params: dict = {**_stream_params(stream), "ImageSelectorType": selector_type,
                     "StartTimestamp": to_datetime(start_ms), "EndTimestamp": to_datetime(end_ms),
                     "Format": api_format}
@@ -280,58 +314,53 @@ def fetch_images(client, stream: str, start, end, out_dir, *, interval_ms: int |
         params["HeightPixels"] = int(height)
     if max_results is not None:
         params["MaxResults"] = int(max_results)
+    return params
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = Summary(total=sample_count(start_ms, end_ms, interval_ms) if interval_ms else None)
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=summary.total, desc=stream, unit=" img", file=sys.stderr,
-                   dynamic_ncols=True)
-    t0 = time.monotonic()
+def _pages(client, params: dict, retries: int):
+    """Every GetImages response for the request, following NextToken."""
     token = None
-    try:
-        while True:
-            request = dict(params, NextToken=token) if token else params
-            for attempt in range(retries + 1):
-                try:
-                    page = client.get_images(**request)
-                    break
-                except ClientError as e:
-                    code = e.response.get("Error", {}).get("Code")
-                    if code in RETRYABLE and attempt < retries:
-                        time.sleep(min(0.25 * 2 ** attempt, 5.0))
-                        continue
-                    raise _client_error("GetImages", e) from None
-                except BotoCoreError as e:
-                    raise FetchError(f"GetImages failed: {e}") from None
-            summary.pages += 1
-            images = page.get("Images") or []
-            if summary.total is None and len(images) >= 2:
-                # No interval given: the server used its minimum; learn it from the times.
-                step = _to_ms(images[1]["TimeStamp"]) - _to_ms(images[0]["TimeStamp"])
-                if step > 0:
-                    summary.total = sample_count(start_ms, end_ms, step)
-                    if bar is not None:
-                        bar.total = summary.total
-            for image in images:
-                _save(image, out, extension, summary)
-            if bar is not None:
-                bar.update(len(images))
-                bar.set_postfix_str(f"{summary.no_media} NO_MEDIA, "
-                                    f"{summary.media_error} MEDIA_ERROR", refresh=False)
-            token = page.get("NextToken")
-            if not token:
-                break
-    finally:
-        summary.elapsed_s = time.monotonic() - t0
-        if bar is not None:
-            bar.close()
-    if summary.total is None:
-        summary.total = summary.samples
-    return summary
+    while True:
+        page = _get_images(client, dict(params, NextToken=token) if token else params, retries)
+        yield page
+        token = page.get("NextToken")
+        if not token:
+            return
+
+
+def _get_images(client, request: dict, retries: int) -> dict:
+    """One GetImages call. Throttling (ClientLimitExceededException: too many requests in
+    flight; ThrottlingException) is retried `retries` times with back-off."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for attempt in range(retries + 1):
+        try:
+            return client.get_images(**request)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in RETRYABLE and attempt < retries:
+                time.sleep(min(0.25 * 2 ** attempt, 5.0))
+                continue
+            raise _client_error("GetImages", e) from None
+        except BotoCoreError as e:
+            raise FetchError(f"GetImages failed: {e}") from None
+
+
+def _total_from_step(images: list, start_ms: int, end_ms: int) -> int | None:
+    """No interval was given, so the server used its minimum: learn it from the first two
+    sample times, and with it how many samples to expect (None if it cannot tell yet)."""
+    if len(images) < 2:
+        return None
+    step = _to_ms(images[1]["TimeStamp"]) - _to_ms(images[0]["TimeStamp"])
+    return sample_count(start_ms, end_ms, step) if step > 0 else None
+
+
+def _progress_bar(stream: str, total: int | None, *, shown: bool):
+    """A tqdm bar on stderr; with shown=False a disabled one, which draws nothing."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=stream, unit=" img", file=sys.stderr, dynamic_ncols=True,
+                disable=not shown)
 
 
 def _save(image: dict, out: Path, extension: str, summary: Summary) -> None:

@@ -121,9 +121,6 @@ class EncodedVideo:
             i -= 1
         return i
 
-    def source_frame(self, pts_ms: int) -> np.ndarray:
-        return render_frame(self.frame_index(pts_ms), self.width, self.height, self.fps)
-
     @property
     def duration_ms(self) -> int:
         return self.pts_ms(len(self.packets))
