@@ -48,8 +48,10 @@ def test_update_is_compare_and_set(tmp_path):
     assert store.update_stream(stream.arn, "v1", version="v2", media_type="video/h264")
     assert not store.update_stream(stream.arn, "v1", version="v3")
     assert store.get_stream(arn=stream.arn).version == "v2"
-    assert not store.delete_stream(stream.arn, "v1")
-    assert store.delete_stream(stream.arn, "v2")
+    assert not store.mark_deleting(stream.arn, "v1")
+    assert store.mark_deleting(stream.arn, "v2")
+    assert not store.mark_deleting(stream.arn, "v2")  # already being deleted
+    assert not store.update_stream(stream.arn, "v2", version="v4")  # nor changed any more
 
 
 def test_tag_limit_is_all_or_nothing(tmp_path):
@@ -66,6 +68,7 @@ def test_deleting_a_stream_drops_its_tags(tmp_path):
     store = SqliteMetadataStore(tmp_path / "m.db")
     stream = make_stream()
     store.create_stream(stream, {"a": "1"})
-    store.delete_stream(stream.arn, None)
+    store.mark_deleting(stream.arn, None)
+    store.purge_stream(stream.arn)
     store.create_stream(stream, {})
     assert store.get_tags(stream.arn) == {}

@@ -66,6 +66,13 @@ def main() -> None:
 @_option("--max-image-requests", "MAX_IMAGE_REQUESTS", default=Settings.max_image_requests,
          show_default=True, type=click.IntRange(1, 1000),
          help="GetImages requests served at once; more get ClientLimitExceededException.")
+@_option("--sweep-interval-s", "SWEEP_INTERVAL_S", default=Settings.sweep_interval_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="How often fragments past retention, deleted streams and orphan media files "
+              "are swept.")
+@_option("--orphan-grace-s", "ORPHAN_GRACE_S", default=Settings.orphan_grace_s,
+         show_default=True, type=click.FloatRange(min=0),
+         help="Media files no fragment refers to are removed once this old.")
 @_option("--log-level", "LOG_LEVEL", default="info", show_default=True,
          type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(log_level: str, **options) -> None:
@@ -77,9 +84,13 @@ def serve(log_level: str, **options) -> None:
         settings.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    from kvslite.server import DataDirInUse
     from kvslite.server import serve as run_server
 
-    run_server(settings)
+    try:
+        run_server(settings)
+    except DataDirInUse as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()

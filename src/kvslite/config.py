@@ -22,6 +22,8 @@ class Settings:
     max_image_requests: int = 8  # GetImages in flight; more are refused, not queued
     max_clock_skew_s: int = 900  # SigV4: how far X-Amz-Date may be from the server clock
     max_request_body_bytes: int = 1 << 20  # JSON APIs; PutMedia streams and has its own limits
+    sweep_interval_s: float = 60.0  # how often retention, deletion and orphans are swept
+    orphan_grace_s: float = 3600.0  # media files without a row are removed after this long
 
     @property
     def auth_enabled(self) -> bool:
@@ -49,6 +51,9 @@ class Settings:
             )
         if not 1 <= self.min_sampling_interval_ms <= 20_000:
             raise ValueError("--min-sampling-interval-ms must be between 1 and 20000")
+        if self.sweep_interval_s <= 0 or self.orphan_grace_s < 0:
+            raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
+                             "negative")
 
 
 # Where clients (kvslite put / images, the producer) look for a server by default.

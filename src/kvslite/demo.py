@@ -218,7 +218,7 @@ def run(*, port: int = Settings.port, data_dir: Path = Settings.data_dir,
         out_dir: Path = Path("./demo-images"), seconds: int = 60,
         host: str = Settings.host) -> int:
     """The whole demo; returns the exit code (0 after Ctrl-C once serving)."""
-    from kvslite.server import build
+    from kvslite.server import DataDirInUse, build
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -229,6 +229,7 @@ def run(*, port: int = Settings.port, data_dir: Path = Settings.data_dir,
     server = None
     try:
         server = build(settings)
+        server.start()
         click.echo(f"kvslite demo: server at {settings.endpoint_url}, "
                    f"data in {settings.data_dir.resolve()}")
         video = _encode_and_report(seconds)
@@ -236,6 +237,9 @@ def run(*, port: int = Settings.port, data_dir: Path = Settings.data_dir,
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         return 130
+    except DataDirInUse as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
     finally:
         sock.close()
         if server is not None:

@@ -40,11 +40,12 @@ MISSING_AUTHENTICATION_TOKEN = "MissingAuthenticationTokenException"
 INCOMPLETE_SIGNATURE = "IncompleteSignatureException"
 UNRECOGNIZED_CLIENT = "UnrecognizedClientException"
 INVALID_SIGNATURE = "InvalidSignatureException"
+INSUFFICIENT_STORAGE = "InsufficientStorageException"
 
 UNMODELED = frozenset({
     SERIALIZATION, UNKNOWN_OPERATION, METHOD_NOT_ALLOWED, REQUEST_ENTITY_TOO_LARGE,
     NOT_IMPLEMENTED, INTERNAL_FAILURE, MISSING_PARAMETER, MISSING_AUTHENTICATION_TOKEN,
-    INCOMPLETE_SIGNATURE, UNRECOGNIZED_CLIENT, INVALID_SIGNATURE,
+    INCOMPLETE_SIGNATURE, UNRECOGNIZED_CLIENT, INVALID_SIGNATURE, INSUFFICIENT_STORAGE,
 })
 
 
@@ -69,3 +70,13 @@ def not_found(what: str) -> ApiError:
 
 def invalid(message: str) -> ApiError:
     return ApiError(INVALID_ARGUMENT, message)
+
+
+class OutOfSpace(ApiError):
+    """The disk holding the archive is full: 507, which a client can act on (free space,
+    retry later); PutMedia answers it with ERROR 5001 ARCHIVAL_ERROR."""
+
+    def __init__(self, detail: str):
+        super().__init__(INSUFFICIENT_STORAGE,
+                         f"kvslite is out of disk space; free some and retry ({detail})",
+                         status=507)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import uvicorn
 
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
+from kvslite.archive.leases import Leases
+from kvslite.archive.retention import Sweeper
 from kvslite.archive.sampling import ImageSampler
 from kvslite.archive.sessions import SessionTokens
 from kvslite.config import Settings
@@ -27,31 +33,70 @@ from kvslite.web import WebViewer
 log = logging.getLogger("kvslite")
 
 
+class DataDirInUse(Exception):
+    """Another kvslite process serves this data directory."""
+
+
 @dataclass
 class Server:
     settings: Settings
     app: EdgeApp
     metadata: SqliteMetadataStore
     blobs: FileBlobStore
+    sweeper: Sweeper
+    lock: IO
+
+    def start(self) -> None:
+        """Background work: temporary files left by a crash go, then the sweeper runs."""
+        removed = self.blobs.remove_temp_files()
+        if removed:
+            log.info("removed %d temporary files left by an earlier crash", len(removed))
+        self.sweeper.start()
 
     def close(self) -> None:
+        self.sweeper.stop()
         self.metadata.close()
+        self.lock.close()  # releases the data directory
+
+
+def lock_data_dir(data_dir: Path) -> IO:
+    """One kvslite process per data directory: SQLite and the media files are safe with
+    one writer process, and leases, temporary-file clean-up and the sweeper assume it.
+    A second process refuses to start (a cluster shares PostgreSQL and S3 instead)."""
+    lock = open(data_dir / "kvslite.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise DataDirInUse(f"{data_dir} is in use by another kvslite ({holder}); stop it, "
+                           f"or give this one its own --data-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def build(settings: Settings) -> Server:
     """Open the stores under the data dir and assemble the ASGI app."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_dir(data_dir)
     metadata = SqliteMetadataStore(data_dir / "kvslite.db")
     blobs = FileBlobStore(data_dir / "media")
+    sweeper = Sweeper(metadata, blobs, interval_s=settings.sweep_interval_s,
+                      orphan_grace_s=settings.orphan_grace_s)
+    leases = Leases(metadata)
     control = ControlPlane(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
     providers = [
-        KinesisVideo(control, archive, endpoint_url=settings.endpoint_url),
-        GetMedia(control, archive),
+        KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake),
+        GetMedia(control, archive, leases),
         ArchivedMedia(control, archive,
                       ImageSampler(archive, max_requests=settings.max_image_requests),
                       min_sampling_interval_ms=settings.min_sampling_interval_ms),
@@ -64,9 +109,9 @@ def build(settings: Settings) -> Server:
             if operation in handlers:
                 raise ValueError(f"two handlers for {operation}")
             handlers[operation] = handler
-    app = EdgeApp(settings, handlers, put_media=PutMedia(control, archive),
+    app = EdgeApp(settings, handlers, put_media=PutMedia(control, archive, leases),
                   routes=[*sessions.routes(), *WebViewer().routes()])
-    return Server(settings, app, metadata, blobs)
+    return Server(settings, app, metadata, blobs, sweeper, lock)
 
 
 class UvicornServer(uvicorn.Server):
@@ -102,6 +147,7 @@ def serve(settings: Settings) -> None:
     settings.check()
     server = build(settings)
     try:
+        server.start()
         UvicornServer(server).run()
     finally:
         server.close()

@@ -4,6 +4,6 @@ The records the operations layer works with are re-exported here, so nothing abo
 the archive needs to import a store.
 """
 
-from kvslite.store.metadata import Clock, Fragment, Stream, seq_of
+from kvslite.store.metadata import Clock, Fragment, Lease, Stream, seq_of
 
-__all__ = ["Clock", "Fragment", "Stream", "seq_of"]
+__all__ = ["Clock", "Fragment", "Lease", "Stream", "seq_of"]

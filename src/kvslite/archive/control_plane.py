@@ -18,7 +18,7 @@ from kvslite.errors import (
     invalid,
     not_found,
 )
-from kvslite.store.metadata import MetadataStore, NameTaken, Stream
+from kvslite.store.metadata import DELETING, MetadataStore, NameTaken, Stream
 
 MAX_TAGS = 50
 MAX_RETENTION_HOURS = 87_600  # ten years, AWS's upper bound
@@ -74,13 +74,16 @@ class ControlPlane:
                            f"The stream {name} already exists") from None
         return stream
 
-    def resolve(self, name: str | None = None, arn: str | None = None) -> Stream:
-        """The stream named by StreamName and/or StreamARN (both must agree)."""
+    def resolve(self, name: str | None = None, arn: str | None = None, *,
+                deleting_ok: bool = False) -> Stream:
+        """The stream named by StreamName and/or StreamARN (both must agree). A stream
+        being deleted is found only by ARN and only where `deleting_ok` (DescribeStream
+        reports it DELETING); everywhere else it is gone."""
         if name is None and arn is None:
             raise invalid("You must specify either the StreamName or the StreamARN")
         stream = self.store.get_stream(arn=arn) if arn is not None else self.store.get_stream(
             name=name)
-        if stream is None:
+        if stream is None or (stream.status == DELETING and not deleting_ok):
             raise not_found(f"The requested stream {arn or name} was not found")
         if name is not None and arn is not None and stream.name != name:
             raise invalid(f"StreamName {name} and StreamARN {arn} name different streams")
@@ -95,7 +98,9 @@ class ControlPlane:
             raise _version_mismatch(stream, current_version)
 
     def delete(self, stream: Stream, current_version: str | None) -> None:
-        if not self.store.delete_stream(stream.arn, current_version):
+        """Mark the stream DELETING at once (its name is free again); the sweeper removes
+        its media and rows in the background."""
+        if not self.store.mark_deleting(stream.arn, current_version):
             raise _version_mismatch(stream, current_version)
 
     def change_retention(self, stream: Stream, current_version: str, operation: str,

@@ -10,18 +10,29 @@ out of the blob and never parse a cluster again.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+from kvslite.errors import RESOURCE_NOT_FOUND, ApiError
 from kvslite.media import mkv
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
 from kvslite.store.files import FileBlobStore
-from kvslite.store.metadata import Clock, Fragment, MetadataStore, Stream
+from kvslite.store.metadata import Clock, Fragment, Lease, MetadataStore, Stream
 
 # track, keyframe, pts offset from fragment start (ms), payload offset, payload size
 _FRAME = struct.Struct("<BBiII")
+
+
+class FragmentGone(ApiError):
+    """A fragment whose media was deleted (retention, DeleteStream) after its row was read:
+    readers answer as if it had never been there."""
+
+    def __init__(self, fragment: Fragment):
+        super().__init__(RESOURCE_NOT_FOUND, f"Fragment {fragment.number} has been deleted")
+        self.fragment = fragment
 
 
 @dataclass(frozen=True)
@@ -81,9 +92,19 @@ class Archive:
         return self.store.save_header(stream.arn, mkv.header_bytes(header))
 
     def persist(self, stream: Stream, header_id: int, cluster: mkv.Cluster, *,
-                producer_ms: int, server_ms: int, duration_ms: int, to_ms) -> Fragment:
-        """Write the cluster durably, then commit its index row: PERSISTED after this."""
+                producer_ms: int, server_ms: int, duration_ms: int, to_ms,
+                fence: Lease | None = None) -> tuple[Fragment, bool]:
+        """Write the cluster durably, then commit its index row: PERSISTED after this.
+
+        Returns the fragment and whether it is new: a true resend (same producer time,
+        same bytes) returns the fragment already stored, and nothing is written twice.
+        Raises StreamNotActive (deleted meanwhile) or LeaseLost (fenced off); either way
+        nothing is left behind."""
         data, offsets = mkv.write_cluster(cluster)
+        digest = hashlib.sha256(data).digest()
+        existing = self.store.find_fragment(stream.arn, producer_ms=producer_ms, digest=digest)
+        if existing is not None:
+            return existing, False
         entries = [
             FrameEntry(f.track_number, f.keyframe, to_ms(f.timecode) - producer_ms, offset,
                        f.payload_size)
@@ -91,13 +112,17 @@ class Archive:
         ]
         key = f"{stream_dir(stream)}/{producer_ms}-{secrets.token_hex(4)}.mkv"
         self.blobs.put(key, data)
-        return self.store.add_fragment(
-            arn=stream.arn, producer_ms=producer_ms, server_ms=server_ms,
-            duration_ms=duration_ms, size=len(data), header_id=header_id, blob_key=key,
-            frames=pack_frames(entries))
-
-    def delete_stream_media(self, stream: Stream) -> None:
-        self.blobs.delete_prefix(stream_dir(stream))
+        try:
+            fragment, created = self.store.add_fragment(
+                fence=fence, arn=stream.arn, producer_ms=producer_ms, server_ms=server_ms,
+                duration_ms=duration_ms, size=len(data), header_id=header_id, blob_key=key,
+                frames=pack_frames(entries), digest=digest)
+        except BaseException:
+            self.blobs.delete(key)  # the row never came; a crash here leaves an orphan
+            raise
+        if not created:
+            self.blobs.delete(key)  # a resend raced its original, which won
+        return fragment, created
 
     # -- reading media ------------------------------------------------------------------
 
@@ -111,17 +136,18 @@ class Archive:
         return _parse_tracks(self.header(header_id))
 
     def cluster_bytes(self, fragment: Fragment, length: int | None = None) -> bytes:
-        """The stored cluster, or its first `length` bytes."""
-        return self.blobs.get(fragment.blob_key, 0, length)
+        """The stored cluster, or its first `length` bytes. Raises FragmentGone if retention
+        or DeleteStream removed it since its row was read."""
+        try:
+            return self.blobs.get(fragment.blob_key, 0, length)
+        except FileNotFoundError:
+            raise FragmentGone(fragment) from None
 
     # -- finding fragments ----------------------------------------------------------------
 
     def secret(self, name: str) -> bytes:
         """A server secret shared by every node (token signing keys)."""
         return self.store.secret(name)
-
-    def find(self, stream: Stream, *, producer_ms: int) -> Fragment | None:
-        return self.store.find_fragment(stream.arn, producer_ms=producer_ms)
 
     def fragments(self, stream_arn: str, *, after_seq: int = 0, limit: int,
              clock: Clock | None = None, start_ms: int = 0, end_ms: int = 0) -> list[Fragment]:
@@ -141,7 +167,7 @@ class Archive:
 
     def at(self, stream_arn: str, clock: Clock, ms: int) -> Fragment | None:
         """The fragment whose span holds `ms` on the clock, else the first starting after."""
-        return self.store.fragment_at(stream_arn, clock, ms)
+        return self.store.fragment_at(stream_arn, clock, ms, MAX_FRAGMENT_SPAN_MS)
 
     def overlapping(self, stream_arn: str, clock: Clock, start_ms: int, end_ms: int
                     ) -> list[Fragment]:

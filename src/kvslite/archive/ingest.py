@@ -12,6 +12,7 @@ import logging
 import time
 
 from kvslite.archive.fragments import Archive, fragment_duration_ms
+from kvslite.errors import OutOfSpace
 from kvslite.media import mkv
 from kvslite.media.limits import (
     MAX_FRAGMENT_BYTES,
@@ -20,7 +21,7 @@ from kvslite.media.limits import (
     MAX_TRACKS,
     video_track,
 )
-from kvslite.store.metadata import Stream
+from kvslite.store.metadata import Lease, LeaseLost, Stream, StreamNotActive
 
 log = logging.getLogger("kvslite.ingest")
 
@@ -60,9 +61,10 @@ class IngestError(Exception):
 
 class IngestSession:
     def __init__(self, archive: Archive, stream: Stream, *, timecode_type: str,
-                 producer_start_ms: int | None, now=time.time):
+                 producer_start_ms: int | None, lease: Lease | None = None, now=time.time):
         self.archive = archive
         self.stream = stream
+        self.lease = lease  # this upload's slot on the stream: writes are fenced by it
         self.absolute = timecode_type == "ABSOLUTE"
         self.producer_start_ms = producer_start_ms or 0
         self.now = now
@@ -154,23 +156,30 @@ class IngestSession:
         producer_ms = self._to_ms(cluster.timecode)
         if not self.keeps_data:
             return [_ack("RECEIVED", cluster.timecode)]  # retention 0: RECEIVED is final
-        existing = self.archive.find(self.stream, producer_ms=producer_ms)
-        if existing is not None:
-            # a reconnecting producer resends what was not acked in time
-            self.duplicates += 1
-            fragment = existing
-        else:
-            video = video_track(self.header.tracks)
-            frames = [f for f in cluster.frames if video is None or f.track_number == video.number]
-            default_ms = (video.default_duration_ns // 1_000_000
-                          if video and video.default_duration_ns else 0)
-            fragment = self.archive.persist(
+        video = video_track(self.header.tracks)
+        frames = [f for f in cluster.frames if video is None or f.track_number == video.number]
+        default_ms = (video.default_duration_ns // 1_000_000
+                      if video and video.default_duration_ns else 0)
+        try:
+            fragment, created = self.archive.persist(
                 self.stream, self.header_id, cluster, producer_ms=producer_ms,
                 server_ms=server_ms,
                 duration_ms=fragment_duration_ms(frames or cluster.frames, producer_ms,
                                                  self._to_ms, default_ms),
-                to_ms=self._to_ms)
+                to_ms=self._to_ms, fence=self.lease)
+        except StreamNotActive:
+            raise IngestError(4008, f"stream {self.stream.name} was deleted",
+                              cluster.timecode) from None
+        except LeaseLost:
+            raise IngestError(4000, "this upload lost its slot on the stream (it stalled "
+                              "and another producer took over)", cluster.timecode) from None
+        except OutOfSpace as e:
+            raise IngestError(5001, f"the archive is out of disk space: {e}",
+                              cluster.timecode) from None
+        if created:
             self.persisted += 1
+        else:  # a reconnecting producer resends what was not acked in time
+            self.duplicates += 1
         return [_ack("RECEIVED", cluster.timecode, fragment.number),
                 _ack("PERSISTED", cluster.timecode, fragment.number)]
 

@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from kvslite.archive.fragments import Archive, FrameEntry, unpack_frames
+from kvslite.archive.fragments import Archive, FragmentGone, FrameEntry, unpack_frames
 from kvslite.errors import CLIENT_LIMIT_EXCEEDED, ApiError, invalid
 from kvslite.media.decode import DecodeError, decode_wanted
 from kvslite.media.images import encode_image
@@ -184,6 +184,9 @@ class ImageSampler:
                                      width=request.width, height=request.height)
                 for offset, frame in decoded.items()
             }
+        except FragmentGone:  # retention removed it after the page was planned
+            return {index: Image(request.sample_time(index), error="NO_MEDIA")
+                    for index, _ in group.samples}
         except (DecodeError, OSError, ValueError) as e:
             log.warning("fragment %s cannot be decoded: %s", fragment.number, e)
             return {}

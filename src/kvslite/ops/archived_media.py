@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 
 from kvslite.archive import Clock, Fragment, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane, require_archive
-from kvslite.archive.fragments import Archive
+from kvslite.archive.fragments import Archive, FragmentGone
 from kvslite.archive.sampling import ImageRequest, ImageSampler
 from kvslite.errors import invalid
 from kvslite.ops import requests as rq
@@ -77,7 +77,10 @@ class ArchivedMedia:
     def _fragment_chunks(self, fragments: list[Fragment]) -> Iterator[bytes]:
         """Each fragment a self-contained MKV, in request order (AWS's layout)."""
         for fragment in fragments:
-            yield fragment_mkv(self.archive, fragment)
+            try:
+                yield fragment_mkv(self.archive, fragment)
+            except FragmentGone:
+                continue  # retention removed it while the response was being sent
 
     # -- GetImages ----------------------------------------------------------------------
 

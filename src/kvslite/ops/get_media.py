@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from kvslite.archive import Clock, Fragment, Stream, seq_of
+from kvslite.archive import Clock, Fragment, Lease, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane
-from kvslite.archive.fragments import Archive
+from kvslite.archive.fragments import Archive, FragmentGone
+from kvslite.archive.leases import GET_MEDIA, LIMITS, RENEW_EVERY_S, Leases
 from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid, not_found
 from kvslite.ops import requests as rq
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
@@ -28,14 +29,13 @@ from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 FOLLOW_IDLE_S = 10.0
 POLL_S = 0.2
 BATCH = 16
-MAX_CONNECTIONS_PER_STREAM = 3  # AWS: more GetMedia connections are refused
 
 
 class GetMedia:
-    def __init__(self, control: ControlPlane, archive: Archive):
+    def __init__(self, control: ControlPlane, archive: Archive, leases: Leases):
         self.control = control
         self.archive = archive
-        self.active: Counter[str] = Counter()
+        self.leases = leases  # AWS: at most 3 GetMedia per stream; more are refused
 
     def operations(self) -> dict:
         return {"GetMedia": self.get_media}
@@ -43,11 +43,12 @@ class GetMedia:
     def get_media(self, request: rq.GetMediaInput) -> StreamingResponse:
         stream = self.control.resolve(request.stream_name, request.stream_arn)
         after_seq = self._start_after(stream, request.start_selector)
-        if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
+        lease = self.leases.acquire(GET_MEDIA, stream)  # checked and taken in one step
+        if lease is None:
             raise ApiError(CONNECTION_LIMIT_EXCEEDED,
-                           f"Stream {stream.name} already has "
-                           f"{MAX_CONNECTIONS_PER_STREAM} GetMedia connections")
-        return StreamingResponse(self._follow(stream, after_seq), media_type=MEDIA_TYPE)
+                           f"Stream {stream.name} already has {LIMITS[GET_MEDIA]} GetMedia "
+                           f"connections")
+        return StreamingResponse(self._follow(stream, after_seq, lease), media_type=MEDIA_TYPE)
 
     def _start_after(self, stream: Stream, selector: rq.StartSelector) -> int:
         """The seq after which streaming starts."""
@@ -77,25 +78,36 @@ class GetMedia:
         latest = self.archive.latest(stream.arn)  # nothing that late yet: follow live
         return latest.seq if latest else 0
 
-    async def _follow(self, stream: Stream, after_seq: int) -> AsyncIterator[bytes]:
-        self.active[stream.arn] += 1
+    async def _follow(self, stream: Stream, after_seq: int, lease: Lease
+                      ) -> AsyncIterator[bytes]:
         try:
-            idle_since = time.monotonic()
+            idle_since = renewed = time.monotonic()
             while time.monotonic() - idle_since < FOLLOW_IDLE_S:
+                if time.monotonic() - renewed >= RENEW_EVERY_S:
+                    if not await run_in_threadpool(self.leases.renew, lease):
+                        return  # the slot expired (this node stalled): end the stream
+                    renewed = time.monotonic()
                 batch = await run_in_threadpool(self.archive.fragments, stream.arn,
                                                 after_seq=after_seq, limit=BATCH)
                 if not batch:
                     await asyncio.sleep(POLL_S)
                     continue
                 for fragment in batch:
-                    yield await run_in_threadpool(self._chunk, fragment)
+                    chunk = await run_in_threadpool(self._chunk, fragment)
+                    if chunk is not None:
+                        yield chunk
                     after_seq = fragment.seq
                 idle_since = time.monotonic()
-        finally:
-            self.active[stream.arn] -= 1
+        finally:  # shielded: a client that hangs up cancels us, the slot must still go
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.leases.release, lease)
 
-    def _chunk(self, fragment: Fragment) -> bytes:
+    def _chunk(self, fragment: Fragment) -> bytes | None:
+        """The fragment as AWS sends it, or None if retention removed it meanwhile."""
         behind_ms = max(0, int(time.time() * 1000) - fragment.server_ms)
-        return fragment_mkv(self.archive, fragment, [
-            ("AWS_KINESISVIDEO_MILLIS_BEHIND_NOW", str(behind_ms)),
-            ("AWS_KINESISVIDEO_CONTINUATION_TOKEN", fragment.number)])
+        try:
+            return fragment_mkv(self.archive, fragment, [
+                ("AWS_KINESISVIDEO_MILLIS_BEHIND_NOW", str(behind_ms)),
+                ("AWS_KINESISVIDEO_CONTINUATION_TOKEN", fragment.number)])
+        except FragmentGone:
+            return None

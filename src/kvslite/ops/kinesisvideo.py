@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from kvslite.archive import Stream
 from kvslite.archive.control_plane import ControlPlane
-from kvslite.archive.fragments import Archive
 from kvslite.errors import INVALID_ARGUMENT, ApiError, invalid, not_found
 from kvslite.ops import requests as rq
 
@@ -19,10 +19,11 @@ DEFAULT_LIST_LIMIT = 10_000
 
 
 class KinesisVideo:
-    def __init__(self, control: ControlPlane, archive: Archive, *, endpoint_url: str):
+    def __init__(self, control: ControlPlane, *, endpoint_url: str,
+                 on_delete: Callable[[], None] = lambda: None):
         self.control = control
-        self.archive = archive
         self.endpoint_url = endpoint_url
+        self.on_delete = on_delete
 
     def operations(self) -> dict:
         return {
@@ -55,7 +56,9 @@ class KinesisVideo:
         return {"StreamARN": stream.arn}
 
     def describe_stream(self, request: rq.DescribeStreamInput) -> dict:
-        return {"StreamInfo": stream_info(self._stream(request))}
+        stream = self.control.resolve(request.stream_name, request.stream_arn,
+                                      deleting_ok=True)
+        return {"StreamInfo": stream_info(stream)}
 
     def list_streams(self, request: rq.ListStreamsInput) -> dict:
         condition = request.stream_name_condition
@@ -83,7 +86,7 @@ class KinesisVideo:
     def delete_stream(self, request: rq.DeleteStreamInput) -> dict:
         stream = self.control.resolve(arn=request.stream_arn)
         self.control.delete(stream, request.current_version)
-        self.archive.delete_stream_media(stream)  # rows went with the stream; now the bytes
+        self.on_delete()  # media and rows go in the background
         return {}
 
     def update_data_retention(self, request: rq.UpdateDataRetentionInput) -> dict:

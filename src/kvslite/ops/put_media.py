@@ -12,14 +12,15 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
 from kvslite.archive.ingest import IngestError, IngestSession, error_ack
+from kvslite.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
 from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid
 
 log = logging.getLogger("kvslite.putmedia")
@@ -27,14 +28,13 @@ log = logging.getLogger("kvslite.putmedia")
 IDLE_ACK_EVERY_S = 3.0  # acks keep the connection alive while no data flows
 IDLE_CLOSE_AFTER_S = 30.0  # AWS closes a PutMedia that sends nothing for this long
 MAX_CONNECTION_S = 45 * 60  # AWS's maximum PutMedia connection duration
-MAX_CONNECTIONS_PER_STREAM = 1  # AWS: one PutMedia per stream; the newest is refused
 
 
 class PutMedia:
-    def __init__(self, control: ControlPlane, archive: Archive):
+    def __init__(self, control: ControlPlane, archive: Archive, leases: Leases):
         self.control = control
         self.archive = archive
-        self.active: Counter[str] = Counter()  # stream ARN -> open uploads on this node
+        self.leases = leases  # AWS: one PutMedia per stream; the newest is refused
 
     async def __call__(self, request: Request) -> "_Upload":
         headers = request.headers
@@ -47,12 +47,13 @@ class PutMedia:
         start_ms = _producer_start_ms(headers.get("x-amzn-producer-start-timestamp"))
         if timecode_type == "RELATIVE" and start_ms is None:
             raise invalid("x-amzn-producer-start-timestamp is required with RELATIVE timecodes")
-        if self.active[stream.arn] >= MAX_CONNECTIONS_PER_STREAM:
+        lease = await run_in_threadpool(self.leases.acquire, PUT_MEDIA, stream)
+        if lease is None:
             raise ApiError(CONNECTION_LIMIT_EXCEEDED,
                            f"Stream {stream.name} already has an open PutMedia connection")
         session = IngestSession(self.archive, stream, timecode_type=timecode_type,
-                                producer_start_ms=start_ms)
-        return _Upload(self, session)
+                                producer_start_ms=start_ms, lease=lease)
+        return _Upload(self.leases, session)
 
 
 def _producer_start_ms(value: str | None) -> int | None:
@@ -70,20 +71,27 @@ def _producer_start_ms(value: str | None) -> int | None:
 class _Upload:
     """The ASGI response of one PutMedia: reads the body, writes acks."""
 
-    def __init__(self, owner: PutMedia, session: IngestSession):
-        self.owner = owner
+    def __init__(self, leases: Leases, session: IngestSession):
+        self.leases = leases
         self.session = session
         self.headers: dict[str, str] = {}
+        self.renewed = time.monotonic()
 
     async def __call__(self, scope, receive, send) -> None:
-        arn = self.session.stream.arn
-        self.owner.active[arn] += 1
         try:
             await self._run(receive, send)
-        finally:
-            self.owner.active[arn] -= 1
-            if not self.owner.active[arn]:
-                del self.owner.active[arn]
+        finally:  # shielded: a client that hangs up cancels us, the slot must still go
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.leases.release, self.session.lease)
+
+    async def _keep_lease(self) -> None:
+        """Renew the upload's slot on the stream while it lives."""
+        if time.monotonic() - self.renewed < RENEW_EVERY_S:
+            return
+        if not await run_in_threadpool(self.leases.renew, self.session.lease):
+            raise IngestError(4000, "this upload lost its slot on the stream (it stalled "
+                              "and another producer took over)")
+        self.renewed = time.monotonic()
 
     async def _run(self, receive, send) -> None:
         # Asking for the body before answering makes the server send `100 Continue`
@@ -102,6 +110,7 @@ class _Upload:
         try:
             while True:
                 done, _ = await asyncio.wait({next_message}, timeout=IDLE_ACK_EVERY_S)
+                await self._keep_lease()
                 now = time.monotonic()
                 if now - started > MAX_CONNECTION_S:
                     raise IngestError(4003, "the connection reached its maximum duration")

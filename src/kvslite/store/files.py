@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from kvslite.errors import OutOfSpace
+
+TEMP_SUFFIX = ".tmp"
 
 
 class FileBlobStore:
@@ -12,7 +19,8 @@ class FileBlobStore:
 
     `put` is durable when it returns: data is written to a temporary file,
     fsynced, renamed into place and the directory fsynced, so a crash leaves
-    either the whole blob or none of it.
+    either the whole blob or none of it (and perhaps a temporary file, which
+    `remove_temp_files` and the orphan collector clear).
     """
 
     def __init__(self, root: Path):
@@ -27,18 +35,24 @@ class FileBlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpace(f"writing {key}: {e.strerror}") from e
+            raise
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with open(self._path(key), "rb") as f:
@@ -50,3 +64,34 @@ class FileBlobStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        """Keys of blobs (and temporary files) last written more than `seconds` ago."""
+        cutoff = time.time() - seconds
+        for directory, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(directory, name)
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        yield path.relative_to(self.root).as_posix()
+                except FileNotFoundError:
+                    continue  # deleted while we walked
+
+    def remove_temp_files(self) -> list[str]:
+        """Remove every temporary file (call only when no write can be in flight)."""
+        removed = [key for key in self.keys_older_than(-1) if is_temp(key)]
+        for key in removed:
+            self.delete(key)
+        return removed
+
+    def remove_empty_dirs(self) -> None:
+        for directory, subdirs, names in os.walk(self.root, topdown=False):
+            if Path(directory) != self.root and not subdirs and not names:
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass  # a file arrived meanwhile
+
+
+def is_temp(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].startswith(".") and key.endswith(TEMP_SUFFIX)

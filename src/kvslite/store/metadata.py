@@ -1,8 +1,9 @@
-"""What kvslite keeps about streams, and the interface every metadata store fills.
+"""What kvslite keeps about streams, and the contract every metadata store fills.
 
-The SQLite store is the embedded default; a PostgreSQL store fills the same
-interface for scale-out. Stores persist records and enforce atomicity (version
-compare-and-set, unique names); the rules of the KVS API live in `kvslite.archive`.
+The SQLite store is the embedded default; a PostgreSQL store fills the same contract
+for scale-out. Stores persist records and make the guarantees below hold under
+concurrency (threads, processes and nodes); the rules of the KVS API live in
+`kvslite.archive`. tests/test_store_contract.py proves each guarantee, for every store.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Fragment:
     header_id: int  # the EBML header + Tracks it was produced with
     blob_key: str
     frames: bytes  # packed frame index, see kvslite.archive.fragments
+    digest: bytes | None = None  # SHA-256 of the stored cluster: a resend has the same
 
     def start_ms(self, clock: Clock) -> int:
         """Where the fragment starts on `clock`, epoch ms."""
@@ -58,29 +60,75 @@ def fragment_number(seq: int) -> str:
 
 
 def seq_of(number: str) -> int | None:
-    if len(number) != 47 or not number.isdigit() or number[0] != "9":
+    if len(number) != 47 or not (number.isascii() and number.isdigit()) or number[0] != "9":
         return None
     return int(number[1:])
+
+
+ACTIVE = "ACTIVE"
+DELETING = "DELETING"  # deleted, its media still being removed in the background
 
 
 class NameTaken(Exception):
     """A stream with this name already exists."""
 
 
+class StreamNotActive(Exception):
+    """The stream is gone or being deleted: nothing may be added to it."""
+
+
+class LeaseLost(Exception):
+    """The writer's lease expired or was taken over: its writes are fenced off."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A time-limited right to one of `limit` slots on a resource (e.g. the one PutMedia
+    connection of a stream). `epoch` grows with every grant on the resource."""
+
+    resource: str
+    holder: str
+    epoch: int
+
+
 class MetadataStore(Protocol):
+    """The guarantees, each holding with concurrent writers:
+
+    - Stream names are unique among streams not being deleted (create raises NameTaken).
+    - Stream updates and deletion are compare-and-set on the version.
+    - The tag limit is checked and applied in one step: concurrent TagStreams never
+      leave more than `max_tags`.
+    - add_fragment allocates the stream's next seq atomically (1, 2, 3, ... without gaps
+      or repeats); it stores at most one fragment per (stream, producer time, digest), so
+      a resend racing its original is stored once; and in the same step it checks that
+      the stream is ACTIVE and, when given, that the writer still holds its lease.
+    - acquire_lease checks the limit and takes the slot in one step; an expired lease
+      counts for nothing; epochs on a resource only grow.
+    """
+
+    # -- streams -------------------------------------------------------------------------
+
     def create_stream(self, stream: Stream, tags: dict[str, str]) -> None:
         """Insert a stream with its tags atomically; raise NameTaken on a duplicate name."""
 
-    def get_stream(self, *, name: str | None = None, arn: str | None = None) -> Stream | None: ...
+    def get_stream(self, *, name: str | None = None, arn: str | None = None) -> Stream | None:
+        """By ARN (whatever its status), or by name (only a stream not being deleted)."""
 
     def list_streams(self, *, prefix: str, after: str, limit: int) -> list[Stream]:
-        """Streams whose name starts with `prefix` and sorts after `after`, by name."""
+        """Streams not being deleted whose name starts with `prefix` and sorts after
+        `after`, by name."""
 
     def update_stream(self, arn: str, expected_version: str, **changes) -> bool:
         """Apply `changes` (which include the new version) if the version still matches."""
 
-    def delete_stream(self, arn: str, expected_version: str | None) -> bool:
-        """Delete a stream and its tags; False if it is gone or the version moved on."""
+    def mark_deleting(self, arn: str, expected_version: str | None) -> bool:
+        """Set an ACTIVE stream DELETING (freeing its name); False if it is gone, already
+        deleting, or the version moved on."""
+
+    def deleting_streams(self) -> list[Stream]: ...
+
+    def purge_stream(self, arn: str) -> None:
+        """Remove a stream's row with its tags, headers and fragment rows."""
 
     def get_tags(self, arn: str) -> dict[str, str]: ...
 
@@ -96,10 +144,13 @@ class MetadataStore(Protocol):
 
     def get_header(self, header_id: int) -> bytes: ...
 
-    def add_fragment(self, **fields) -> Fragment:
-        """Commit a fragment, assigning the stream's next seq and its number."""
+    def add_fragment(self, *, fence: Lease | None = None, **fields) -> tuple[Fragment, bool]:
+        """Commit a fragment, assigning the stream's next seq and its number; returns it
+        and True, or the fragment already stored with the same producer time and digest
+        and False. Raises StreamNotActive, or LeaseLost if `fence` is no longer held."""
 
-    def find_fragment(self, arn: str, *, producer_ms: int) -> Fragment | None: ...
+    def find_fragment(self, arn: str, *, producer_ms: int, digest: bytes) -> Fragment | None:
+        """The fragment with exactly this producer time and content, if stored."""
 
     def list_fragments(self, arn: str, *, clock: Clock | None = None, start_ms: int = 0,
                        end_ms: int = 0, after_seq: int = 0, limit: int) -> list[Fragment]:
@@ -109,12 +160,36 @@ class MetadataStore(Protocol):
 
     def latest_fragment(self, arn: str) -> Fragment | None: ...
 
-    def fragment_at(self, arn: str, clock: Clock, ms: int) -> Fragment | None:
-        """The fragment whose span holds `ms` on that clock, else the first starting after."""
+    def fragment_at(self, arn: str, clock: Clock, ms: int, max_duration_ms: int
+                    ) -> Fragment | None:
+        """The latest-starting fragment whose span holds `ms` on that clock, else the first
+        starting after it. No fragment is longer than `max_duration_ms`."""
 
     def fragments_overlapping(self, arn: str, clock: Clock, start_ms: int, end_ms: int,
                               max_duration_ms: int) -> list[Fragment]:
         """Fragments whose span [start, start + duration) meets [start_ms, end_ms]."""
+
+    def fragments_received_before(self, arn: str, server_ms: int, limit: int
+                                  ) -> list[Fragment]:
+        """Up to `limit` of the stream's oldest fragments received before `server_ms`."""
+
+    def delete_fragments(self, arn: str, seqs: list[int]) -> None: ...
+
+    def referenced_blobs(self, keys: list[str]) -> set[str]:
+        """Which of these blob keys a fragment row refers to."""
+
+    # -- leases ----------------------------------------------------------------------
+
+    def acquire_lease(self, resource: str, holder: str, *, limit: int, ttl_ms: int
+                      ) -> Lease | None:
+        """Take one of `limit` slots on `resource` for `ttl_ms`, or None if all are held."""
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        """Extend a lease still held; False if it expired and was lost."""
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    # -- server secrets --------------------------------------------------------------
 
     def secret(self, name: str) -> bytes:
         """A random server secret, created on first use and shared by every node."""

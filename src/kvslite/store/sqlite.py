@@ -1,8 +1,9 @@
 """The embedded metadata store: one SQLite file in WAL mode.
 
-Every write is one transaction committed with synchronous=FULL, so what a
-caller was told is stored survives a crash. Each thread gets its own
-connection (sqlite3 connections are not shared across threads).
+Every write is one `BEGIN IMMEDIATE` transaction committed with synchronous=FULL, so
+what a caller was told is stored survives a crash, and writers in other threads or
+processes wait their turn: each guarantee of `MetadataStore` is one transaction. Each
+thread gets its own connection (sqlite3 connections are not shared across threads).
 """
 
 from __future__ import annotations
@@ -10,73 +11,38 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from kvslite.store.metadata import Clock, Fragment, NameTaken, Stream, fragment_number
-
-# Append-only: migration N brings the schema from version N-1 to N.
-MIGRATIONS = [
-    """
-    CREATE TABLE streams (
-        arn TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        version TEXT NOT NULL,
-        creation_time REAL NOT NULL,
-        data_retention_hours INTEGER NOT NULL,
-        kms_key_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        device_name TEXT,
-        media_type TEXT
-    );
-    CREATE TABLE tags (
-        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        PRIMARY KEY (arn, key)
-    );
-    """,
-    # 2: fragments. `seq` orders a stream's fragments; `frames` is the packed frame index
-    # (see kvslite.archive.fragments) so readers never rescan a stored cluster.
-    """
-    CREATE TABLE headers (
-        id INTEGER PRIMARY KEY,
-        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
-        data BLOB NOT NULL
-    );
-    CREATE TABLE fragments (
-        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
-        number TEXT NOT NULL,
-        producer_ms INTEGER NOT NULL,
-        server_ms INTEGER NOT NULL,
-        duration_ms INTEGER NOT NULL,
-        size INTEGER NOT NULL,
-        header_id INTEGER NOT NULL REFERENCES headers(id) ON DELETE CASCADE,
-        blob_key TEXT NOT NULL,
-        frames BLOB NOT NULL,
-        PRIMARY KEY (arn, seq)
-    );
-    CREATE UNIQUE INDEX fragments_by_number ON fragments (arn, number);
-    CREATE INDEX fragments_by_producer_time ON fragments (arn, producer_ms);
-    CREATE INDEX fragments_by_server_time ON fragments (arn, server_ms);
-    """,
-    # 3: server-wide secrets (e.g. the key that signs GetImages NextTokens), shared by nodes
-    """
-    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-    """,
-]
+from kvslite.errors import OutOfSpace
+from kvslite.store.metadata import (
+    ACTIVE,
+    DELETING,
+    Clock,
+    Fragment,
+    Lease,
+    LeaseLost,
+    NameTaken,
+    Stream,
+    StreamNotActive,
+    fragment_number,
+)
+from kvslite.store.sqlite_schema import MIGRATIONS
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
 _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
 _TIME_COLUMNS = {Clock.PRODUCER: "producer_ms", Clock.SERVER: "server_ms"}
+_BATCH = 500  # stay under SQLite's limit on bound variables
 
 
 class SqliteMetadataStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -102,27 +68,47 @@ class SqliteMetadataStore:
     def _write(self):
         """A write transaction that takes the lock up front (no upgrade deadlocks)."""
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if "full" in str(e):  # SQLITE_FULL: "database or disk is full"
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise OutOfSpace(str(e)) from e
             raise
-        conn.execute("COMMIT")
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def _migrate(self) -> None:
-        with self._write() as conn:
-            current = conn.execute("PRAGMA user_version").fetchone()[0]
-            if current > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"{self.path} has schema version {current}, newer than this kvslite "
-                    f"({len(MIGRATIONS)}); upgrade kvslite"
-                )
-            for version in range(current + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[version - 1].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {version}")
+        conn = self._connection()
+        for version, migration in enumerate(MIGRATIONS, start=1):
+            rebuild = migration.lstrip().startswith("REBUILD;")
+            if rebuild:  # SQLite rebuilds tables only with foreign keys off, outside a txn
+                conn.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with self._write() as conn:
+                    current = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if current > len(MIGRATIONS):
+                        raise RuntimeError(
+                            f"{self.path} has schema version {current}, newer than this "
+                            f"kvslite ({len(MIGRATIONS)}); upgrade kvslite")
+                    if current >= version:
+                        continue
+                    for statement in migration.split(";"):
+                        if statement.strip() and statement.strip() != "REBUILD":
+                            conn.execute(statement)
+                    if rebuild and conn.execute("PRAGMA foreign_key_check").fetchone():
+                        raise RuntimeError(f"migration {version} broke a foreign key")
+                    conn.execute(f"PRAGMA user_version = {version}")
+            finally:
+                conn.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         with self._lock:
@@ -149,21 +135,24 @@ class SqliteMetadataStore:
         except sqlite3.IntegrityError as e:
             raise NameTaken(stream.name) from e
 
+    def _streams(self, where: str, params: tuple) -> list[Stream]:
+        rows = self._connection().execute(
+            f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams WHERE {where}", params
+        ).fetchall()
+        return [Stream(**dict(row)) for row in rows]
+
     def get_stream(self, *, name: str | None = None, arn: str | None = None) -> Stream | None:
-        column, value = ("arn", arn) if arn is not None else ("name", name)
-        row = self._connection().execute(
-            f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams WHERE {column} = ?", (value,)
-        ).fetchone()
-        return Stream(**dict(row)) if row else None
+        if arn is not None:
+            found = self._streams("arn = ?", (arn,))
+        else:
+            found = self._streams("name = ? AND status <> ?", (name, DELETING))
+        return found[0] if found else None
 
     def list_streams(self, *, prefix: str, after: str, limit: int) -> list[Stream]:
         # substr() compares the prefix exactly; LIKE would treat _ as a wildcard
-        rows = self._connection().execute(
-            f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams "
-            "WHERE substr(name, 1, length(?)) = ? AND name > ? ORDER BY name LIMIT ?",
-            (prefix, prefix, after, limit),
-        ).fetchall()
-        return [Stream(**dict(row)) for row in rows]
+        return self._streams(
+            "substr(name, 1, length(?)) = ? AND name > ? AND status <> ? ORDER BY name LIMIT ?",
+            (prefix, prefix, after, DELETING, limit))
 
     def update_stream(self, arn: str, expected_version: str, **changes) -> bool:
         unknown = set(changes) - set(_STREAM_COLUMNS)
@@ -172,20 +161,25 @@ class SqliteMetadataStore:
         assignments = ", ".join(f"{column} = ?" for column in changes)
         with self._write() as conn:
             cursor = conn.execute(
-                f"UPDATE streams SET {assignments} WHERE arn = ? AND version = ?",
-                [*changes.values(), arn, expected_version],
+                f"UPDATE streams SET {assignments} WHERE arn = ? AND version = ? AND status = ?",
+                [*changes.values(), arn, expected_version, ACTIVE],
             )
         return cursor.rowcount == 1
 
-    def delete_stream(self, arn: str, expected_version: str | None) -> bool:
+    def mark_deleting(self, arn: str, expected_version: str | None) -> bool:
         with self._write() as conn:
-            if expected_version is None:
-                cursor = conn.execute("DELETE FROM streams WHERE arn = ?", (arn,))
-            else:
-                cursor = conn.execute(
-                    "DELETE FROM streams WHERE arn = ? AND version = ?", (arn, expected_version)
-                )
+            cursor = conn.execute(
+                "UPDATE streams SET status = ? WHERE arn = ? AND status = ? "
+                "AND (? IS NULL OR version = ?)",
+                (DELETING, arn, ACTIVE, expected_version, expected_version))
         return cursor.rowcount == 1
+
+    def deleting_streams(self) -> list[Stream]:
+        return self._streams("status = ? ORDER BY arn", (DELETING,))
+
+    def purge_stream(self, arn: str) -> None:
+        with self._write() as conn:  # tags, headers and fragments go by ON DELETE CASCADE
+            conn.execute("DELETE FROM streams WHERE arn = ?", (arn,))
 
     # -- tags ------------------------------------------------------------------------
 
@@ -231,25 +225,38 @@ class SqliteMetadataStore:
             raise KeyError(header_id)
         return row["data"]
 
-    def add_fragment(self, **fields) -> Fragment:
+    def add_fragment(self, *, fence: Lease | None = None, **fields) -> tuple[Fragment, bool]:
+        arn = fields["arn"]
         with self._write() as conn:
+            status = conn.execute("SELECT status FROM streams WHERE arn = ?", (arn,)).fetchone()
+            if status is None or status[0] != ACTIVE:
+                raise StreamNotActive(arn)
+            if fence is not None and not self._holds(conn, fence):
+                raise LeaseLost(fence.resource)
+            existing = self._fragments_in(conn, "arn = ? AND producer_ms = ? AND digest = ?",
+                                          (arn, fields["producer_ms"], fields.get("digest")))
+            if existing:
+                return existing[0], False
             last = conn.execute("SELECT max(seq) FROM fragments WHERE arn = ?",
-                                (fields["arn"],)).fetchone()[0]
+                                (arn,)).fetchone()[0]
             seq = (last or 0) + 1
             fragment = Fragment(seq=seq, number=fragment_number(seq), **fields)
             row = asdict(fragment)
             conn.execute(f"INSERT INTO fragments ({', '.join(row)}) "
                          f"VALUES ({', '.join('?' for _ in row)})", list(row.values()))
-        return fragment
+        return fragment, True
 
-    def _fragments(self, where: str, params: tuple) -> list[Fragment]:
-        rows = self._connection().execute(
-            f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE {where}", params).fetchall()
+    def _fragments_in(self, conn, where: str, params: tuple) -> list[Fragment]:
+        rows = conn.execute(f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE {where}",
+                            params).fetchall()
         return [Fragment(**dict(row)) for row in rows]
 
-    def find_fragment(self, arn: str, *, producer_ms: int) -> Fragment | None:
-        found = self._fragments("arn = ? AND producer_ms = ? ORDER BY seq LIMIT 1",
-                                (arn, producer_ms))
+    def _fragments(self, where: str, params: tuple) -> list[Fragment]:
+        return self._fragments_in(self._connection(), where, params)
+
+    def find_fragment(self, arn: str, *, producer_ms: int, digest: bytes) -> Fragment | None:
+        found = self._fragments("arn = ? AND producer_ms = ? AND digest = ?",
+                                (arn, producer_ms, digest))
         return found[0] if found else None
 
     def list_fragments(self, arn: str, *, clock: Clock | None = None, start_ms: int = 0,
@@ -264,8 +271,8 @@ class SqliteMetadataStore:
 
     def fragments_by_number(self, arn: str, numbers: list[str]) -> dict[str, Fragment]:
         found: dict[str, Fragment] = {}
-        for start in range(0, len(numbers), 500):  # stay under SQLite's variable limit
-            batch = numbers[start:start + 500]
+        for start in range(0, len(numbers), _BATCH):
+            batch = numbers[start:start + _BATCH]
             marks = ", ".join("?" for _ in batch)
             for fragment in self._fragments(f"arn = ? AND number IN ({marks})", (arn, *batch)):
                 found[fragment.number] = fragment
@@ -275,13 +282,17 @@ class SqliteMetadataStore:
         found = self._fragments("arn = ? ORDER BY seq DESC LIMIT 1", (arn,))
         return found[0] if found else None
 
-    def fragment_at(self, arn: str, clock: Clock, ms: int) -> Fragment | None:
+    def fragment_at(self, arn: str, clock: Clock, ms: int, max_duration_ms: int
+                    ) -> Fragment | None:
         time_column = _TIME_COLUMNS[clock]
-        before = self._fragments(
-            f"arn = ? AND {time_column} <= ? ORDER BY {time_column} DESC, seq DESC LIMIT 1",
-            (arn, ms))
-        if before and before[0].start_ms(clock) + before[0].duration_ms > ms:
-            return before[0]
+        # the latest-starting fragment whose span holds ms (a longer, earlier one may hold
+        # it where a shorter, later one has ended), else the first starting after it
+        holding = self._fragments(
+            f"arn = ? AND {time_column} BETWEEN ? AND ? AND {time_column} + duration_ms > ? "
+            f"ORDER BY {time_column} DESC, seq DESC LIMIT 1",
+            (arn, ms - max_duration_ms, ms, ms))
+        if holding:
+            return holding[0]
         after = self._fragments(
             f"arn = ? AND {time_column} > ? ORDER BY {time_column}, seq LIMIT 1", (arn, ms))
         return after[0] if after else None
@@ -294,6 +305,68 @@ class SqliteMetadataStore:
             f"arn = ? AND {time_column} BETWEEN ? AND ? AND {time_column} + duration_ms > ? "
             f"ORDER BY {time_column}, seq",
             (arn, start_ms - max_duration_ms, end_ms, start_ms))
+
+    def fragments_received_before(self, arn: str, server_ms: int, limit: int
+                                  ) -> list[Fragment]:
+        return self._fragments("arn = ? AND server_ms < ? ORDER BY server_ms LIMIT ?",
+                               (arn, server_ms, limit))
+
+    def delete_fragments(self, arn: str, seqs: list[int]) -> None:
+        with self._write() as conn:
+            for start in range(0, len(seqs), _BATCH):
+                batch = seqs[start:start + _BATCH]
+                conn.execute(f"DELETE FROM fragments WHERE arn = ? AND seq IN "
+                             f"({', '.join('?' for _ in batch)})", (arn, *batch))
+
+    def referenced_blobs(self, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start:start + _BATCH]
+            rows = self._connection().execute(
+                f"SELECT blob_key FROM fragments WHERE blob_key IN "
+                f"({', '.join('?' for _ in batch)})", batch).fetchall()
+            found.update(row[0] for row in rows)
+        return found
+
+    # -- leases ----------------------------------------------------------------------
+
+    def acquire_lease(self, resource: str, holder: str, *, limit: int, ttl_ms: int
+                      ) -> Lease | None:
+        with self._write() as conn:
+            now = self._now_ms()
+            conn.execute("DELETE FROM leases WHERE resource = ? AND expires_ms <= ?",
+                         (resource, now))
+            held = conn.execute("SELECT count(*) FROM leases WHERE resource = ?",
+                                (resource,)).fetchone()[0]
+            if held >= limit:
+                return None
+            epoch = conn.execute(
+                "INSERT INTO lease_epochs (resource, epoch) VALUES (?, 1) "
+                "ON CONFLICT (resource) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                (resource,)).fetchone()[0]
+            conn.execute("INSERT INTO leases (resource, holder, epoch, expires_ms) "
+                         "VALUES (?, ?, ?, ?)", (resource, holder, epoch, now + ttl_ms))
+        return Lease(resource, holder, epoch)
+
+    def _holds(self, conn, lease: Lease) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM leases WHERE resource = ? AND holder = ? AND epoch = ? "
+            "AND expires_ms > ?",
+            (lease.resource, lease.holder, lease.epoch, self._now_ms())).fetchone() is not None
+
+    def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
+        with self._write() as conn:
+            now = self._now_ms()
+            cursor = conn.execute(
+                "UPDATE leases SET expires_ms = ? WHERE resource = ? AND holder = ? "
+                "AND epoch = ? AND expires_ms > ?",
+                (now + ttl_ms, lease.resource, lease.holder, lease.epoch, now))
+        return cursor.rowcount == 1
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE resource = ? AND holder = ? AND epoch = ?",
+                         (lease.resource, lease.holder, lease.epoch))
 
     # -- secrets ---------------------------------------------------------------------
 

@@ -1,0 +1,40 @@
+"""Per-stream connection limits as leases in the metadata store.
+
+"One PutMedia per stream" and "at most 3 GetMedia per stream" are AWS's limits. They are
+kept as leases (a holder and an expiry, renewed while the connection lives) rather than
+counters in one process's memory, so they hold across processes and nodes, and a holder
+that dies frees its slot within LEASE_TTL_MS. A PutMedia whose lease was lost can no
+longer add fragments: the store checks the lease when it commits each one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from kvslite.store.metadata import Lease, MetadataStore, Stream
+
+LEASE_TTL_MS = 15_000  # a dead holder's slot is free again after at most this long
+RENEW_EVERY_S = 3.0  # holders renew this often, well within the TTL
+
+PUT_MEDIA = "put-media"
+GET_MEDIA = "get-media"
+LIMITS = {PUT_MEDIA: 1, GET_MEDIA: 3}
+
+
+class Leases:
+    def __init__(self, store: MetadataStore):
+        self.store = store
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+
+    def acquire(self, kind: str, stream: Stream) -> Lease | None:
+        """One of the stream's slots of this kind, or None if all are held."""
+        return self.store.acquire_lease(f"{kind}:{stream.arn}", f"{self.node}:{uuid.uuid4()}",
+                                        limit=LIMITS[kind], ttl_ms=LEASE_TTL_MS)
+
+    def renew(self, lease: Lease) -> bool:
+        return self.store.renew_lease(lease, LEASE_TTL_MS)
+
+    def release(self, lease: Lease) -> None:
+        self.store.release_lease(lease)

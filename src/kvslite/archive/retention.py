@@ -1,0 +1,144 @@
+"""Forgetting on schedule: the background sweeper.
+
+Each pass, in bounded batches so ingest and reads never wait long:
+- retention: fragments received longer ago than their stream's DataRetentionInHours
+  (on the server clock, as AWS measures it) lose their row, then their media;
+- deletion: streams marked DELETING lose their fragments, media and rows, then the
+  stream row itself; a pass after a crash simply carries on where the last one stopped;
+- orphans: media files no row refers to (a crash between writing a blob and committing
+  its row), and temporary files, older than a grace period, are removed and reported.
+
+Rows go before media, so a reader never finds a row without media except in the moment
+between; readers treat a vanished blob as a deleted fragment (FragmentGone).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvslite.archive.fragments import stream_dir
+from kvslite.store.files import FileBlobStore, is_temp
+from kvslite.store.metadata import MetadataStore, Stream
+
+log = logging.getLogger("kvslite.retention")
+
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class SweepReport:
+    expired: int = 0  # fragments past retention removed
+    streams_deleted: int = 0  # DELETING streams finished
+    orphans: list[str] = field(default_factory=list)  # blob keys no row referred to
+
+
+class Sweeper:
+    def __init__(self, store: MetadataStore, blobs: FileBlobStore, *, interval_s: float,
+                 orphan_grace_s: float, batch: int = 500,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.blobs = blobs
+        self.interval_s = interval_s
+        self.orphan_grace_s = orphan_grace_s
+        self.batch = batch
+        self.clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- running in the background --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kvslite-sweeper", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Sweep now (e.g. a stream was just deleted) instead of at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception:  # a failing pass must not end the sweeper; the next retries
+                log.exception("sweep failed; retrying in %.0f s", self.interval_s)
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        report = SweepReport()
+        for stream in self.store.deleting_streams():
+            if self._stop.is_set():
+                return report
+            self.finish_deletion(stream)
+            report.streams_deleted += 1
+        for stream in self._retained_streams():
+            if self._stop.is_set():
+                return report
+            report.expired += self.expire(stream)
+        report.orphans = self.collect_orphans()
+        if report.expired or report.streams_deleted or report.orphans:
+            log.info("sweep: %d fragments past retention removed, %d deleted streams "
+                     "finished, %d orphan files removed", report.expired,
+                     report.streams_deleted, len(report.orphans))
+        return report
+
+    def _retained_streams(self):
+        after = ""
+        while page := self.store.list_streams(prefix="", after=after, limit=self.batch):
+            yield from (s for s in page if s.data_retention_hours > 0)
+            after = page[-1].name
+
+    def expire(self, stream: Stream) -> int:
+        """Remove the stream's fragments older than its retention; returns how many."""
+        cutoff_ms = int(self.clock() * 1000) - stream.data_retention_hours * HOUR_MS
+        removed = 0
+        while not self._stop.is_set():
+            batch = self.store.fragments_received_before(stream.arn, cutoff_ms, self.batch)
+            if not batch:
+                break
+            self.store.delete_fragments(stream.arn, [f.seq for f in batch])
+            for fragment in batch:
+                self.blobs.delete(fragment.blob_key)
+            removed += len(batch)
+        return removed
+
+    def finish_deletion(self, stream: Stream) -> None:
+        """Remove a DELETING stream's media and rows, batch by batch, then the stream."""
+        while batch := self.store.list_fragments(stream.arn, limit=self.batch):
+            for fragment in batch:
+                self.blobs.delete(fragment.blob_key)
+            self.store.delete_fragments(stream.arn, [f.seq for f in batch])
+        self.blobs.delete_prefix(stream_dir(stream))
+        self.store.purge_stream(stream.arn)
+        log.info("stream %s (%s) deleted", stream.name, stream.arn)
+
+    def collect_orphans(self) -> list[str]:
+        """Remove media files no fragment row refers to, once older than the grace period
+        (so a blob whose row is about to be committed is never touched)."""
+        removed: list[str] = []
+        candidates = list(self.blobs.keys_older_than(self.orphan_grace_s))
+        for start in range(0, len(candidates), self.batch):
+            keys = candidates[start:start + self.batch]
+            referenced = self.store.referenced_blobs([k for k in keys if not is_temp(k)])
+            for key in keys:
+                if key not in referenced:
+                    self.blobs.delete(key)
+                    removed.append(key)
+        if removed:
+            self.blobs.remove_empty_dirs()
+            log.info("removed %d orphan media files: %s", len(removed),
+                     ", ".join(removed[:20]) + (" ..." if len(removed) > 20 else ""))
+        return removed
