@@ -20,7 +20,8 @@ from kvslite.errors import RESOURCE_NOT_FOUND, ApiError
 from kvslite.media import mkv
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
 from kvslite.store.files import FileBlobStore
-from kvslite.store.metadata import Clock, Fragment, Lease, MetadataStore, Stream
+from kvslite.store.metadata import (Clock, Fragment, Lease, MetadataStore, Stream,
+                                    StreamNotActive)
 
 # track, keyframe, pts offset from fragment start (ms), payload offset, payload size
 _FRAME = struct.Struct("<BBiII")
@@ -111,14 +112,20 @@ class Archive:
             for f, offset in zip(cluster.frames, offsets)
         ]
         key = f"{stream_dir(stream)}/{producer_ms}-{secrets.token_hex(4)}.mkv"
-        self.blobs.put(key, data)
+        try:
+            self.blobs.put(key, data)
+        except FileNotFoundError:  # the sweeper removed a deleted stream's folder meanwhile
+            self.blobs.delete(key, prune=True)
+            raise StreamNotActive(stream.arn) from None
         try:
             fragment, created = self.store.add_fragment(
                 fence=fence, arn=stream.arn, producer_ms=producer_ms, server_ms=server_ms,
                 duration_ms=duration_ms, size=len(data), header_id=header_id, blob_key=key,
                 frames=pack_frames(entries), digest=digest)
         except BaseException:
-            self.blobs.delete(key)  # the row never came; a crash here leaves an orphan
+            # the row never came (a crash here leaves an orphan for the collector); a
+            # deleted stream must not keep the folder this write made again
+            self.blobs.delete(key, prune=True)
             raise
         if not created:
             self.blobs.delete(key)  # a resend raced its original, which won

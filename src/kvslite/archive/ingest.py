@@ -138,7 +138,11 @@ class IngestSession:
         if len(header.tracks) > MAX_TRACKS:
             raise IngestError(4012, f"{len(header.tracks)} tracks; at most {MAX_TRACKS}")
         self.header = header
-        self.header_id = self.archive.save_header(self.stream, header) if self.keeps_data else 0
+        try:
+            self.header_id = (self.archive.save_header(self.stream, header)
+                              if self.keeps_data else 0)
+        except OutOfSpace as e:
+            raise IngestError(5001, f"the archive is out of disk space: {e}") from None
         self.last_timecode = None  # a new segment starts its own timeline
 
     def _to_ms(self, timecode: int) -> int:

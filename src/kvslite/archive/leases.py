@@ -9,11 +9,15 @@ longer add fragments: the store checks the lease when it commits each one.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import uuid
 
 from kvslite.store.metadata import Lease, MetadataStore, Stream
+
+log = logging.getLogger("kvslite.leases")
 
 LEASE_TTL_MS = 15_000  # a dead holder's slot is free again after at most this long
 RENEW_EVERY_S = 3.0  # holders renew this often, well within the TTL
@@ -27,9 +31,12 @@ class Leases:
     def __init__(self, store: MetadataStore):
         self.store = store
         self.node = f"{socket.gethostname()}:{os.getpid()}"
+        self._unreleased: set[Lease] = set()  # releases the store could not write
+        self._lock = threading.Lock()
 
     def acquire(self, kind: str, stream: Stream) -> Lease | None:
         """One of the stream's slots of this kind, or None if all are held."""
+        self._retry_releases()
         return self.store.acquire_lease(f"{kind}:{stream.arn}", f"{self.node}:{uuid.uuid4()}",
                                         limit=LIMITS[kind], ttl_ms=LEASE_TTL_MS)
 
@@ -37,4 +44,19 @@ class Leases:
         return self.store.renew_lease(lease, LEASE_TTL_MS)
 
     def release(self, lease: Lease) -> None:
-        self.store.release_lease(lease)
+        """Free the slot. If the store cannot take the write (a full disk), the release is
+        retried before the next acquire, so a reconnecting producer is not shut out until
+        the lease expires."""
+        try:
+            self.store.release_lease(lease)
+        except Exception:
+            log.warning("could not release %s yet; retrying before the next connection",
+                        lease.resource, exc_info=True)
+            with self._lock:
+                self._unreleased.add(lease)
+
+    def _retry_releases(self) -> None:
+        with self._lock:
+            pending, self._unreleased = self._unreleased, set()
+        for lease in pending:
+            self.release(lease)

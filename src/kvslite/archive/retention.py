@@ -82,18 +82,29 @@ class Sweeper:
         for stream in self.store.deleting_streams():
             if self._stop.is_set():
                 return report
-            self.finish_deletion(stream)
-            report.streams_deleted += 1
+            if self._guarded(self.finish_deletion, stream):
+                report.streams_deleted += 1
         for stream in self._retained_streams():
             if self._stop.is_set():
                 return report
-            report.expired += self.expire(stream)
-        report.orphans = self.collect_orphans()
+            report.expired += self._guarded(self.expire, stream) or 0
+        report.orphans = self._guarded(self.collect_orphans) or []
         if report.expired or report.streams_deleted or report.orphans:
             log.info("sweep: %d fragments past retention removed, %d deleted streams "
                      "finished, %d orphan files removed", report.expired,
                      report.streams_deleted, len(report.orphans))
         return report
+
+    def _guarded(self, step, *args):
+        """One stream's trouble (a file that cannot be removed, say) must not stop the
+        sweep for every other stream: log it, go on, retry next pass."""
+        try:
+            result = step(*args)
+        except Exception:
+            log.exception("sweep failed: %s%s; retrying next pass", step.__name__,
+                          f" of stream {args[0].name}" if args else "")
+            return None
+        return True if result is None else result
 
     def _retained_streams(self):
         after = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import time
@@ -59,8 +60,15 @@ class FileBlobStore:
             f.seek(offset)
             return f.read() if length is None else f.read(length)
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+    def delete(self, key: str, *, prune: bool = False) -> None:
+        """Remove a blob; with `prune`, also its folder if that is left empty."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        if prune:
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass  # not empty (or already gone): leave it
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
@@ -79,7 +87,7 @@ class FileBlobStore:
 
     def remove_temp_files(self) -> list[str]:
         """Remove every temporary file (call only when no write can be in flight)."""
-        removed = [key for key in self.keys_older_than(-1) if is_temp(key)]
+        removed = [key for key in self.keys_older_than(-math.inf) if is_temp(key)]
         for key in removed:
             self.delete(key)
         return removed

@@ -38,6 +38,20 @@ _TIME_COLUMNS = {Clock.PRODUCER: "producer_ms", Clock.SERVER: "server_ms"}
 _BATCH = 500  # stay under SQLite's limit on bound variables
 
 
+def _enable_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switching a new file to WAL needs it to ourselves, and SQLite does not wait for
+    that as it waits for locks: retry while another opener holds it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteMetadataStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.path = Path(path)
@@ -56,7 +70,7 @@ class SqliteMetadataStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -180,6 +194,9 @@ class SqliteMetadataStore:
     def purge_stream(self, arn: str) -> None:
         with self._write() as conn:  # tags, headers and fragments go by ON DELETE CASCADE
             conn.execute("DELETE FROM streams WHERE arn = ?", (arn,))
+            for table in ("leases", "lease_epochs"):  # resources are "<kind>:<arn>"
+                conn.execute(f"DELETE FROM {table} WHERE substr(resource, -length(?) - 1) "
+                             f"= ':' || ?", (arn, arn))
 
     # -- tags ------------------------------------------------------------------------
 
@@ -237,9 +254,8 @@ class SqliteMetadataStore:
                                           (arn, fields["producer_ms"], fields.get("digest")))
             if existing:
                 return existing[0], False
-            last = conn.execute("SELECT max(seq) FROM fragments WHERE arn = ?",
-                                (arn,)).fetchone()[0]
-            seq = (last or 0) + 1
+            seq = conn.execute("UPDATE streams SET last_seq = last_seq + 1 WHERE arn = ? "
+                               "RETURNING last_seq", (arn,)).fetchone()[0]
             fragment = Fragment(seq=seq, number=fragment_number(seq), **fields)
             row = asdict(fragment)
             conn.execute(f"INSERT INTO fragments ({', '.join(row)}) "

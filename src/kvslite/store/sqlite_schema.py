@@ -56,7 +56,8 @@ MIGRATIONS = [
     """,
     # 4 (REBUILD): the durable archive. A deleted stream stays, status DELETING, until its
     # media is gone, while its name is free for a new stream: names are unique among the
-    # streams not being deleted. A fragment's digest tells a resend (same bytes) from a
+    # streams not being deleted. `last_seq` numbers fragments: it never goes down, so a
+    # fragment number is never given twice, even after retention removed every fragment. A fragment's digest tells a resend (same bytes) from a
     # new fragment with the same producer timestamp. Leases hold the per-stream connection
     # limits across processes; their epochs only ever grow, so a lost lease is fenced off.
     """
@@ -70,10 +71,13 @@ MIGRATIONS = [
         kms_key_id TEXT NOT NULL,
         status TEXT NOT NULL,
         device_name TEXT,
-        media_type TEXT
+        media_type TEXT,
+        last_seq INTEGER NOT NULL DEFAULT 0
     );
     INSERT INTO streams_rebuilt SELECT arn, name, version, creation_time,
-        data_retention_hours, kms_key_id, status, device_name, media_type FROM streams;
+        data_retention_hours, kms_key_id, status, device_name, media_type,
+        (SELECT coalesce(max(seq), 0) FROM fragments WHERE fragments.arn = streams.arn)
+        FROM streams;
     DROP TABLE streams;
     ALTER TABLE streams_rebuilt RENAME TO streams;
     CREATE UNIQUE INDEX streams_by_name ON streams (name) WHERE status <> 'DELETING';

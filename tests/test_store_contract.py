@@ -1,0 +1,521 @@
+"""The MetadataStore contract (src/kvslite/store/metadata.py), proved with real
+concurrent writers, for every store in STORES.
+
+Each guarantee is raced by writers in separate processes (started with "spawn", each
+opening its own store on the shared location) and in threads (some with an instance of
+their own, some sharing one), all released together by one barrier; see
+tests/store_contract_workers.py. Every assertion counts exactly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # spawned writers import the module below
+import store_contract_workers as workers
+from store_contract_workers import digest_of, fragment_fields, make_stream
+
+from kvslite.store.metadata import (
+    ACTIVE,
+    DELETING,
+    LeaseLost,
+    NameTaken,
+    StreamNotActive,
+    fragment_number,
+)
+
+# Every store the suite runs against: location (a fresh, empty directory) -> a picklable
+# callable that opens a new instance of the store kept there, `opener(clock=None)`.
+# A PostgreSQL store joins with one line, e.g. "postgresql": workers.PostgresStores.at.
+STORES = {
+    "sqlite": workers.SqliteStores.at,
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def stores_at(store_kind):
+    return STORES[store_kind]
+
+
+@pytest.fixture
+def store_factory(stores_at, tmp_path):
+    return stores_at(tmp_path)
+
+
+@pytest.fixture
+def store(store_factory):
+    store = store_factory()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def clock():
+    return workers.SharedClock()
+
+
+@pytest.fixture
+def clocked(store_factory, clock):
+    """An instance of the store whose lease times are read on `clock`."""
+    store = store_factory(clock)
+    yield store
+    store.close()
+
+
+def new_stream(store, name: str = "cam", serial: int = 1, tags: dict | None = None):
+    stream = make_stream(name, serial)
+    store.create_stream(stream, tags or {})
+    return stream, store.save_header(stream.arn, b"EBML header of " + stream.arn.encode())
+
+
+def add(store, arn: str, header_id: int, producer_ms: int, text: str, **kw):
+    return store.add_fragment(**fragment_fields(arn, header_id, producer_ms, digest_of(text),
+                                                f"{arn}/{text}.mkv"), **kw)
+
+
+# -- 1. seq allocation -------------------------------------------------------------------
+
+
+def test_seqs_are_allocated_one_by_one_without_gaps_or_repeats(store, store_factory):
+    """4 processes x 25 + 4 threads x 25 fragments, alternating between two streams (13 +
+    12 or 12 + 13 per writer): each stream gets seqs exactly 1..100, numbered
+    fragment_number(seq), each row as its writer was told, and each writer's fragments come
+    back in increasing seq."""
+    a, header_a = new_stream(store, "a")
+    b, header_b = new_stream(store, "b")
+    headers = {a.arn: header_a, b.arn: header_b}
+    results = workers.race(store_factory, workers.add_fragments, processes=4, threads=4,
+                           args=([a.arn, b.arn], headers, 25))
+
+    assert [len(r) for r in results] == [25] * 8
+    assert all(created for r in results for _, created in r)
+    told = {(f.arn, f.seq): f for r in results for f, _ in r}
+    assert len(told) == 200  # no (stream, seq) was handed to two writers
+    for arn in (a.arn, b.arn):
+        seqs = sorted(seq for (s, seq) in told if s == arn)
+        assert seqs == list(range(1, 101))
+        stored = store.list_fragments(arn, limit=1000)
+        assert [f.seq for f in stored] == list(range(1, 101))
+        assert stored == [told[(arn, seq)] for seq in range(1, 101)]  # as each writer was told
+        assert store.latest_fragment(arn).seq == 100
+        numbers = [fragment_number(seq) for seq in range(1, 101)]
+        assert [f.number for f in stored] == numbers
+        assert sorted(store.fragments_by_number(arn, numbers)) == numbers
+    for w, r in enumerate(results):
+        for i, arn in enumerate((a.arn, b.arn)):
+            mine = [f.seq for f, _ in r if f.arn == arn]
+            assert len(mine) == (13 if (w + i) % 2 == 0 else 12)
+            assert mine == sorted(mine) and len(set(mine)) == len(mine)
+
+
+def test_a_seq_is_never_handed_out_again_after_its_fragment_is_deleted(store):
+    stream, header_id = new_stream(store)
+    first = [add(store, stream.arn, header_id, 1000 * k, f"old {k}")[0] for k in range(3)]
+    assert [f.seq for f in first] == [1, 2, 3]
+    store.delete_fragments(stream.arn, [1, 2, 3])  # what Sweeper.expire does to an idle stream
+    fragment, created = add(store, stream.arn, header_id, 10_000, "after the gap")
+    assert created
+    assert fragment.seq == 4 and fragment.number == fragment_number(4)
+
+
+# -- 2. one fragment per (stream, producer time, digest) ---------------------------------
+
+
+def test_a_resend_racing_its_original_is_stored_once(store, store_factory):
+    """8 writers (4 processes, 4 threads) add the same (producer_ms, digest) at the same
+    moment, 10 times over: each time exactly one call creates the row, the other 7 get
+    that very fragment back with created=False, and no seq is spent on them. Then all 8
+    add the same producer_ms with different content: 8 rows."""
+    stream, header_id = new_stream(store)
+    keys = [(60_000 * (k + 1), digest_of(f"cluster {k}")) for k in range(10)]
+    results = workers.race(store_factory, workers.add_same_fragments, processes=4,
+                           threads=4, args=(stream.arn, header_id, keys, 5_000_000))
+
+    stored = store.list_fragments(stream.arn, limit=1000)
+    assert [f.seq for f in stored] == list(range(1, 19))
+    winners = []
+    for k, (producer_ms, digest) in enumerate(keys):
+        calls = [same[k] for same, _ in results]
+        assert sum(created for _, created in calls) == 1
+        winner = next(f for f, created in calls if created)
+        assert all(f == winner for f, _ in calls)
+        assert (winner.producer_ms, winner.digest) == (producer_ms, digest)
+        assert store.find_fragment(stream.arn, producer_ms=producer_ms, digest=digest) == winner
+        assert sum(f.producer_ms == producer_ms for f in stored) == 1
+        winners.append(winner)
+    assert sorted(f.seq for f in winners) == list(range(1, 11))
+    losers = {f"w{w}/{ms}.mkv" for w in range(8) for ms, _ in keys} - \
+        {f.blob_key for f in winners}
+    assert len(losers) == 70 and store.referenced_blobs(sorted(losers)) == set()
+
+    own = [own for _, own in results]
+    assert all(created for _, created in own)
+    assert sorted(f.seq for f, _ in own) == list(range(11, 19))
+    assert sum(f.producer_ms == 5_000_000 for f in stored) == 8
+    for w, (fragment, _) in enumerate(own):
+        assert fragment.digest == digest_of(f"writer {w}'s own")
+        assert store.find_fragment(stream.arn, producer_ms=5_000_000,
+                                   digest=fragment.digest) == fragment
+
+
+# -- 3. the tag limit --------------------------------------------------------------------
+
+
+def test_the_tag_limit_is_checked_and_applied_in_one_step(store, store_factory):
+    """10 writers (4 processes, 6 threads). Round 1: a stream with no tags, limit 50, each
+    puts 10 new keys: exactly 5 succeed, and the stream holds exactly their 50 tags.
+    Round 2: a stream with 40 tags, limit 45, each overwrites 4 of them (its own) and adds
+    1 new key: overwrites do not count, so exactly 5 succeed; a failed batch changes
+    nothing, not even its overwrites. Round 3: at the limit, all overwrite the same 10
+    keys: all 10 succeed and the count stays 45."""
+    empty, _ = new_stream(store, "empty")
+    existing = {f"e{i:02d}": "orig" for i in range(40)}
+    full, _ = new_stream(store, "full", tags=existing)
+    round1 = [{f"w{w}-k{j}": f"{w}.{j}" for j in range(10)} for w in range(10)]
+    round2 = [{**{f"e{4 * w + j:02d}": f"w{w}" for j in range(4)}, f"new-w{w}": "x"}
+              for w in range(10)]
+    round3 = [{f"e{j:02d}": f"r3-w{w}" for j in range(10)} for w in range(10)]
+    results = workers.race(store_factory, workers.put_tag_batches, processes=4, threads=6,
+                           args=([(empty.arn, round1, 50), (full.arn, round2, 45),
+                                  (full.arn, round3, 45)],))
+
+    won1 = [w for w, (ok, _, _) in enumerate(results) if ok]
+    assert len(won1) == 5 and sum(not ok for ok, _, _ in results) == 5
+    tags = store.get_tags(empty.arn)
+    assert len(tags) == 50
+    assert tags == {k: v for w in won1 for k, v in round1[w].items()}  # whole batches only
+
+    won2 = [w for w, (_, ok, _) in enumerate(results) if ok]
+    assert len(won2) == 5 and sum(not ok for _, ok, _ in results) == 5
+    # round 3, at the limit: all 10 overwrite the same 10 keys; all fit, and each batch
+    # lands whole, so the 10 keys end with one writer's values
+    assert [ok for _, _, ok in results] == [True] * 10
+    tags = store.get_tags(full.arn)
+    assert len(tags) == 45
+    last = {tags[f"e{j:02d}"] for j in range(10)}
+    assert len(last) == 1
+    (last,) = last
+    expected = dict(existing)
+    for w in won2:
+        expected.update(round2[w])
+    expected.update(round3[int(last.removeprefix("r3-w"))])
+    assert tags == expected
+
+    # at the limit, overwriting only existing keys still fits; one more key does not
+    some = list(store.get_tags(empty.arn))[:10]
+    assert store.put_tags(empty.arn, {k: "again" for k in some}, 50)
+    assert not store.put_tags(empty.arn, {"one-too-many": "x"}, 50)
+    assert len(store.get_tags(empty.arn)) == 50
+
+
+# -- 4. compare-and-set on the version ---------------------------------------------------
+
+
+def test_updates_and_deletion_are_compare_and_set_on_the_version(store, store_factory):
+    """8 writers (4 processes, 4 threads) update with the same expected version: exactly
+    one wins and the stream carries its change; then all mark it deleting with the version
+    they read: exactly one True; then all update it again: all False."""
+    stream, _ = new_stream(store)
+    results = workers.race(store_factory, workers.compare_and_set, processes=4, threads=4,
+                           args=(stream.arn, stream.version))
+
+    winners = [w for w, (updated, _, _, _) in enumerate(results) if updated]
+    assert len(winners) == 1
+    (winner,) = winners
+    assert all(current == f"v2-w{winner}" for _, current, _, _ in results)
+    assert sum(deleted for _, _, deleted, _ in results) == 1
+    assert sum(late for _, _, _, late in results) == 0
+    final = store.get_stream(arn=stream.arn)
+    assert final.version == f"v2-w{winner}" and final.media_type == f"video/w{winner}"
+    assert final.status == DELETING
+    assert (final.name, final.creation_time, final.kms_key_id) == \
+        (stream.name, stream.creation_time, stream.kms_key_id)
+    assert not store.mark_deleting(stream.arn, None)  # already being deleted
+
+
+# -- 5. names ----------------------------------------------------------------------------
+
+
+def test_names_are_unique_among_streams_not_being_deleted(store, store_factory):
+    """8 writers (4 processes, 4 threads) create "cam" at once: exactly one succeeds, 7
+    get NameTaken and leave nothing behind. Once it is marked deleting, 8 writers create
+    "cam" again: exactly one succeeds (a new ARN) while the old row stays DELETING until
+    purged, with its fragments, tags and headers."""
+    other, _ = new_stream(store, "cam-b")
+    results = workers.race(store_factory, workers.create_named, processes=4, threads=4,
+                           args=("cam", 1))
+    created = [s for s, ok in results if ok]
+    assert len(created) == 1 and sum(not ok for _, ok in results) == 7
+    (old,) = created
+    assert store.get_stream(name="cam") == old
+    for stream, ok in results:
+        if not ok:
+            assert store.get_stream(arn=stream.arn) is None
+            assert store.get_tags(stream.arn) == {}
+    (winner,) = [w for w, (_, ok) in enumerate(results) if ok]
+    assert store.get_tags(old.arn) == {"writer": str(winner), "batch": "1"}
+
+    old_header = store.save_header(old.arn, b"old header")
+    old_fragments = [add(store, old.arn, old_header, 1000 * k, f"old {k}")[0]
+                     for k in range(3)]
+    assert store.mark_deleting(old.arn, old.version)
+
+    results = workers.race(store_factory, workers.create_named, processes=4, threads=4,
+                           args=("cam", 100))
+    created = [s for s, ok in results if ok]
+    assert len(created) == 1 and sum(not ok for _, ok in results) == 7
+    (new,) = created
+    assert new.arn != old.arn
+    assert store.get_stream(name="cam") == new
+    deleting = store.get_stream(arn=old.arn)
+    assert deleting.status == DELETING and deleting.name == "cam"
+    assert store.list_streams(prefix="", after="", limit=100) == [new, other]
+    assert store.list_streams(prefix="cam", after="cam", limit=100) == [other]
+    assert store.deleting_streams() == [deleting]
+    with pytest.raises(NameTaken):
+        store.create_stream(make_stream("cam", 999), {})
+
+    new_header = store.save_header(new.arn, b"new header")
+    new_fragment, _ = add(store, new.arn, new_header, 1000, "new 0")
+    store.purge_stream(old.arn)
+    assert store.get_stream(arn=old.arn) is None
+    assert store.deleting_streams() == []
+    assert store.list_fragments(old.arn, limit=100) == []
+    assert store.get_tags(old.arn) == {}
+    assert store.referenced_blobs([f.blob_key for f in old_fragments]) == set()
+    with pytest.raises(KeyError):
+        store.get_header(old_header)
+    # the new stream of the same name is untouched
+    assert store.get_stream(name="cam") == new
+    assert store.get_stream(arn=new.arn).status == ACTIVE
+    assert store.list_fragments(new.arn, limit=100) == [new_fragment]
+    assert store.get_header(new_header) == b"new header"
+    assert len(store.get_tags(new.arn)) == 2
+
+
+# -- 6. add_fragment only into an ACTIVE stream ------------------------------------------
+
+
+def test_add_fragment_checks_the_stream_is_active_in_the_same_step(store, store_factory):
+    """4 processes and 3 threads add fragments as fast as they can; once each has some
+    stored, a fourth thread marks the stream deleting: every writer is then refused with
+    StreamNotActive, and the rows are exactly the adds that were told they succeeded, none
+    committed after the stream was marked. An unknown ARN is refused too."""
+    stream, header_id = new_stream(store)
+    jobs = [workers.add_until_refused] * 7 + [workers.delete_midway]
+    results = workers.race(store_factory, jobs, processes=4, threads=4,
+                           args=(stream.arn, header_id, 7))
+
+    marked, seq_when_marked = results[7]
+    assert marked
+    adds = results[:7]
+    assert [refusal for _, refusal in adds] == ["StreamNotActive"] * 7
+    told = sorted(f.seq for added, _ in adds for f in added)
+    assert told == list(range(1, seq_when_marked + 1))  # none after the mark, none lost
+    assert all(len(added) >= 3 for added, _ in adds)  # all were adding when it was marked
+    stored = store.list_fragments(stream.arn, limit=100_000)
+    assert [f.seq for f in stored] == told
+
+    with pytest.raises(StreamNotActive):  # nor as a resend of a fragment it holds
+        store.add_fragment(**fragment_fields(stream.arn, header_id, stored[0].producer_ms,
+                                             stored[0].digest, "resend.mkv"))
+    with pytest.raises(StreamNotActive):
+        add(store, stream.arn, header_id, 99_000_000, "after")
+    unknown = make_stream("never-created").arn
+    with pytest.raises(StreamNotActive):
+        add(store, unknown, header_id, 1000, "unknown")
+    assert store.list_fragments(unknown, limit=10) == []
+    assert len(store.list_fragments(stream.arn, limit=100_000)) == seq_when_marked
+
+
+# -- 7. leases ---------------------------------------------------------------------------
+
+
+def test_acquire_lease_admits_exactly_limit_writers(store, store_factory):
+    """30 writers (6 processes, 24 threads) acquire one of 3 slots: exactly 3 get one, with
+    3 different epochs; a release frees a slot at once, for a grant with a higher epoch."""
+    resource = "get-media:arn:aws:kinesisvideo:us-east-1:123456789012:stream/cam/1"
+    results = workers.race(store_factory, workers.acquire, processes=6, threads=24,
+                           args=(resource, 3, 60_000))
+
+    granted = [lease for lease in results if lease is not None]
+    assert len(granted) == 3 and results.count(None) == 27
+    assert len({lease.epoch for lease in granted}) == 3
+    assert len({lease.holder for lease in granted}) == 3
+    assert all(lease.resource == resource for lease in granted)
+    assert store.acquire_lease(resource, "late", limit=3, ttl_ms=60_000) is None
+    # other resources have slots of their own
+    assert store.acquire_lease(resource + "-other", "late", limit=3, ttl_ms=60_000)
+
+    store.release_lease(granted[0])
+    again = store.acquire_lease(resource, "late", limit=3, ttl_ms=60_000)
+    assert again is not None and again.epoch > max(lease.epoch for lease in granted)
+    assert not store.renew_lease(granted[0], 60_000)  # released: nothing to renew
+    assert store.acquire_lease(resource, "later", limit=3, ttl_ms=60_000) is None
+
+
+def test_an_expired_lease_counts_for_nothing(clocked, store_factory, clock):
+    """Three 1 s leases fill the slots; at 0.9 s they still count; at 1.5 s, 12 writers (4
+    processes, 8 threads, on the same clock) race: the 3 old holders' renewals are all
+    refused and exactly 3 of the 9 others get a slot, with epochs above the old ones."""
+    resource = "get-media:stream-x"
+    old = [clocked.acquire_lease(resource, f"old-{i}", limit=3, ttl_ms=1000) for i in range(3)]
+    assert all(old) and len({lease.epoch for lease in old}) == 3
+    clock.advance(0.9)
+    assert clocked.acquire_lease(resource, "early", limit=3, ttl_ms=1000) is None
+    clock.advance(0.6)
+    results = workers.race(store_factory, workers.acquire_or_renew, processes=4, threads=8,
+                           args=(resource, 3, 1000, old), clock=clock)
+
+    assert results[:3] == [False, False, False]
+    granted = [lease for lease in results[3:] if lease is not None]
+    assert len(granted) == 3 and results[3:].count(None) == 6
+    assert min(lease.epoch for lease in granted) > max(lease.epoch for lease in old)
+    assert len({lease.epoch for lease in granted}) == 3
+    assert clocked.acquire_lease(resource, "late", limit=3, ttl_ms=1000) is None
+
+
+def test_renew_extends_a_live_lease_only(clocked, clock):
+    """renew_lease of a live lease is True and extends it; of an expired or taken-over one
+    False. Epochs grow with every grant; release frees the slot at once."""
+    resource = "put-media:stream-y"
+    lease = clocked.acquire_lease(resource, "A", limit=1, ttl_ms=1000)
+    assert lease is not None
+    clock.advance(0.9)
+    assert clocked.renew_lease(lease, 1000)  # live: now held until 1.9 s
+    clock.advance(0.6)  # 1.5 s: past the first expiry, within the renewed one
+    assert clocked.acquire_lease(resource, "B", limit=1, ttl_ms=1000) is None
+    assert clocked.renew_lease(lease, 1000)  # until 2.5 s
+    clock.advance(1.5)  # 3.0 s: expired, and no one took it over yet
+    assert not clocked.renew_lease(lease, 1000)
+    taken = clocked.acquire_lease(resource, "B", limit=1, ttl_ms=1000)
+    assert taken is not None and taken.epoch > lease.epoch
+    assert not clocked.renew_lease(lease, 1000)  # taken over
+    assert clocked.renew_lease(taken, 1000)
+    clocked.release_lease(taken)  # frees the slot at once, without the clock moving
+    third = clocked.acquire_lease(resource, "C", limit=1, ttl_ms=1000)
+    assert third is not None and third.epoch > taken.epoch
+    assert not clocked.renew_lease(taken, 1000)
+    clocked.release_lease(lease)  # releasing a lost lease frees no one else's slot
+    assert clocked.acquire_lease(resource, "D", limit=1, ttl_ms=1000) is None
+
+
+# -- 8. fencing --------------------------------------------------------------------------
+
+
+def test_a_writer_whose_lease_was_taken_over_is_fenced_off(clocked, store_factory, clock):
+    """Thread A adds fragments under its 1 s PutMedia lease while thread B (another store
+    instance) waits for 20, lets A's lease expire, acquires and adds 5 under its own:
+    A is refused with LeaseLost, its renewal fails, none of A's rows was committed after
+    B got the lease, and the rows are exactly A's told successes followed by B's 5.
+    Three rounds, on three streams: a lease checked outside the commit shows in most."""
+    for round_ in range(3):
+        stream, header_id = new_stream(clocked, "cam", round_)
+        resource = f"put-media:{stream.arn}"
+        a_lease = clocked.acquire_lease(resource, "A", limit=1, ttl_ms=1000)
+        results = workers.race(store_factory, [workers.fenced_until_lost, workers.take_over],
+                               threads=2, clock=clock,
+                               args=(stream.arn, header_id, resource, a_lease, clock))
+        (a_added, a_end, a_renewed), (b_refused, b_lease, seq_when_taken, b_added) = results
+
+        assert b_refused is None  # while A's lease lived
+        assert b_lease is not None and b_lease.epoch > a_lease.epoch
+        assert a_end == "LeaseLost" and a_renewed is False
+        assert len(a_added) >= 20 and len(b_added) == 5
+        # the lease is checked where the row is committed: none of A's after B took over
+        assert [f.seq for f in a_added] == list(range(1, seq_when_taken + 1))
+        assert [f.seq for f in b_added] == list(range(seq_when_taken + 1, seq_when_taken + 6))
+        assert clocked.list_fragments(stream.arn, limit=100_000) == a_added + b_added
+        with pytest.raises(LeaseLost):
+            add(clocked, stream.arn, header_id, 1, "A again", fence=a_lease)
+        assert len(clocked.list_fragments(stream.arn, limit=100_000)) == seq_when_taken + 5
+        assert clocked.mark_deleting(stream.arn, None)  # frees "cam" for the next round
+
+
+def test_a_writer_process_whose_lease_expired_is_fenced_off(store, store_factory):
+    """Process A holds a 0.5 s PutMedia lease and adds a fragment; process B is refused
+    until the lease expires, then acquires and adds; A's next add raises LeaseLost and
+    adds nothing."""
+    stream, header_id = new_stream(store)
+    resource = f"put-media:{stream.arn}"
+    ttl_ms = 500
+    a_ready, b_ready = workers.SPAWN.Event(), workers.SPAWN.Event()
+    a, b = workers.race(store_factory, [workers.fenced_process_a, workers.fenced_process_b],
+                        processes=2,
+                        args=(stream.arn, header_id, resource, ttl_ms, a_ready, b_ready))
+
+    assert a["created"] and a["first"].seq == 1
+    assert b["refused"] is None  # A's live lease is not taken over
+    assert b["granted"] - a["before"] >= ttl_ms / 1000 - 0.002  # only once it expired (ms)
+    assert b["lease"].epoch > a["lease"].epoch
+    assert a["late"] == "LeaseLost" and a["renewed"] is False
+    assert b["seq_when_taken"] == 1
+    assert b["created"] and b["fragment"].seq == 2
+    assert store.list_fragments(stream.arn, limit=100) == [a["first"], b["fragment"]]
+
+
+# -- 9. server secrets -------------------------------------------------------------------
+
+
+def test_a_secret_created_concurrently_is_the_same_for_everyone(store, store_factory):
+    """8 writers (4 processes, 4 threads) ask for a secret that does not exist yet: all
+    get the same bytes, which a store opened later returns too."""
+    results = workers.race(store_factory, workers.secret, processes=4, threads=4,
+                           args=("playback-session",))
+    assert len(set(results)) == 1
+    (value,) = set(results)
+    assert isinstance(value, bytes) and len(value) >= 16
+    later = store_factory()
+    try:
+        assert later.secret("playback-session") == value
+        assert later.secret("another") != value
+    finally:
+        later.close()
+
+
+# -- opening ----------------------------------------------------------------------------
+
+
+def test_writers_opening_a_new_store_at_once_all_succeed(store_kind, stores_at, tmp_path,
+                                                         request):
+    """30 rounds: 4 processes and 2 threads open a store at a fresh location at the same
+    moment (its creation and migration race): none may fail."""
+    stores_at(tmp_path)().close()  # where the racers' own first instances live
+    fresh = [stores_at(tmp_path / f"round-{r}") for r in range(30)]
+    results = workers.race(stores_at(tmp_path), workers.open_fresh_stores, processes=4,
+                           threads=2, args=(fresh,))
+    assert results == [[]] * 6
+
+
+def test_opening_a_new_sqlite_store_waits_while_another_connection_holds_it(store_kind,
+                                                                            stores_at,
+                                                                            tmp_path):
+    """The deterministic form of the race above, for SQLite: a connection holds a write
+    lock on the new (empty) database file for 0.3 s; opening the store must wait for it
+    (the store's busy timeout is 30 s), not fail."""
+    if store_kind != "sqlite":
+        pytest.skip("holds the lock with a raw SQLite connection")
+    factory = stores_at(tmp_path)
+    holder = sqlite3.connect(factory.path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, holder.execute, ("ROLLBACK",))
+    release.start()
+    try:
+        store = factory()
+        try:
+            assert len(store.secret("x")) == 32
+        finally:
+            store.close()
+    finally:
+        release.join()
+        holder.close()
