@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from kvslite.store.metadata import NameTaken, Stream
-from kvslite.store.sqlite import MIGRATIONS, SqliteMetadataStore
+from kvslite.store.sqlite import SqliteMetadataStore
+from kvslite.store.sqlite_schema import MIGRATIONS
 
 
 def make_stream(name="s", version="v1") -> Stream:

@@ -182,6 +182,26 @@ class Archive:
         return self.store.fragments_overlapping(stream_arn, clock, start_ms, end_ms,
                                                 MAX_FRAGMENT_SPAN_MS)
 
+    def starting(self, stream_arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                 after: tuple[int, int] | None = None, descending: bool = False,
+                 limit: int) -> list[Fragment]:
+        """A page of the fragments starting in [start_ms, end_ms], by (start, seq), past
+        `after`; on the producer clock fragments with one start count once, the newest
+        (AWS). Index lookups only: the work is bounded by `limit`."""
+        return self.store.fragments_starting(stream_arn, clock, start_ms, end_ms, after=after,
+                                             descending=descending, limit=limit,
+                                             newest_only=clock is Clock.PRODUCER)
+
+    def count_starting(self, stream_arn: str, clock: Clock, start_ms: int, end_ms: int) -> int:
+        return self.store.count_starting(stream_arn, clock, start_ms, end_ms,
+                                         newest_only=clock is Clock.PRODUCER)
+
+    def count_discontinuities(self, stream_arn: str, clock: Clock, start_ms: int, end_ms: int,
+                              gap_ms: int | None) -> int:
+        return self.store.count_discontinuities(stream_arn, clock, start_ms, end_ms,
+                                                newest_only=clock is Clock.PRODUCER,
+                                                gap_ms=gap_ms)
+
 
 @lru_cache(maxsize=256)
 def _parse_tracks(header: bytes) -> list[mkv.Track]:

@@ -169,6 +169,22 @@ class MetadataStore(Protocol):
                               max_duration_ms: int) -> list[Fragment]:
         """Fragments whose span [start, start + duration) meets [start_ms, end_ms]."""
 
+    def fragments_starting(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                           after: tuple[int, int] | None = None, descending: bool = False,
+                           newest_only: bool = False, limit: int) -> list[Fragment]:
+        """Fragments starting in [start_ms, end_ms] on the clock, ordered by (start, seq)
+        (descending if asked), strictly past `after` = (start, seq) for keyset paging;
+        `newest_only` keeps only the newest fragment of each start."""
+
+    def count_starting(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                       newest_only: bool = False) -> int:
+        """How many fragments `fragments_starting` would list over the whole range."""
+
+    def count_discontinuities(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                              newest_only: bool = False, gap_ms: int | None = None) -> int:
+        """Among those fragments in (start, seq) order, how many follow one with other
+        codec data (header) or, with `gap_ms`, start more than gap_ms from where it ended."""
+
     def fragments_received_before(self, arn: str, server_ms: int, limit: int
                                   ) -> list[Fragment]:
         """Up to `limit` of the stream's oldest fragments received before `server_ms`."""

@@ -1,135 +1,30 @@
-"""The embedded metadata store: one SQLite file in WAL mode.
+"""The embedded metadata store: one SQLite file in WAL mode (see `sqlite_db`).
 
-Every write is one `BEGIN IMMEDIATE` transaction committed with synchronous=FULL, so
-what a caller was told is stored survives a crash, and writers in other threads or
-processes wait their turn: each guarantee of `MetadataStore` is one transaction. Each
-thread gets its own connection (sqlite3 connections are not shared across threads).
+Each guarantee of `MetadataStore` is one write transaction, and SQLite runs write
+transactions one at a time across threads and processes.
 """
 
 from __future__ import annotations
 
 import secrets
 import sqlite3
-import threading
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, fields
-from pathlib import Path
 
-from kvslite.errors import OutOfSpace
-from kvslite.store.metadata import (
-    ACTIVE,
-    DELETING,
-    Clock,
-    Fragment,
-    Lease,
-    LeaseLost,
-    NameTaken,
-    Stream,
-    StreamNotActive,
-    fragment_number,
-)
-from kvslite.store.sqlite_schema import MIGRATIONS
+from kvslite.store.metadata import (ACTIVE, DELETING, Clock, Fragment, Lease, LeaseLost,
+                                    NameTaken, Stream, StreamNotActive, fragment_number)
+from kvslite.store.sqlite_db import SqliteDatabase
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
 _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
 _TIME_COLUMNS = {Clock.PRODUCER: "producer_ms", Clock.SERVER: "server_ms"}
 _BATCH = 500  # stay under SQLite's limit on bound variables
+# Of fragments sharing a start on a clock, only the newest (AWS's rule for the producer clock)
+_NEWEST_OF_ITS_START = (" AND seq = (SELECT max(seq) FROM fragments g "
+                        "WHERE g.arn = f.arn AND g.{col} = f.{col})")
 
 
-def _enable_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
-    """Switching a new file to WAL needs it to ourselves, and SQLite does not wait for
-    that as it waits for locks: retry while another opener holds it."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-class SqliteMetadataStore:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.clock = clock
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._migrate()
-
-    # -- connections and transactions -------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-            conn.row_factory = sqlite3.Row
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    @contextmanager
-    def _write(self):
-        """A write transaction that takes the lock up front (no upgrade deadlocks)."""
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as e:
-            if "full" in str(e):  # SQLITE_FULL: "database or disk is full"
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise OutOfSpace(str(e)) from e
-            raise
-
-    def _now_ms(self) -> int:
-        return int(self.clock() * 1000)
-
-    def _migrate(self) -> None:
-        conn = self._connection()
-        for version, migration in enumerate(MIGRATIONS, start=1):
-            rebuild = migration.lstrip().startswith("REBUILD;")
-            if rebuild:  # SQLite rebuilds tables only with foreign keys off, outside a txn
-                conn.execute("PRAGMA foreign_keys=OFF")
-            try:
-                with self._write() as conn:
-                    current = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if current > len(MIGRATIONS):
-                        raise RuntimeError(
-                            f"{self.path} has schema version {current}, newer than this "
-                            f"kvslite ({len(MIGRATIONS)}); upgrade kvslite")
-                    if current >= version:
-                        continue
-                    for statement in migration.split(";"):
-                        if statement.strip() and statement.strip() != "REBUILD":
-                            conn.execute(statement)
-                    if rebuild and conn.execute("PRAGMA foreign_key_check").fetchone():
-                        raise RuntimeError(f"migration {version} broke a foreign key")
-                    conn.execute(f"PRAGMA user_version = {version}")
-            finally:
-                conn.execute("PRAGMA foreign_keys=ON")
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+class SqliteMetadataStore(SqliteDatabase):
+    """The metadata store on SQLite: each guarantee of MetadataStore is one transaction."""
 
     # -- streams ---------------------------------------------------------------------
 
@@ -263,7 +158,7 @@ class SqliteMetadataStore:
         return fragment, True
 
     def _fragments_in(self, conn, where: str, params: tuple) -> list[Fragment]:
-        rows = conn.execute(f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE {where}",
+        rows = conn.execute(f"SELECT {_FRAGMENT_COLUMNS} FROM fragments f WHERE {where}",
                             params).fetchall()
         return [Fragment(**dict(row)) for row in rows]
 
@@ -321,6 +216,45 @@ class SqliteMetadataStore:
             f"arn = ? AND {time_column} BETWEEN ? AND ? AND {time_column} + duration_ms > ? "
             f"ORDER BY {time_column}, seq",
             (arn, start_ms - max_duration_ms, end_ms, start_ms))
+
+    def fragments_starting(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                           after: tuple[int, int] | None = None, descending: bool = False,
+                           newest_only: bool = False, limit: int) -> list[Fragment]:
+        col = _TIME_COLUMNS[clock]
+        where, params = f"arn = ? AND {col} BETWEEN ? AND ?", [arn, start_ms, end_ms]
+        if after is not None:  # keyset paging: strictly past (start, seq)
+            where += f" AND ({col}, seq) {'<' if descending else '>'} (?, ?)"
+            params += list(after)
+        if newest_only:
+            where += _NEWEST_OF_ITS_START.format(col=col)
+        order = "DESC" if descending else "ASC"
+        return self._fragments(f"{where} ORDER BY {col} {order}, seq {order} LIMIT ?",
+                               (*params, limit))
+
+    def count_starting(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                       newest_only: bool = False) -> int:
+        col = _TIME_COLUMNS[clock]
+        where = f"arn = ? AND {col} BETWEEN ? AND ?"
+        if newest_only:
+            where += _NEWEST_OF_ITS_START.format(col=col)
+        return self._connection().execute(f"SELECT count(*) FROM fragments f WHERE {where}",
+                                          (arn, start_ms, end_ms)).fetchone()[0]
+
+    def count_discontinuities(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
+                              newest_only: bool = False, gap_ms: int | None = None) -> int:
+        col = _TIME_COLUMNS[clock]
+        where = f"arn = ? AND {col} BETWEEN ? AND ?"
+        if newest_only:
+            where += _NEWEST_OF_ITS_START.format(col=col)
+        gap = ("" if gap_ms is None else
+               f" OR abs(start - (prev_start + prev_duration)) > {int(gap_ms)}")
+        return self._connection().execute(
+            f"SELECT count(*) FROM (SELECT {col} AS start, header_id, "
+            f"lag({col}) OVER w AS prev_start, lag(duration_ms) OVER w AS prev_duration, "
+            f"lag(header_id) OVER w AS prev_header FROM fragments f WHERE {where} "
+            f"WINDOW w AS (ORDER BY {col}, seq)) "
+            f"WHERE prev_header IS NOT NULL AND (prev_header <> header_id{gap})",
+            (arn, start_ms, end_ms)).fetchone()[0]
 
     def fragments_received_before(self, arn: str, server_ms: int, limit: int
                                   ) -> list[Fragment]:

@@ -57,8 +57,9 @@ MIGRATIONS = [
     # 4 (REBUILD): the durable archive. A deleted stream stays, status DELETING, until its
     # media is gone, while its name is free for a new stream: names are unique among the
     # streams not being deleted. `last_seq` numbers fragments: it never goes down, so a
-    # fragment number is never given twice, even after retention removed every fragment. A fragment's digest tells a resend (same bytes) from a
-    # new fragment with the same producer timestamp. Leases hold the per-stream connection
+    # fragment number is never given twice, even after retention removed every fragment.
+    # A fragment's digest tells a resend (same bytes) from a new fragment with the same
+    # producer timestamp. Leases hold the per-stream connection
     # limits across processes; their epochs only ever grow, so a lost lease is fenced off.
     """
     REBUILD;
