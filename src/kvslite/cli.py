@@ -73,12 +73,31 @@ def main() -> None:
 @_option("--orphan-grace-s", "ORPHAN_GRACE_S", default=Settings.orphan_grace_s,
          show_default=True, type=click.FloatRange(min=0),
          help="Media files no fragment refers to are removed once this old.")
+@_option("--header-timeout-s", "HEADER_TIMEOUT_S", default=Settings.header_timeout_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="A connection must send a complete request head this soon, or is closed.")
+@_option("--fragment-deadline-s", "FRAGMENT_DEADLINE_S", default=Settings.fragment_deadline_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="PutMedia: once its bytes arrive, a fragment must complete this soon, so a "
+              "trickling producer cannot hold a stream.")
+@_option("--max-connections", "MAX_CONNECTIONS", default=None, type=click.IntRange(min=1),
+         help="Connections open at once; more are refused with 503 at once. "
+              "[default: what the open-file limit allows, at most 4096]")
+@_option("--tls-cert", "TLS_CERT", default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help="With --tls-key: serve HTTPS with this certificate (PEM).")
+@_option("--tls-key", "TLS_KEY", default=None, type=click.Path(dir_okay=False, path_type=Path),
+         help="The private key (PEM) for --tls-cert.")
 @_option("--log-level", "LOG_LEVEL", default="info", show_default=True,
          type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(log_level: str, **options) -> None:
     """Run the server on embedded defaults (SQLite + files under --data-dir)."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kvslite.edge.connections import RepeatFilter
+
+    for handler in logging.getLogger().handlers:  # a flood of one line logs once per 10 s
+        handler.addFilter(RepeatFilter())
     settings = Settings(**options)
     try:
         settings.check()

@@ -22,12 +22,21 @@ class Settings:
     max_image_requests: int = 8  # GetImages in flight; more are refused, not queued
     max_clock_skew_s: int = 900  # SigV4: how far X-Amz-Date may be from the server clock
     max_request_body_bytes: int = 1 << 20  # JSON APIs; PutMedia streams and has its own limits
+    header_timeout_s: float = 10.0  # a request head must be complete this soon
+    fragment_deadline_s: float = 60.0  # PutMedia: a fragment must complete this soon
+    max_connections: int | None = None  # None: what the descriptor limit allows
+    tls_cert: Path | None = None  # with tls_key: serve HTTPS
+    tls_key: Path | None = None
     sweep_interval_s: float = 60.0  # how often retention, deletion and orphans are swept
     orphan_grace_s: float = 3600.0  # media files without a row are removed after this long
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.access_key_id and self.secret_access_key)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
 
     @property
     def endpoint_url(self) -> str:
@@ -38,7 +47,8 @@ class Settings:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def check(self) -> None:
         """Refuse unsafe or inconsistent settings before the server binds."""
@@ -51,6 +61,15 @@ class Settings:
             )
         if not 1 <= self.min_sampling_interval_ms <= 20_000:
             raise ValueError("--min-sampling-interval-ms must be between 1 and 20000")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("set both --tls-cert and --tls-key, or neither")
+        for path in (self.tls_cert, self.tls_key):
+            if path and not Path(path).is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        if self.header_timeout_s <= 0 or self.fragment_deadline_s <= 0 or \
+                (self.max_connections or 1) < 1:
+            raise ValueError("--header-timeout-s, --fragment-deadline-s and "
+                             "--max-connections must be positive")
         if self.sweep_interval_s <= 0 or self.orphan_grace_s < 0:
             raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
                              "negative")

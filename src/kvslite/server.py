@@ -20,6 +20,7 @@ from kvslite.archive.sampling import ImageSampler
 from kvslite.archive.sessions import SessionTokens
 from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
+from kvslite.edge.connections import default_max_connections, guarded_protocol
 from kvslite.ops.archived_media import ArchivedMedia
 from kvslite.ops.clips import Clips
 from kvslite.ops.get_media import GetMedia
@@ -109,8 +110,12 @@ def build(settings: Settings) -> Server:
             if operation in handlers:
                 raise ValueError(f"two handlers for {operation}")
             handlers[operation] = handler
-    app = EdgeApp(settings, handlers, put_media=PutMedia(control, archive, leases),
-                  routes=[*sessions.routes(), *WebViewer().routes()])
+    connections = settings.max_connections or default_max_connections()
+    put_media = PutMedia(control, archive, leases,
+                         fragment_deadline_s=settings.fragment_deadline_s)
+    app = EdgeApp(settings, handlers, put_media=put_media,
+                  routes=[*sessions.routes(), *WebViewer().routes()],
+                  max_media_connections=connections - max(2, connections // 10))
     return Server(settings, app, metadata, blobs, sweeper, lock)
 
 
@@ -120,9 +125,13 @@ class UvicornServer(uvicorn.Server):
 
     def __init__(self, server: Server, *, on_exit: Callable[[], None] | None = None):
         settings = server.settings
+        protocol = guarded_protocol(
+            max_connections=settings.max_connections or default_max_connections(),  # same
+            header_timeout_s=settings.header_timeout_s)
         super().__init__(uvicorn.Config(
             server.app, host=settings.host, port=settings.port, lifespan="off",
-            access_log=False, log_level="warning", timeout_graceful_shutdown=5))
+            access_log=False, log_level="warning", timeout_graceful_shutdown=5,
+            http=protocol, ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key))
         self.settings = settings
         self.on_exit = on_exit
 
@@ -131,8 +140,9 @@ class UvicornServer(uvicorn.Server):
         if self.started:
             s = self.settings
             auth = "SigV4 required" if s.auth_enabled else "no credentials required"
-            log.info("kvslite listening on http://%s:%d (endpoint %s, data in %s, %s)",
-                     s.host, s.port, s.endpoint_url, s.data_dir.resolve(), auth)
+            log.info("kvslite listening on %s://%s:%d (endpoint %s, data in %s, %s)",
+                     "https" if s.tls_enabled else "http", s.host, s.port, s.endpoint_url,
+                     s.data_dir.resolve(), auth)
 
     def handle_exit(self, sig, frame) -> None:
         if self.on_exit is not None:

@@ -16,6 +16,7 @@ from kvslite.errors import OutOfSpace
 from kvslite.media import mkv
 from kvslite.media.limits import (
     MAX_FRAGMENT_BYTES,
+    MAX_FRAGMENT_FRAMES,
     MAX_FRAGMENT_MS,
     MAX_FUTURE_MS,
     MAX_TRACKS,
@@ -45,8 +46,12 @@ ERROR_NAMES = {
 }
 
 
+FRAGMENT_DEADLINE_MS = 60_000  # default: 3x the longest fragment, sent in real time
+MAX_TRACK_NUMBER = 255  # the frame index keeps track numbers in one byte; KVS uses 1-3
+MAX_TIMECODE_SCALE_NS = 1_000_000_000  # coarser than 1 s per tick is not video
+
 # MkvError reasons that have their own PutMedia ErrorId; anything else is INVALID_MKV_DATA.
-_MKV_ERROR_IDS = {"too_large": 4001, "unknown_track": 4010}
+_MKV_ERROR_IDS = {"too_large": 4001, "unknown_track": 4010, "too_many_frames": 4009}
 
 
 class IngestError(Exception):
@@ -61,14 +66,16 @@ class IngestError(Exception):
 
 class IngestSession:
     def __init__(self, archive: Archive, stream: Stream, *, timecode_type: str,
-                 producer_start_ms: int | None, lease: Lease | None = None, now=time.time):
+                 producer_start_ms: int | None, lease: Lease | None = None,
+                 fragment_deadline_ms: int = FRAGMENT_DEADLINE_MS, now=time.time):
         self.archive = archive
         self.stream = stream
         self.lease = lease  # this upload's slot on the stream: writes are fenced by it
         self.absolute = timecode_type == "ABSOLUTE"
         self.producer_start_ms = producer_start_ms or 0
         self.now = now
-        self.reader = mkv.MkvReader(max_cluster_size=MAX_FRAGMENT_BYTES)
+        self.reader = mkv.MkvReader(max_cluster_size=MAX_FRAGMENT_BYTES,
+                                    max_cluster_frames=MAX_FRAGMENT_FRAMES)
         self.header: mkv.StreamHeader | None = None
         self.header_id: int | None = None
         self.last_timecode: int | None = None
@@ -78,6 +85,10 @@ class IngestSession:
         self.received = 0
         self.persisted = 0
         self.duplicates = 0
+        # progress: when the header or a fragment last completed, and bytes received then
+        self.progress_ms = int(now() * 1000)
+        self.received_at_progress = 0
+        self.fragment_deadline_ms = fragment_deadline_ms
 
     @property
     def keeps_data(self) -> bool:
@@ -115,7 +126,20 @@ class IngestSession:
             raise
         return acks
 
+    def check_progress(self, now_ms: int | None = None) -> None:
+        """A producer must complete a fragment within the deadline of the last one once it
+        sends its bytes: a trickle (one byte every few seconds) cannot hold the
+        stream's one PutMedia slot forever. Raises IngestError."""
+        now_ms = int(self.now() * 1000) if now_ms is None else now_ms
+        if self.received > self.received_at_progress and \
+                now_ms - self.progress_ms > self.fragment_deadline_ms:
+            raise IngestError(4000, f"no fragment completed in "
+                              f"{self.fragment_deadline_ms / 1000:g} s while data kept "
+                              f"arriving: the upload is too slow")
+
     def _handle(self, event, arrived_ms: int) -> list[dict]:
+        if isinstance(event, (mkv.StreamHeader, mkv.Cluster)):
+            self.progress_ms, self.received_at_progress = arrived_ms, self.received
         if isinstance(event, mkv.StreamHeader):
             self._accept_header(event)
             return []
@@ -137,6 +161,13 @@ class IngestSession:
             raise IngestError(4006, "the MKV header has no tracks")
         if len(header.tracks) > MAX_TRACKS:
             raise IngestError(4012, f"{len(header.tracks)} tracks; at most {MAX_TRACKS}")
+        numbers = [t.number for t in header.tracks]
+        if max(numbers) > MAX_TRACK_NUMBER:
+            raise IngestError(4006, f"track number {max(numbers)} is out of range "
+                              f"(1-{MAX_TRACK_NUMBER})")
+        if not 1 <= header.timecode_scale_ns <= MAX_TIMECODE_SCALE_NS:
+            raise IngestError(4006, f"TimecodeScale {header.timecode_scale_ns} ns is out of "
+                              f"range (1 ns to 1 s)")
         self.header = header
         try:
             self.header_id = (self.archive.save_header(self.stream, header)
@@ -206,10 +237,15 @@ class IngestSession:
             if not first.keyframe:
                 raise IngestError(4006, "a fragment must start with a keyframe", timecode)
         start_ms = self._to_ms(timecode)
-        end_ms = max(self._to_ms(f.timecode) for f in cluster.frames)
-        if end_ms - start_ms > MAX_FRAGMENT_MS:
-            raise IngestError(4002, f"fragment spans {end_ms - start_ms} ms; at most "
+        times = [self._to_ms(f.timecode) for f in cluster.frames]
+        if max(times) - start_ms > MAX_FRAGMENT_MS:
+            raise IngestError(4002, f"fragment spans {max(times) - start_ms} ms; at most "
                               f"{MAX_FRAGMENT_MS}", timecode)
+        if start_ms - min(times) > MAX_FRAGMENT_MS:  # frames long before their cluster
+            raise IngestError(4006, f"a frame is {start_ms - min(times)} ms before its "
+                              f"cluster's timecode", timecode)
+        if start_ms < 0:
+            raise IngestError(4007, "producer timestamp before 1970", timecode)
         if start_ms > self.now() * 1000 + MAX_FUTURE_MS:
             raise IngestError(4007, f"producer timestamp {start_ms / 1000:.3f} is in the "
                               "future", timecode)

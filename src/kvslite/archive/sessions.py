@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ ORIGIN_LEAD_MS = MAX_FRAGMENT_SPAN_MS  # timeline zero sits this far before the 
 MAX_REORDER_MS = ORIGIN_LEAD_MS // 2  # frames may be decoded this long before shown
 LIVE_RECENT_MS = 30_000  # LIVE sessions need a fragment this recent
 _MAC_BYTES = 16
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]{1,4096}")
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,7 @@ class SessionTokens:
     def check(self, token: str | None, protocol: str) -> Session:
         if not token:
             raise ApiError(MISSING_PARAMETER, "SessionToken is required", status=400)
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except ValueError:
-            raw = b""
+        raw = _decode_token(token)
         mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
         if len(mac) < _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise _unauthorized("The session token is not valid")
@@ -101,6 +100,19 @@ class SessionTokens:
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self.key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _decode_token(token: str) -> bytes:
+    """The token's bytes, only if `token` is exactly their canonical unpadded base64url:
+    anything appended, padded or re-spelled is a different token, refused."""
+    if not _TOKEN_CHARS.fullmatch(token):
+        return b""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        return b""
+    canonical = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return raw if canonical == token else b""
 
 
 def _unauthorized(message: str) -> ApiError:

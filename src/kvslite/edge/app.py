@@ -30,6 +30,7 @@ from kvslite.errors import (
     NOT_IMPLEMENTED,
     REQUEST_ENTITY_TOO_LARGE,
     SERIALIZATION,
+    SERVICE_UNAVAILABLE,
     UNKNOWN_OPERATION,
     ApiError,
 )
@@ -44,14 +45,19 @@ Handler = Callable[[Any], Any]
 # returns an ASGI response that may stream while the body is still arriving.
 StreamingHandler = Callable[[Request], Awaitable[Any]]
 
+LONG_LIVED_PATHS = {"/putMedia", "/getMedia"}  # connections that may stay open for minutes
 _HTTP_ERRORS = {404: UNKNOWN_OPERATION, 405: METHOD_NOT_ALLOWED}
 
 
 class EdgeApp:
     def __init__(self, settings: Settings, handlers: dict[str, Handler],
                  put_media: StreamingHandler | None = None,
-                 routes: Iterable[BaseRoute] = ()):
+                 routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None):
         self.settings = settings
+        # long-lived media connections may not take the last connections: those stay
+        # free for the control plane and short reads
+        self.max_media_connections = max_media_connections
+        self.media_connections = 0
         self.handlers = _checked(handlers)
         kvs = [Route(path, self._operation(route), methods=["POST"])
                for path, route in model.routes().items()]
@@ -69,13 +75,15 @@ class EdgeApp:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"],
-                                      (b"x-amzn-requestid", request_id.encode())]
+                message["headers"] = _with_edge_headers(message.get("headers", []),
+                                                        request_id)
             await send(message)
 
         scope["app"] = self  # Starlette raises HTTPException instead of answering plain text
+        media = scope.get("path") in LONG_LIVED_PATHS
         try:
+            if media:
+                self._admit_media_connection()
             await self.router(scope, receive, send_with_id)
         except Exception as exc:
             if started:  # a streaming response broke off: nothing more can be said
@@ -83,6 +91,17 @@ class EdgeApp:
                 return
             await error_response(_as_api_error(exc, scope, request_id))(
                 scope, receive, send_with_id)
+        finally:
+            if media:
+                self.media_connections -= 1
+
+    def _admit_media_connection(self) -> None:
+        self.media_connections += 1  # counted now; the finally above uncounts it
+        limit = self.max_media_connections
+        if limit is not None and self.media_connections > limit:
+            raise ApiError(SERVICE_UNAVAILABLE, f"kvslite is serving {limit} media "
+                           f"connections, its limit; the rest are kept for API calls",
+                           status=503)
 
     # -- the KVS operations -----------------------------------------------------------
 
@@ -107,12 +126,12 @@ class EdgeApp:
 
     def _streaming(self, handler: StreamingHandler):
         async def endpoint(request: Request):
-            self._authenticate(request, b"")  # streaming bodies sign the empty payload
+            self._authenticate(request, b"", streaming=True)  # signs the empty payload
             return await handler(request)
 
         return endpoint
 
-    def _authenticate(self, request: Request, body: bytes) -> None:
+    def _authenticate(self, request: Request, body: bytes, *, streaming: bool = False) -> None:
         if not self.settings.auth_enabled:
             return
         headers: dict[str, list[str]] = {}
@@ -129,7 +148,24 @@ class EdgeApp:
             headers=headers,
             body=body,
             max_skew_s=self.settings.max_clock_skew_s,
+            streaming=streaming,
         )
+
+
+# Every response is data, never a page to render, except the web viewer's HTML, which
+# brings its own policy: nothing served may run script or be framed on this origin,
+# where the viewer keeps its secret key.
+_LOCKED_DOWN = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; sandbox"
+
+
+def _with_edge_headers(headers: list, request_id: str) -> list:
+    names = {name.lower() for name, _ in headers}
+    added = [(b"x-amzn-requestid", request_id.encode())]
+    if b"x-content-type-options" not in names:
+        added.append((b"x-content-type-options", b"nosniff"))
+    if b"content-security-policy" not in names:
+        added.append((b"content-security-policy", _LOCKED_DOWN.encode()))
+    return [*headers, *added]
 
 
 def _checked(handlers: dict[str, Handler]) -> dict[str, Handler]:
@@ -181,9 +217,9 @@ def decode_json(body: bytes) -> object:
         return {}
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(SERIALIZATION, f"The request body is not valid JSON: {e}"
-                       ) from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, 4300+ digit integers,
+        raise ApiError(SERIALIZATION,  # nesting deeper than the decoder's stack
+                       f"The request body is not valid JSON: {str(e)[:200]}") from None
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:

@@ -137,6 +137,8 @@ def _parse_map(shape, value, path):
 def _parse_string(shape, value, path):
     if not isinstance(value, str):
         raise _fail(path, value, "Member must be a string")
+    if not _is_unicode(value):
+        raise _fail(path, "<string>", "Member must be valid Unicode (no lone surrogates)")
     _check_range(shape, len(value), path, "length")
     if shape.enum and value not in shape.enum:
         raise _fail(path, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]")
@@ -152,8 +154,24 @@ def _parse_integer(shape, value, path):
             value = int(value)
         else:
             raise _fail(path, value, "Member must be an integer")
+    low, high = _INTEGER_RANGES[shape.type_name]  # the wire types' sizes, as AWS's
+    if not low <= value <= high:
+        raise _fail(path, "<number>", f"Member must be a {shape.type_name} from {low} to {high}")
     _check_range(shape, value, path, "value")
     return value
+
+
+_INTEGER_RANGES = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+# Timestamps must be dates a calendar has: from 1970 up to the end of year 9999.
+_LATEST_TIMESTAMP = 253_402_300_799
+
+
+def _is_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_float(shape, value, path):
@@ -174,6 +192,8 @@ def _parse_timestamp(shape, value, path):
     if isinstance(value, bool):
         raise _fail(path, value, "Member must be a timestamp")
     if isinstance(value, (int, float)) and math.isfinite(value):
+        if not 0 <= value <= _LATEST_TIMESTAMP:
+            raise _fail(path, value, "Member must be a timestamp from 1970 to 9999")
         return float(value)
     if isinstance(value, str):
         try:
@@ -183,7 +203,7 @@ def _parse_timestamp(shape, value, path):
         else:
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=dt.timezone.utc)
-            return parsed.timestamp()
+            return _parse_timestamp(shape, parsed.timestamp(), path)
     raise _fail(path, value, "Member must be a timestamp (epoch seconds or ISO 8601)")
 
 

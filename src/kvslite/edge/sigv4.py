@@ -58,12 +58,14 @@ def verify(
     headers: dict[str, list[str]],
     body: bytes,
     max_skew_s: int,
+    streaming: bool = False,
     now: dt.datetime | None = None,
 ) -> None:
     """Raise a 403 ApiError unless the request carries a valid signature.
 
     `headers` maps lower-case names to every value received; `body` is what the
-    payload hash covers (PutMedia streams its body and signs the empty string).
+    payload hash covers. A `streaming` body (PutMedia) is still arriving: the producer
+    SDK signs the empty payload for it, as AWS expects.
     """
     authorization = (headers.get("authorization") or [""])[0]
     if not authorization:
@@ -99,10 +101,13 @@ def verify(
         )
 
     signed_names = match["signed"].split(";")
+    if "host" not in signed_names:
+        raise _forbidden(INCOMPLETE_SIGNATURE, "'Host' must be a signed header")
     missing = [name for name in signed_names if name not in headers]
     if missing:
         raise _forbidden(INVALID_SIGNATURE,
                          f"Signed headers are missing from the request: {', '.join(missing)}")
+    _check_payload_hash(headers, body, streaming)
     request = AWSRequest(
         method=method,
         url=f"http://signed-host{path}" + (f"?{query_string}" if query_string else ""),
@@ -119,6 +124,24 @@ def verify(
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method.",
         )
+
+
+def _check_payload_hash(headers: dict[str, list[str]], body: bytes, streaming: bool) -> None:
+    """A declared x-amz-content-sha256 must be the body's hash, as AWS checks it: botocore's
+    signer would otherwise sign the declared value and never look at the body. Without
+    the header, the signature covers the hash of the body as received."""
+    declared = (headers.get("x-amz-content-sha256") or [None])[0]
+    if declared is None:
+        return
+    if streaming:
+        if declared != EMPTY_SHA256:  # the body is not here yet to hash
+            raise _forbidden(INVALID_SIGNATURE,
+                             "PutMedia signs the empty payload: x-amz-content-sha256 must be "
+                             "the SHA-256 of the empty string")
+    elif declared != sha256(body).hexdigest():
+        raise _forbidden(INVALID_SIGNATURE,
+                         "The provided x-amz-content-sha256 header does not match what was "
+                         "computed for the request body")
 
 
 def _parse_amz_date(value: str) -> dt.datetime:

@@ -40,7 +40,8 @@ class MkvError(Exception):
     """Bad Matroska input.
 
     `reason`: invalid_mkv (malformed or unexpected structure, or a track whose frames are
-    compressed or encrypted by ContentEncodings), too_large (over a size limit),
+    compressed or encrypted by ContentEncodings), too_large (over a size limit), too_many_frames
+    (more blocks in one Cluster than the reader allows),
     truncated (input ended inside an element), unsupported (valid Matroska we do not handle:
     lacing, unknown-size Info/Tracks/Tags), unknown_track (a block for a track not in Tracks),
     timecode_range (writer only: a block offset outside int16). `events` holds the events the

@@ -9,6 +9,9 @@ from __future__ import annotations
 MAX_FRAGMENT_MS = 20_000  # frames of one fragment span at most this (PutMedia ERROR 4002)
 MAX_FRAGMENT_BYTES = 50 * 1024 * 1024  # one fragment's cluster (ERROR 4001)
 MAX_TRACKS = 3  # tracks in a stream header (ERROR 4012)
+# Frames (blocks) in one fragment (ERROR 4009): 20 s of 60 fps video plus audio is ~2,500;
+# the limit keeps a fragment of millions of empty blocks from costing memory and CPU.
+MAX_FRAGMENT_FRAMES = 10_000
 MAX_FUTURE_MS = 60_000  # producer clocks drift; further ahead than this is a bad clock (4007)
 
 # A stored fragment's span [start, start + duration) is never longer than this: its frames

@@ -22,8 +22,9 @@ class MkvReader:
     """Incremental Matroska parser. feed() chunks, then close() at end of input."""
 
     def __init__(self, max_frame_size: int = 16 << 20, max_cluster_size: int = 64 << 20,
-                 max_element_size: int = 1 << 20):
+                 max_element_size: int = 1 << 20, max_cluster_frames: int = 1 << 20):
         self.max_frame_size = max_frame_size
+        self.max_cluster_frames = max_cluster_frames  # bounds the per-frame bookkeeping
         self.max_cluster_size = max_cluster_size
         self.max_element_size = max_element_size  # EBML header, Info, Tracks, Tags
         self._buf = bytearray()
@@ -239,6 +240,9 @@ class MkvReader:
         if end - start > self.max_frame_size:
             raise MkvError("too_large", f"frame of {end - start} bytes exceeds the limit of "
                                         f"{self.max_frame_size}")
+        if len(self._frames) >= self.max_cluster_frames:
+            raise MkvError("too_many_frames", f"a Cluster holds more than "
+                                              f"{self.max_cluster_frames} frames")
         self._frames.append(Frame(track, self._cluster_tc + rel, key, block=data,
                                   payload_offset=start, payload_size=end - start))
 

@@ -1,4 +1,8 @@
-"""HLS playlists and DASH manifests: the text a streaming session's pages serve."""
+"""HLS playlists and DASH manifests: the text a streaming session's pages serve.
+
+Everything written here comes from the archive or from a session token the server issued
+itself (base64url characters only), never from request input.
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
-from kvslite.archive.ingest import IngestError, IngestSession, error_ack
+from kvslite.archive.ingest import FRAGMENT_DEADLINE_MS, IngestError, IngestSession, error_ack
 from kvslite.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
 from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid
 
@@ -31,9 +31,11 @@ MAX_CONNECTION_S = 45 * 60  # AWS's maximum PutMedia connection duration
 
 
 class PutMedia:
-    def __init__(self, control: ControlPlane, archive: Archive, leases: Leases):
+    def __init__(self, control: ControlPlane, archive: Archive, leases: Leases, *,
+                 fragment_deadline_s: float = FRAGMENT_DEADLINE_MS / 1000):
         self.control = control
         self.archive = archive
+        self.fragment_deadline_ms = int(fragment_deadline_s * 1000)
         self.leases = leases  # AWS: one PutMedia per stream; the newest is refused
 
     async def __call__(self, request: Request) -> "_Upload":
@@ -52,7 +54,8 @@ class PutMedia:
             raise ApiError(CONNECTION_LIMIT_EXCEEDED,
                            f"Stream {stream.name} already has an open PutMedia connection")
         session = IngestSession(self.archive, stream, timecode_type=timecode_type,
-                                producer_start_ms=start_ms, lease=lease)
+                                producer_start_ms=start_ms, lease=lease,
+                                fragment_deadline_ms=self.fragment_deadline_ms)
         return _Upload(self.leases, session)
 
 
@@ -61,8 +64,9 @@ def _producer_start_ms(value: str | None) -> int | None:
     if value is None:
         return None
     seconds, _, millis = value.strip().partition(".")
-    if not seconds.isdigit() or (millis and not millis.isdigit()):
-        raise invalid(f"x-amzn-producer-start-timestamp is not epoch seconds: {value!r}")
+    if not (seconds.isascii() and seconds.isdigit()) or len(seconds) > 11 or (
+            millis and not (millis.isascii() and millis.isdigit() and len(millis) <= 9)):
+        raise invalid(f"x-amzn-producer-start-timestamp is not epoch seconds: {value[:40]!r}")
     if millis and len(millis) <= 3:
         return int(seconds) * 1000 + int(millis)  # integer milliseconds, as the SDK means
     return round(float(value) * 1000)
@@ -111,6 +115,7 @@ class _Upload:
             while True:
                 done, _ = await asyncio.wait({next_message}, timeout=IDLE_ACK_EVERY_S)
                 await self._keep_lease()
+                self.session.check_progress()
                 now = time.monotonic()
                 if now - started > MAX_CONNECTION_S:
                     raise IngestError(4003, "the connection reached its maximum duration")

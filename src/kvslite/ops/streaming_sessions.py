@@ -164,16 +164,17 @@ class StreamingSessions:
     def _master_playlist(self, session: Session, query: dict, name: str) -> str:
         window = self._window(session)
         first = self._fragment(session, query.get("FragmentNumber"), window)
-        return manifests.hls_master(query["SessionToken"], self.archive.tracks(first.header_id),
-                                    window)
+        # the token is re-issued from the checked session, never echoed from the request
+        return manifests.hls_master(self.tokens.issue(session),
+                                    self.archive.tracks(first.header_id), window)
 
     def _media_playlist(self, session: Session, query: dict, name: str) -> str:
-        return manifests.hls_media(session, query["SessionToken"], self._window(session))
+        return manifests.hls_media(session, self.tokens.issue(session), self._window(session))
 
     def _manifest(self, session: Session, query: dict, name: str) -> str:
         window = self._window(session)
         first = self._fragment(session, None, window)
-        return manifests.dash_manifest(session, query["SessionToken"],
+        return manifests.dash_manifest(session, self.tokens.issue(session),
                                        self.archive.tracks(first.header_id), window,
                                        self.tokens.now_ms())
 
