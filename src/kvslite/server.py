@@ -20,7 +20,8 @@ from kvslite.archive.sampling import ImageSampler
 from kvslite.archive.sessions import SessionTokens
 from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
-from kvslite.edge.connections import default_max_connections, guarded_protocol
+from kvslite.edge.connections import (default_max_connections, guarded_protocol,
+                                      raise_descriptor_limit)
 from kvslite.ops.archived_media import ArchivedMedia
 from kvslite.ops.clips import Clips
 from kvslite.ops.get_media import GetMedia
@@ -125,9 +126,9 @@ class UvicornServer(uvicorn.Server):
 
     def __init__(self, server: Server, *, on_exit: Callable[[], None] | None = None):
         settings = server.settings
-        protocol = guarded_protocol(
-            max_connections=settings.max_connections or default_max_connections(),  # same
-            header_timeout_s=settings.header_timeout_s)
+        max_connections = settings.max_connections or default_max_connections()
+        protocol = guarded_protocol(max_connections=max_connections,
+                                    header_timeout_s=settings.header_timeout_s)
         super().__init__(uvicorn.Config(
             server.app, host=settings.host, port=settings.port, lifespan="off",
             access_log=False, log_level="warning", timeout_graceful_shutdown=5,
@@ -155,6 +156,7 @@ class UvicornServer(uvicorn.Server):
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; uvicorn drains open connections first."""
     settings.check()
+    raise_descriptor_limit()
     server = build(settings)
     try:
         server.start()

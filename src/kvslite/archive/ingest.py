@@ -244,8 +244,6 @@ class IngestSession:
         if start_ms - min(times) > MAX_FRAGMENT_MS:  # frames long before their cluster
             raise IngestError(4006, f"a frame is {start_ms - min(times)} ms before its "
                               f"cluster's timecode", timecode)
-        if start_ms < 0:
-            raise IngestError(4007, "producer timestamp before 1970", timecode)
         if start_ms > self.now() * 1000 + MAX_FUTURE_MS:
             raise IngestError(4007, f"producer timestamp {start_ms / 1000:.3f} is in the "
                               "future", timecode)

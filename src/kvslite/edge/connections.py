@@ -34,13 +34,24 @@ REFUSAL = (
 ).encode()
 
 
+SPARE_DESCRIPTORS = 64  # for the database, media files and logs
+
+
+def raise_descriptor_limit() -> None:
+    """Use all the open files the system allows this process (the soft limit is often 1024
+    where the hard one is far higher): connections are capped below it anyway."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, 65536), hard))
+
+
 def default_max_connections() -> int:
-    """What the process's descriptor limit allows, keeping some for the database, media
-    files and logs."""
+    """What the process's descriptor limit allows, keeping SPARE_DESCRIPTORS free."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 4096
-    return max(8, min(4096, soft - 64))
+    return max(8, min(4096, soft - SPARE_DESCRIPTORS))
 
 
 class GuardedH11Protocol(H11Protocol):

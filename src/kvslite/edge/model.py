@@ -156,7 +156,7 @@ def _parse_integer(shape, value, path):
             raise _fail(path, value, "Member must be an integer")
     low, high = _INTEGER_RANGES[shape.type_name]  # the wire types' sizes, as AWS's
     if not low <= value <= high:
-        raise _fail(path, "<number>", f"Member must be a {shape.type_name} from {low} to {high}")
+        raise _fail(path, "<number>", f"Member must fit a {shape.type_name}: {low} to {high}")
     _check_range(shape, value, path, "value")
     return value
 

@@ -87,6 +87,8 @@ class _Upload:
         finally:  # shielded: a client that hangs up cancels us, the slot must still go
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(self.leases.release, self.session.lease)
+        # the response ends only now, so a producer reconnecting at once finds the slot free
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _keep_lease(self) -> None:
         """Renew the upload's slot on the stream while it lives."""
@@ -152,7 +154,6 @@ class _Upload:
                 next_message.cancel()
         log.info("PutMedia to %s ended: %d fragments persisted, %d duplicates",
                  self.session.stream.name, self.session.persisted, self.session.duplicates)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _receive_stamped(receive) -> asyncio.Future:

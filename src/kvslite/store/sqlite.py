@@ -19,7 +19,8 @@ _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
 _TIME_COLUMNS = {Clock.PRODUCER: "producer_ms", Clock.SERVER: "server_ms"}
 _BATCH = 500  # stay under SQLite's limit on bound variables
 # Of fragments sharing a start on a clock, only the newest (AWS's rule for the producer clock)
-_NEWEST_OF_ITS_START = (" AND seq = (SELECT max(seq) FROM fragments g "
+# (`+seq` keeps SQLite on the (arn, start) index instead of walking the seq key)
+_NEWEST_OF_ITS_START = (" AND seq = (SELECT max(+seq) FROM fragments g "
                         "WHERE g.arn = f.arn AND g.{col} = f.{col})")
 
 
