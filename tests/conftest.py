@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from postgres_server import postgres_url  # noqa: F401 - the PostgreSQL server fixture
 
 REGION = "us-east-1"
 

@@ -52,6 +52,24 @@ class SqliteStores:
         return SqliteMetadataStore(Path(self.path), clock=clock)
 
 
+@dataclass(frozen=True)
+class PostgresStores:
+    """Opens PostgresMetadataStore instances on one database: `at` creates a fresh one on
+    the session's throwaway server (tests/postgres_server.py), or skips the test where
+    PostgreSQL is not installed. Picklable, like SqliteStores."""
+
+    url: str
+
+    @classmethod
+    def at(cls, location: Path) -> PostgresStores:
+        import postgres_server
+        return cls(postgres_server.fresh_database())
+
+    def __call__(self, clock: Callable[[], float] | None = None) -> MetadataStore:
+        from kvslite.store.postgres import PostgresMetadataStore
+        return PostgresMetadataStore(self.url, clock=clock)
+
+
 class SharedClock:
     """Epoch seconds that only move when the test says so; shared by this process's threads
     and by the processes it is handed to when they start."""

@@ -31,9 +31,11 @@ from kvslite.store.metadata import (
 
 # Every store the suite runs against: location (a fresh, empty directory) -> a picklable
 # callable that opens a new instance of the store kept there, `opener(clock=None)`.
-# A PostgreSQL store joins with one line, e.g. "postgresql": workers.PostgresStores.at.
+# PostgreSQL runs on tests/postgres_server.py's throwaway server, a fresh database per
+# location (skipped where PostgreSQL is not installed).
 STORES = {
     "sqlite": workers.SqliteStores.at,
+    "postgresql": workers.PostgresStores.at,
 }
 
 
