@@ -12,6 +12,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 4567
     data_dir: Path = Path("./kvslite-data")
+    database_url: str | None = None  # sqlite:///... | postgresql://...; default: in data_dir
+    media_url: str | None = None  # file:///... | s3://bucket/prefix; default: data_dir/media
+    s3_endpoint_url: str | None = None  # an S3-compatible server (else AWS's configuration)
     region: str = "us-east-1"
     account_id: str = "000000000000"
     public_url: str | None = None  # what GetDataEndpoint returns; derived from host/port if unset
@@ -33,6 +36,14 @@ class Settings:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.access_key_id and self.secret_access_key)
+
+    @property
+    def metadata_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'kvslite.db').resolve()}"
+
+    @property
+    def blobs_url(self) -> str:
+        return self.media_url or f"file://{(self.data_dir / 'media').resolve()}"
 
     @property
     def tls_enabled(self) -> bool:
@@ -61,6 +72,13 @@ class Settings:
             )
         if not 1 <= self.min_sampling_interval_ms <= 20_000:
             raise ValueError("--min-sampling-interval-ms must be between 1 and 20000")
+        for flag, url, schemes in (("--database-url", self.database_url,
+                                    ("sqlite", "postgresql", "postgres")),
+                                   ("--media-url", self.media_url, ("file", "s3"))):
+            if url is not None and url.split("://", 1)[0] not in schemes or \
+                    (url is not None and "://" not in url):
+                raise ValueError(f"{flag} must start with one of "
+                                 f"{', '.join(s + '://' for s in schemes)}, got {url!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("set both --tls-cert and --tls-key, or neither")
         for path in (self.tls_cert, self.tls_key):

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import uvicorn
 
@@ -25,12 +25,17 @@ from kvslite.edge.connections import (default_max_connections, guarded_protocol,
 from kvslite.ops.archived_media import ArchivedMedia
 from kvslite.ops.clips import Clips
 from kvslite.ops.get_media import GetMedia
+from kvslite.ops.health import Health
 from kvslite.ops.kinesisvideo import KinesisVideo
 from kvslite.ops.put_media import PutMedia
 from kvslite.ops.streaming_sessions import StreamingSessions
 from kvslite.store.files import FileBlobStore
-from kvslite.store.sqlite import SqliteMetadataStore
+from kvslite.store.metadata import MetadataStore
+from kvslite.store.urls import is_embedded, open_blob_store, open_metadata_store
 from kvslite.web import WebViewer
+
+if TYPE_CHECKING:
+    from kvslite.store.s3 import S3BlobStore
 
 log = logging.getLogger("kvslite")
 
@@ -39,14 +44,18 @@ class DataDirInUse(Exception):
     """Another kvslite process serves this data directory."""
 
 
+class StoreUnavailable(Exception):
+    """The configured database or media store cannot be opened."""
+
+
 @dataclass
 class Server:
     settings: Settings
     app: EdgeApp
-    metadata: SqliteMetadataStore
-    blobs: FileBlobStore
+    metadata: MetadataStore
+    blobs: FileBlobStore | S3BlobStore
     sweeper: Sweeper
-    lock: IO
+    lock: IO | None  # the data directory's, when a store lives in it
 
     def start(self) -> None:
         """Background work: temporary files left by a crash go, then the sweeper runs."""
@@ -58,7 +67,8 @@ class Server:
     def close(self) -> None:
         self.sweeper.stop()
         self.metadata.close()
-        self.lock.close()  # releases the data directory
+        if self.lock is not None:
+            self.lock.close()  # releases the data directory
 
 
 def lock_data_dir(data_dir: Path) -> IO:
@@ -84,12 +94,23 @@ def lock_data_dir(data_dir: Path) -> IO:
 def build(settings: Settings) -> Server:
     """Open the stores under the data dir and assemble the ASGI app."""
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = lock_data_dir(data_dir)
-    metadata = SqliteMetadataStore(data_dir / "kvslite.db")
-    blobs = FileBlobStore(data_dir / "media")
+    local = is_embedded(settings.metadata_url) or is_embedded(settings.blobs_url)
+    lock = None
+    if local:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_data_dir(data_dir)
+    try:
+        metadata = open_metadata_store(settings.metadata_url)
+        blobs = open_blob_store(settings.blobs_url, s3_endpoint_url=settings.s3_endpoint_url)
+    except Exception as e:  # unreachable database, missing bucket, bad credentials...
+        if lock is not None:
+            lock.close()
+        raise StoreUnavailable(f"cannot open the stores ({settings.metadata_url}, "
+                               f"{settings.blobs_url}): {e}") from e
+    # nodes sharing PostgreSQL take turns sweeping; one process on SQLite just sweeps
     sweeper = Sweeper(metadata, blobs, interval_s=settings.sweep_interval_s,
-                      orphan_grace_s=settings.orphan_grace_s)
+                      orphan_grace_s=settings.orphan_grace_s,
+                      shared=not is_embedded(settings.metadata_url))
     leases = Leases(metadata)
     control = ControlPlane(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
@@ -115,7 +136,8 @@ def build(settings: Settings) -> Server:
     put_media = PutMedia(control, archive, leases,
                          fragment_deadline_s=settings.fragment_deadline_s)
     app = EdgeApp(settings, handlers, put_media=put_media,
-                  routes=[*sessions.routes(), *WebViewer().routes()],
+                  routes=[*sessions.routes(), *Health(archive).routes(),
+                          *WebViewer().routes()],
                   max_media_connections=connections - max(2, connections // 10))
     return Server(settings, app, metadata, blobs, sweeper, lock)
 

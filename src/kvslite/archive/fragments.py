@@ -150,6 +150,14 @@ class Archive:
         except FileNotFoundError:
             raise FragmentGone(fragment) from None
 
+    def check_ready(self) -> None:
+        """Raise unless both stores answer (a read each; a missing probe key is an answer)."""
+        self.store.latest_fragment("kvslite:ready-probe")
+        try:
+            self.blobs.get("kvslite-ready-probe", 0, 1)
+        except FileNotFoundError:
+            pass
+
     # -- finding fragments ----------------------------------------------------------------
 
     def secret(self, name: str) -> bytes:

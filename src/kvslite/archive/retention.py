@@ -15,8 +15,11 @@ between; readers treat a vanished blob as a deleted fragment (FragmentGone).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,9 +41,13 @@ class SweepReport:
 
 class Sweeper:
     def __init__(self, store: MetadataStore, blobs: FileBlobStore, *, interval_s: float,
-                 orphan_grace_s: float, batch: int = 500,
+                 orphan_grace_s: float, batch: int = 500, shared: bool = False,
                  clock: Callable[[], float] = time.time):
         self.store = store
+        # nodes sharing a database take turns: a pass runs under a cluster-wide lease, so two
+        # nodes never do the same work and a dead node's turn passes on when its lease ends
+        self.shared = shared
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4()}"
         self.blobs = blobs
         self.interval_s = interval_s
         self.orphan_grace_s = orphan_grace_s
@@ -78,6 +85,18 @@ class Sweeper:
     # -- one pass -----------------------------------------------------------------------------
 
     def sweep(self) -> SweepReport:
+        if not self.shared:
+            return self._sweep()
+        ttl_ms = int(max(60.0, 3 * self.interval_s) * 1000)
+        lease = self.store.acquire_lease("sweeper", self.holder, limit=1, ttl_ms=ttl_ms)
+        if lease is None:
+            return SweepReport()  # another node is sweeping
+        try:
+            return self._sweep()
+        finally:
+            self.store.release_lease(lease)
+
+    def _sweep(self) -> SweepReport:
         report = SweepReport()
         for stream in self.store.deleting_streams():
             if self._stop.is_set():
