@@ -148,3 +148,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two 8-bit images, in dB (99 when identical)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def wait_until(predicate, timeout=15.0, what="condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def persisted_numbers(acks: list[dict]) -> list[str]:
+    """The FragmentNumbers of the PERSISTED acks, in order."""
+    return [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]

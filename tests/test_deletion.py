@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from conftest import free_port
-from kvs_media import PutMediaConnection, demux_packets, put_mkv
+from kvs_media import (PutMediaConnection, demux_packets, persisted_numbers, put_mkv,
+                       wait_until)
 
 from kvslite.media import mkv, synthetic
 
@@ -28,21 +29,6 @@ HOUR_AGO = time.time() - 3600
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def persisted(acks: list[dict]) -> list[str]:
-    return [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]
 
 
 def error_code(call, **kwargs) -> str | None:
@@ -113,8 +99,8 @@ def make_stream(server, name: str, h264, start_ms: int, *, copies: int = 1,
                             Tags=tags or {"owner": "tests"})["StreamARN"]
     numbers = []
     for copy in range(copies):
-        numbers += persisted(put_mkv(server.port, name,
-                                     synthetic.to_mkv(h264, start_ms + copy * 10_000)))
+        numbers += persisted_numbers(put_mkv(
+            server.port, name, synthetic.to_mkv(h264, start_ms + copy * 10_000)))
     assert len(numbers) == 4 * copies
     return arn, numbers
 
@@ -168,7 +154,7 @@ def test_delete_stream_returns_at_once_frees_the_name_and_wakes_the_sweeper(star
     assert_all_gone(server, old_arn, "cam", timeout=10)  # long before the 1 h interval
     assert f"stream cam ({old_arn}) deleted" in server.output()
     # the new stream works and holds only its own fragments
-    numbers = persisted(put_mkv(server.port, "cam", synthetic.to_mkv(h264, start_ms(60))))
+    numbers = persisted_numbers(put_mkv(server.port, "cam", synthetic.to_mkv(h264, start_ms(60))))
     assert sorted(f["FragmentNumber"] for f in
                   archived.list_fragments(StreamName="cam")["Fragments"]) == sorted(numbers)
     assert media_files(server.data_dir) == stream_files(server.data_dir, new_arn, "cam")
@@ -275,7 +261,7 @@ def test_delete_stream_during_an_upload_ends_it_and_leaves_no_file(start_server,
     sender.join(10)
     assert acks[-1]["EventType"] == "ERROR"
     assert (acks[-1]["ErrorId"], acks[-1]["ErrorCode"]) == (4008, "STREAM_NOT_ACTIVE")
-    assert 5 <= len(persisted(acks)) < len(clusters)
+    assert 5 <= len(persisted_numbers(acks)) < len(clusters)
     assert_all_gone(server, arn, "live")
     assert media_files(server.data_dir) == set()
 

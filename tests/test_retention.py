@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from botocore.exceptions import ClientError
 from conftest import ServerProcess
-from kvs_media import put_mkv
+from kvs_media import persisted_numbers, put_mkv, wait_until
 
 from kvslite.media import mkv, synthetic
 
@@ -31,22 +31,6 @@ SHIFT_MIN = 90  # server A's clock runs this far behind
 SWEEP_S = 0.5  # server B's sweep interval
 STREAMS = {"ret-1h": 1, "ret-2h": 2, "ret-24h": 24}
 FRAGMENTS = 4  # the standard h264 fixture: 4 s in 1 s GOPs
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def persisted(acks: list[dict]) -> list[str]:
-    return [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]
 
 
 def listed(archived, stream: str) -> list[dict]:
@@ -138,7 +122,8 @@ def world(tmp_path_factory, h264):
         for name, hours in STREAMS.items():
             w.arn[name] = kvs.create_stream(StreamName=name,
                                             DataRetentionInHours=hours)["StreamARN"]
-            w.old[name] = persisted(put_mkv(a.port, name, synthetic.to_mkv(h264, w.old_ms)))
+            w.old[name] = persisted_numbers(
+                put_mkv(a.port, name, synthetic.to_mkv(h264, w.old_ms)))
             assert len(w.old[name]) == FRAGMENTS
         w.a_listed = listed(archived, "ret-1h")
         w.a_images = get_images(archived, "ret-1h", w.old_ms, w.old_ms + 3999)
@@ -153,7 +138,8 @@ def world(tmp_path_factory, h264):
         w.b_started = time.monotonic()
         w.new_ms = int(time.time() * 1000) - 10_000
         for name in STREAMS:
-            w.new[name] = persisted(put_mkv(b.port, name, synthetic.to_mkv(h264, w.new_ms)))
+            w.new[name] = persisted_numbers(
+                put_mkv(b.port, name, synthetic.to_mkv(h264, w.new_ms)))
             assert len(w.new[name]) == FRAGMENTS
         w.kvs = b.client("kinesisvideo")
         w.archived = b.client("kinesis-video-archived-media")

@@ -7,7 +7,8 @@ from .ebml import (
     FLAG_LACING, INFO, MUXING_APP, NAME, PIXEL_HEIGHT, PIXEL_WIDTH, SAMPLING_FREQUENCY, SEGMENT,
     SIMPLE_BLOCK, SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, TARGETS, TIMECODE, TIMECODE_SCALE,
     TITLE, TRACK_ENTRY, TRACK_NUMBER, TRACK_TYPE, TRACK_UID, TRACKS, UNKNOWN_SIZE_VINT, VIDEO,
-    WRITING_APP, MkvError, element, encode_id, encode_size, float_element, str_element, uint_element,
+    WRITING_APP, MkvError, element, encode_id, encode_size, float_element, str_element,
+    uint_element,
 )
 from .mkv_model import Cluster, Frame, StreamHeader, Track
 
