@@ -28,6 +28,7 @@ class Settings:
     header_timeout_s: float = 10.0  # a request head must be complete this soon
     fragment_deadline_s: float = 60.0  # PutMedia: a fragment must complete this soon
     max_connections: int | None = None  # None: what the descriptor limit allows
+    access_log: bool = False  # one line per request on the kvslite.access logger
     tls_cert: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
     sweep_interval_s: float = 60.0  # how often retention, deletion and orphans are swept

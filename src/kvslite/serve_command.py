@@ -77,6 +77,9 @@ def as_typed(path: Path) -> str:
          help="With --tls-key: serve HTTPS with this certificate (PEM).")
 @_option("--tls-key", "TLS_KEY", default=None, type=click.Path(dir_okay=False, path_type=Path),
          help="The private key (PEM) for --tls-cert.")
+@_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
+         help="Log one line per request: request id, operation, stream, status, bytes, "
+              "duration.")
 @_option("--log-level", "LOG_LEVEL", default="info", show_default=True,
          type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(log_level: str, **options) -> None:

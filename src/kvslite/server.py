@@ -138,7 +138,8 @@ def build(settings: Settings) -> Server:
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *WebViewer().routes()],
-                  max_media_connections=connections - max(2, connections // 10))
+                  max_media_connections=connections - max(2, connections // 10),
+                  access_log=settings.access_log)
     return Server(settings, app, metadata, blobs, sweeper, lock)
 
 

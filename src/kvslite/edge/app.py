@@ -24,6 +24,8 @@ from starlette.routing import BaseRoute, Route, Router
 
 from kvslite.config import Settings
 from kvslite.edge import model, sigv4
+from kvslite.edge.access_log import OPERATION, STREAM, Exchange
+from kvslite.edge.access_log import log as access_log
 from kvslite.errors import (
     INTERNAL_FAILURE,
     METHOD_NOT_ALLOWED,
@@ -52,8 +54,10 @@ _HTTP_ERRORS = {404: UNKNOWN_OPERATION, 405: METHOD_NOT_ALLOWED}
 class EdgeApp:
     def __init__(self, settings: Settings, handlers: dict[str, Handler],
                  put_media: StreamingHandler | None = None,
-                 routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None):
+                 routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
+                 access_log: bool = False):
         self.settings = settings
+        self.access_log = access_log
         # long-lived media connections may not take the last connections: those stay
         # free for the control plane and short reads
         self.max_media_connections = max_media_connections
@@ -70,9 +74,11 @@ class EdgeApp:
             return  # no lifespan events or websockets: the server runs with lifespan off
         request_id = str(uuid.uuid4())
         started = False
+        exchange = Exchange(request_id, scope)
 
         async def send_with_id(message) -> None:
             nonlocal started
+            exchange.observe(message)
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = _with_edge_headers(message.get("headers", []),
@@ -94,6 +100,8 @@ class EdgeApp:
         finally:
             if media:
                 self.media_connections -= 1
+            if self.access_log:
+                access_log.info(exchange.line())
 
     def _admit_media_connection(self) -> None:
         self.media_connections += 1  # counted now; the finally above uncounts it
@@ -111,12 +119,14 @@ class EdgeApp:
         request_type = REQUESTS[route.name]
 
         async def endpoint(request: Request) -> Response:
+            request.scope[OPERATION] = operation.name
             body = await read_body(request, self.settings.max_request_body_bytes)
             self._authenticate(request, body)
             if handler is None:
                 raise ApiError(NOT_IMPLEMENTED,
                                f"kvslite does not implement {operation.name}", status=501)
             params = model.parse_input(operation, decode_json(body))
+            request.scope[STREAM] = params.get("StreamName") or params.get("StreamARN")
             result = await run_in_threadpool(handler, from_wire(request_type, params))
             if isinstance(result, Response):
                 return result
@@ -126,6 +136,9 @@ class EdgeApp:
 
     def _streaming(self, handler: StreamingHandler):
         async def endpoint(request: Request):
+            request.scope[OPERATION] = "PutMedia"
+            request.scope[STREAM] = (request.headers.get("x-amzn-stream-name")
+                                     or request.headers.get("x-amzn-stream-arn"))
             self._authenticate(request, b"", streaming=True)  # signs the empty payload
             return await handler(request)
 
@@ -185,7 +198,8 @@ def _as_api_error(exc: Exception, scope, request_id: str) -> ApiError:
         what = (f"No KVS operation at {path}" if exc.status_code == 404
                 else f"{path} does not accept {scope.get('method')}")
         return ApiError(_HTTP_ERRORS[exc.status_code], what, status=exc.status_code)
-    log.error("internal error serving %s %s", scope.get("method"), path, exc_info=exc)
+    log.error("internal error serving %s %s (request %s)", scope.get("method"), path,
+              request_id, exc_info=exc)
     return ApiError(INTERNAL_FAILURE, f"Internal server error (request {request_id})",
                     status=500)
 
