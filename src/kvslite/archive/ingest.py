@@ -12,6 +12,7 @@ import logging
 import time
 
 from kvslite.archive.fragments import Archive, fragment_duration_ms
+from kvslite import metrics
 from kvslite.errors import OutOfSpace
 from kvslite.media import mkv
 from kvslite.media.limits import (
@@ -206,6 +207,7 @@ class IngestSession:
             raise IngestError(4008, f"stream {self.stream.name} was deleted",
                               cluster.timecode) from None
         except LeaseLost:
+            metrics.LEASES_LOST.inc()
             raise IngestError(4000, "this upload lost its slot on the stream (it stalled "
                               "and another producer took over)", cluster.timecode) from None
         except OutOfSpace as e:
@@ -213,6 +215,9 @@ class IngestSession:
                               cluster.timecode) from None
         if created:
             self.persisted += 1
+            metrics.FRAGMENTS.inc()
+            metrics.INGESTED_BYTES.inc(fragment.size)
+            metrics.PERSIST_SECONDS.observe(max(0, self.now() * 1000 - server_ms) / 1000)
         else:  # a reconnecting producer resends what was not acked in time
             self.duplicates += 1
         return [_ack("RECEIVED", cluster.timecode, fragment.number),

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kvslite import metrics
 from kvslite.archive.fragments import stream_dir
 from kvslite.store.files import FileBlobStore, is_temp
 from kvslite.store.metadata import MetadataStore, Stream
@@ -48,6 +49,7 @@ class Sweeper:
         # nodes never do the same work and a dead node's turn passes on when its lease ends
         self.shared = shared
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4()}"
+        self._lag_s = 0.0  # this pass: the furthest behind retention a stream was
         self.blobs = blobs
         self.interval_s = interval_s
         self.orphan_grace_s = orphan_grace_s
@@ -98,6 +100,7 @@ class Sweeper:
 
     def _sweep(self) -> SweepReport:
         report = SweepReport()
+        self._lag_s = 0.0
         for stream in self.store.deleting_streams():
             if self._stop.is_set():
                 return report
@@ -108,6 +111,7 @@ class Sweeper:
                 return report
             report.expired += self._guarded(self.expire, stream) or 0
         report.orphans = self._guarded(self.collect_orphans) or []
+        metrics.SWEEPER_LAG.set(self._lag_s)
         if report.expired or report.streams_deleted or report.orphans:
             log.info("sweep: %d fragments past retention removed, %d deleted streams "
                      "finished, %d orphan files removed", report.expired,
@@ -139,6 +143,8 @@ class Sweeper:
             batch = self.store.fragments_received_before(stream.arn, cutoff_ms, self.batch)
             if not batch:
                 break
+            if not removed:  # the oldest comes first: how far behind retention we are
+                self._lag_s = max(self._lag_s, (cutoff_ms - batch[0].server_ms) / 1000)
             self.store.delete_fragments(stream.arn, [f.seq for f in batch])
             for fragment in batch:
                 self.blobs.delete(fragment.blob_key)

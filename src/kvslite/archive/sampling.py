@@ -17,9 +17,11 @@ import logging
 import os
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from kvslite import metrics
 from kvslite.archive.fragments import Archive, FragmentGone, FrameEntry, unpack_frames
 from kvslite.errors import CLIENT_LIMIT_EXCEEDED, ApiError, invalid
 from kvslite.media.decode import DecodeError, decode_wanted
@@ -177,6 +179,7 @@ class ImageSampler:
                 raise OSError(f"stored fragment is truncated ({len(blob)} < {needed} bytes)")
             packets = [(e.offset_ms, blob[e.payload_offset:e.payload_offset + e.size])
                        for e in frames[: last + 1]]
+            started = time.monotonic()
             decoded = decode_wanted(track.codec_id, track.codec_private, packets, wanted,
                                     threads=threads)
             encoded = {
@@ -184,6 +187,7 @@ class ImageSampler:
                                      width=request.width, height=request.height)
                 for offset, frame in decoded.items()
             }
+            metrics.DECODE_SECONDS.observe(time.monotonic() - started)
         except FragmentGone:  # retention removed it after the page was planned
             return {index: Image(request.sample_time(index), error="NO_MEDIA")
                     for index, _ in group.samples}

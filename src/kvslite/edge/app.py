@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 
+from kvslite import metrics
 from kvslite.config import Settings
 from kvslite.edge import model, sigv4
 from kvslite.edge.access_log import OPERATION, STREAM, Exchange
@@ -47,7 +48,8 @@ Handler = Callable[[Any], Any]
 # returns an ASGI response that may stream while the body is still arriving.
 StreamingHandler = Callable[[Request], Awaitable[Any]]
 
-LONG_LIVED_PATHS = {"/putMedia", "/getMedia"}  # connections that may stay open for minutes
+# connections that may stay open for minutes, by the kind the metrics count them as
+LONG_LIVED_PATHS = {"/putMedia": "put_media", "/getMedia": "get_media"}
 _HTTP_ERRORS = {404: UNKNOWN_OPERATION, 405: METHOD_NOT_ALLOWED}
 
 
@@ -86,25 +88,28 @@ class EdgeApp:
             await send(message)
 
         scope["app"] = self  # Starlette raises HTTPException instead of answering plain text
-        media = scope.get("path") in LONG_LIVED_PATHS
+        media = LONG_LIVED_PATHS.get(scope.get("path"))
         try:
             if media:
-                self._admit_media_connection()
+                self._admit_media_connection(media)
             await self.router(scope, receive, send_with_id)
         except Exception as exc:
             if started:  # a streaming response broke off: nothing more can be said
                 log.exception("error while streaming %s", scope.get("path"))
                 return
-            await error_response(_as_api_error(exc, scope, request_id))(
-                scope, receive, send_with_id)
+            error = _as_api_error(exc, scope, request_id)
+            metrics.ERRORS.labels(error.code).inc()
+            await error_response(error)(scope, receive, send_with_id)
         finally:
             if media:
                 self.media_connections -= 1
+                metrics.CONNECTIONS.labels(media).dec()
             if self.access_log:
                 access_log.info(exchange.line())
 
-    def _admit_media_connection(self) -> None:
+    def _admit_media_connection(self, kind: str) -> None:
         self.media_connections += 1  # counted now; the finally above uncounts it
+        metrics.CONNECTIONS.labels(kind).inc()
         limit = self.max_media_connections
         if limit is not None and self.media_connections > limit:
             raise ApiError(SERVICE_UNAVAILABLE, f"kvslite is serving {limit} media "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import StreamingResponse
 
+from kvslite import metrics
 from kvslite.archive import Clock, Fragment, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane, require_archive
 from kvslite.archive.fragments import Archive, FragmentGone
@@ -90,8 +91,11 @@ class ArchivedMedia:
         first = 0
         if request.next_token:
             first = self.images.index_from(wanted, request.next_token)
-        images, next_index = self.images.page(wanted, first,
-                                              request.max_results or DEFAULT_MAX_IMAGES)
+        with metrics.IMAGE_SECONDS.time():
+            images, next_index = self.images.page(wanted, first,
+                                                  request.max_results or DEFAULT_MAX_IMAGES)
+        metrics.IMAGE_REQUESTS.inc()
+        metrics.IMAGES.inc(sum(1 for image in images if image.content))
         result = {"Images": [
             {"TimeStamp": image.time_ms / 1000, "Error": image.error,
              "ImageContent": base64.b64encode(image.content).decode() if image.content else None}

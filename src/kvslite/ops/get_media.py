@@ -18,6 +18,7 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
+from kvslite import metrics
 from kvslite.archive import Clock, Fragment, Lease, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive, FragmentGone
@@ -85,6 +86,7 @@ class GetMedia:
             while time.monotonic() - idle_since < FOLLOW_IDLE_S:
                 if time.monotonic() - renewed >= RENEW_EVERY_S:
                     if not await run_in_threadpool(self.leases.renew, lease):
+                        metrics.LEASES_LOST.inc()
                         return  # the slot expired (this node stalled): end the stream
                     renewed = time.monotonic()
                 batch = await run_in_threadpool(self.archive.fragments, stream.arn,

@@ -17,6 +17,7 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from kvslite import metrics
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.fragments import Archive
 from kvslite.archive.ingest import FRAGMENT_DEADLINE_MS, IngestError, IngestSession, error_ack
@@ -95,6 +96,7 @@ class _Upload:
         if time.monotonic() - self.renewed < RENEW_EVERY_S:
             return
         if not await run_in_threadpool(self.leases.renew, self.session.lease):
+            metrics.LEASES_LOST.inc()
             raise IngestError(4000, "this upload lost its slot on the stream (it stalled "
                               "and another producer took over)")
         self.renewed = time.monotonic()

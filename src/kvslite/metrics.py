@@ -1,0 +1,28 @@
+"""Prometheus metrics, served at `GET /metrics` in the text exposition format.
+
+Labels stay bounded: error codes and connection kinds, never stream names (a fleet may
+have thousands of streams).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FRAGMENTS = Counter("kvslite_fragments_ingested", "Fragments persisted by PutMedia")
+INGESTED_BYTES = Counter("kvslite_ingested_bytes", "Bytes of fragments persisted by PutMedia")
+PERSIST_SECONDS = Histogram(
+    "kvslite_persisted_ack_seconds",
+    "From a fragment's first byte arriving to its PERSISTED ack (blob written, row committed)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+IMAGE_REQUESTS = Counter("kvslite_getimages_requests", "GetImages pages served")
+IMAGES = Counter("kvslite_getimages_images", "Images returned by GetImages")
+IMAGE_SECONDS = Histogram("kvslite_getimages_seconds", "Time to serve one GetImages page")
+DECODE_SECONDS = Histogram("kvslite_decode_seconds",
+                           "Time to decode and encode the images of one fragment")
+CONNECTIONS = Gauge("kvslite_open_connections", "Open long-lived media connections",
+                    ["kind"])
+LEASES_LOST = Counter("kvslite_leases_lost",
+                      "Uploads or reads whose per-stream slot expired and was taken over")
+SWEEPER_LAG = Gauge("kvslite_sweeper_lag_seconds",
+                    "Age past retention of the oldest fragment the last sweep found expired")
+ERRORS = Counter("kvslite_errors", "AWS-style errors answered, by code", ["code"])
