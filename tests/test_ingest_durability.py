@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from conftest import ServerProcess
+from engines import need
 from kvs_media import PutMediaConnection, mkv_events, put_mkv
 
 from kvslite.media import mkv, synthetic
@@ -646,8 +647,8 @@ def small_disk(tmp_path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs",
                            str(root)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"the full-disk tests need a small tmpfs, and mounting one was refused "
-                    f"(root only): {(done.stderr or done.stdout).strip()}")
+        need(False, f"a small tmpfs for the full-disk tests (mounting needs root): "
+                    f"{(done.stderr or done.stdout).strip()}")
     try:
         yield SmallDisk(root)
     finally:

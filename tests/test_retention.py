@@ -9,7 +9,6 @@ real clock and with a 0.5 s sweep, takes over the same data directory and receiv
 
 from __future__ import annotations
 
-import glob
 import signal
 import sqlite3
 import time
@@ -18,14 +17,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from engines import LIBFAKETIME, need
 from botocore.exceptions import ClientError
 from conftest import ServerProcess
 from kvs_media import persisted_numbers, put_mkv, wait_until
 
 from kvslite.media import mkv, synthetic
 
-LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
-pytestmark = pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime is not installed")
+need(LIBFAKETIME is not None, "Debian's libfaketime")
 
 SHIFT_MIN = 90  # server A's clock runs this far behind
 SWEEP_S = 0.5  # server B's sweep interval

@@ -13,10 +13,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import SSLError
 from conftest import REGION, free_port
+from engines import need
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
-                                reason="the openssl command line is needed to make a "
-                                       "test certificate")
+need(shutil.which("openssl") is not None, "the openssl command (to make a test certificate)")
 
 
 @pytest.fixture
