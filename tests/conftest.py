@@ -27,8 +27,10 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m kvslite serve` in a subprocess; restartable on the same data dir."""
 
-    def __init__(self, data_dir: Path, *extra_args: str, env: dict | None = None):
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict | None = None,
+                 preexec_fn=None):
         self.data_dir = data_dir
+        self.preexec_fn = preexec_fn  # run in the child before kvslite starts (e.g. rlimits)
         self.extra_args = list(extra_args)
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
@@ -44,7 +46,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), *self.extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import hmac
 import io
 import json
 import queue
@@ -165,3 +168,28 @@ def wait_until(predicate, timeout=15.0, what="condition"):
 def persisted_numbers(acks: list[dict]) -> list[str]:
     """The FragmentNumbers of the PERSISTED acks, in order."""
     return [a["FragmentNumber"] for a in acks if a["EventType"] == "PERSISTED"]
+
+
+def sign_v4(method: str, path: str, headers: dict, *, key: str, secret: str,
+            payload_hash: str, when=None, region: str = "us-east-1",
+            omit: tuple[str, ...] = ()) -> dict:
+    """Headers plus x-amz-date and Authorization, by an independent SigV4 signer written
+    from the AWS spec (not botocore's): the canonical request's payload line is
+    `payload_hash`; every header is signed except those named in `omit`."""
+    when = when or datetime.datetime.now(datetime.UTC)
+    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
+    headers = {**{k.lower(): v for k, v in headers.items()}, "x-amz-date": amz_date}
+    names = sorted(n for n in headers if n not in omit)
+    canonical_headers = "".join(f"{n}:{' '.join(str(headers[n]).split())}\n" for n in names)
+    canonical = "\n".join([method, path, "", canonical_headers, ";".join(names),
+                           payload_hash])
+    scope = f"{amz_date[:8]}/{region}/kinesisvideo/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                         hashlib.sha256(canonical.encode()).hexdigest()])
+    signing_key = f"AWS4{secret}".encode()
+    for part in (amz_date[:8], region, "kinesisvideo", "aws4_request"):
+        signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={key}/{scope}, "
+                                f"SignedHeaders={';'.join(names)}, Signature={signature}")
+    return headers

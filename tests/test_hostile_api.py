@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
-import hmac
 import http.client
 import json
 import math
@@ -29,7 +27,7 @@ import urllib.parse
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvs_media import PutMediaConnection, put_mkv
+from kvs_media import PutMediaConnection, put_mkv, sign_v4
 
 from kvslite.edge import model
 from kvslite.media import synthetic
@@ -806,25 +804,9 @@ def secured(tmp_path_factory):
 
 def signed(method: str, path: str, headers: dict, *, payload_hash: str,
            omit_from_signature: tuple[str, ...] = (), secret: str = SECRET) -> dict:
-    """Headers plus x-amz-date and Authorization, per the SigV4 spec (not botocore's code):
-    the canonical request's payload line is `payload_hash`; every header is signed except
-    those named in `omit_from_signature`."""
-    amz_date = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    headers = {**{k.lower(): v for k, v in headers.items()}, "x-amz-date": amz_date}
-    names = sorted(n for n in headers if n not in omit_from_signature)
-    canonical_headers = "".join(f"{n}:{' '.join(str(headers[n]).split())}\n" for n in names)
-    canonical = "\n".join([method, path, "", canonical_headers, ";".join(names),
-                           payload_hash])
-    scope = f"{amz_date[:8]}/{REGION}/kinesisvideo/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
-    key = f"AWS4{secret}".encode()
-    for part in (amz_date[:8], REGION, "kinesisvideo", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={KEY}/{scope}, "
-                                f"SignedHeaders={';'.join(names)}, Signature={signature}")
-    return headers
+    """Signed now by the independent, spec-written signer; see kvs_media.sign_v4."""
+    return sign_v4(method, path, headers, key=KEY, secret=secret, region=REGION,
+                   payload_hash=payload_hash, omit=omit_from_signature)
 
 
 def send(server, path: str, headers: dict, body: bytes):

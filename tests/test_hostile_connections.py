@@ -31,39 +31,18 @@ UNAVAILABLE = "ServiceUnavailableException"
 # -- helpers -----------------------------------------------------------------------------
 
 
-class LimitedServer(ServerProcess):
-    """A ServerProcess whose process starts with RLIMIT_NOFILE (soft and hard) = `nofile`."""
-
-    def __init__(self, data_dir, *args, nofile: int):
-        super().__init__(data_dir, *args)
-        self.nofile = nofile
-
-    def start(self) -> "LimitedServer":
-        nofile = self.nofile
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), *self.extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kvslite exited early:\n{self.output()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"kvslite did not start:\n{self.output()}")
+def with_nofile(nofile: int):
+    """For the server's child process: RLIMIT_NOFILE (soft and hard) = `nofile`."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
 
 @pytest.fixture
 def limited_server(tmp_path):
-    started: list[LimitedServer] = []
+    started: list[ServerProcess] = []
 
-    def start(*args: str, nofile: int) -> LimitedServer:
-        server = LimitedServer(tmp_path / f"limited{len(started)}", *args, nofile=nofile)
+    def start(*args: str, nofile: int) -> ServerProcess:
+        server = ServerProcess(tmp_path / f"limited{len(started)}", *args,
+                               preexec_fn=with_nofile(nofile))
         started.append(server)
         return server.start()
 

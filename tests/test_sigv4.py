@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import http.client
 import json
 
 import pytest
 from botocore.exceptions import ClientError
+from kvs_media import sign_v4
 
 KEY, SECRET = "AKIAKVSLITETEST", "kvslite-test-secret"
 
@@ -50,23 +50,9 @@ def test_unknown_key(secured):
 
 
 def _sign(method, path, headers, body, *, when, secret=SECRET, region="us-west-2"):
-    """An independent SigV4 signer written from the AWS spec (not botocore's)."""
-    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
-    headers = {**headers, "x-amz-date": amz_date}
-    names = sorted(k.lower() for k in headers)
-    canonical_headers = "".join(f"{n}:{' '.join(str(headers[n]).split())}\n" for n in names)
-    canonical = "\n".join([method, path, "", canonical_headers, ";".join(names),
-                           hashlib.sha256(body).hexdigest()])
-    scope = f"{amz_date[:8]}/{region}/kinesisvideo/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
-    key = f"AWS4{secret}".encode()
-    for part in (amz_date[:8], region, "kinesisvideo", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={KEY}/{scope}, "
-                                f"SignedHeaders={';'.join(names)}, Signature={signature}")
-    return headers
+    """Signed by the independent, spec-written signer over the body's hash."""
+    return sign_v4(method, path, headers, key=KEY, secret=secret, when=when, region=region,
+                   payload_hash=hashlib.sha256(body).hexdigest())
 
 
 def _send(server, path, headers, body):

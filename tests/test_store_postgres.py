@@ -15,10 +15,12 @@ from postgres_server import fresh_database
 
 # test_store_fragments.py's cases that use only the store's API, collected here again
 # with this module's fixtures: `store` is a PostgresMetadataStore
-from test_store_fragments import (  # noqa: F401 - collected by pytest
+from test_store_fragments import (  # noqa: F401 - collected by pytest (fixtures too)
     SPAN,
     add,
+    arn,
     make_stream,
+    other_arn,
     test_add_fragment_numbers_each_stream_from_one,
     test_find_fragment_by_producer_ms_and_content,
     test_fragment_at,
@@ -52,20 +54,6 @@ def store(url):
     store = PostgresMetadataStore(url)
     yield store
     store.close()
-
-
-@pytest.fixture
-def arn(store) -> str:
-    stream = make_stream("a")
-    store.create_stream(stream, {})
-    return stream.arn
-
-
-@pytest.fixture
-def other_arn(store) -> str:
-    stream = make_stream("b")
-    store.create_stream(stream, {})
-    return stream.arn
 
 
 def sql(url: str, query: str, params=()) -> list[tuple]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from kvslite.errors import RESOURCE_NOT_FOUND, ApiError
-from kvslite.media import mkv
+from kvslite.media import mkv, remux
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
 from kvslite.store.files import FileBlobStore
 from kvslite.store.metadata import (Clock, Fragment, Lease, MetadataStore, Stream,
@@ -213,7 +213,6 @@ class Archive:
 
 @lru_cache(maxsize=256)
 def _parse_tracks(header: bytes) -> list[mkv.Track]:
-    for event in mkv.MkvReader().feed(header):
-        if isinstance(event, mkv.StreamHeader):
-            return event.tracks
-    return []
+    """Headers never change once stored: parse each once (ingest refused any without
+    Tracks, so every stored one has them)."""
+    return remux.parse_header(header).tracks
