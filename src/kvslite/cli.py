@@ -7,7 +7,6 @@ Heavy modules (the server, the producer, boto3) are imported inside the commands
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -53,9 +52,13 @@ main.add_command(serve)
               help="Producer time of the first frame: ISO 8601 (UTC unless a zone is given) "
                    "or epoch seconds, e.g. to back-fill an old recording. [default: now with "
                    "--realtime or a live URL; else now minus the file's duration]")
+@click.option("--retries", default=8, show_default=True, type=click.IntRange(0, 1000),
+              help="Reconnects in a row after a lost connection (resending what was not yet "
+                   "acknowledged) before giving up; 0: none.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the summary.")
 def put(stream: str, source: str, endpoint_url: str, region: str | None, create: bool,
-        retention_hours: int, realtime: bool, start_timestamp: str | None, quiet: bool) -> None:
+        retention_hours: int, realtime: bool, start_timestamp: str | None, retries: int,
+        quiet: bool) -> None:
     """Upload SOURCE to STREAM with PutMedia, like a KVS producer.
 
     SOURCE is a file any FFmpeg demuxer reads (mp4, mkv, ts, ...) or a live URL (rtsp://,
@@ -63,8 +66,10 @@ def put(stream: str, source: str, endpoint_url: str, region: str | None, create:
     into one fragment per GOP, stamped with absolute producer timestamps; audio and other
     streams are skipped. STREAM is a stream name or ARN. Requests are signed with SigV4 from
     the usual AWS credential chain (unsigned if there are none). Progress comes from the
-    server's acks; Ctrl-C ends the upload cleanly after the current fragment. Exits 1 on an
-    ERROR ack or HTTP error, printing its ErrorId/ErrorCode or error type.
+    server's acks; Ctrl-C ends the upload cleanly after the current fragment. A dropped
+    connection (a node of a cluster dying, say) is retried with backoff, resending every
+    fragment not yet acknowledged. Exits 1 on an ERROR ack or HTTP error that a retry
+    cannot mend, printing its ErrorId/ErrorCode or error type.
     """
     from kvslite import producer as kp
 
@@ -76,7 +81,8 @@ def put(stream: str, source: str, endpoint_url: str, region: str | None, create:
             summary = kp.put_source(source, stream, endpoint_url=endpoint_url, region=region,
                                     create=create, retention_hours=retention_hours,
                                     realtime=realtime, start_timestamp=start_ms, stop=stop,
-                                    on_ack=progress.on_ack, on_source=progress.on_source)
+                                    max_retries=retries, on_ack=progress.on_ack,
+                                    on_retry=progress.on_retry, on_source=progress.on_source)
         except kp.ProducerError as e:
             progress.close()
             _exit_put_failed(e)
@@ -153,9 +159,22 @@ class _PutProgress:
         lag = f"{ack.lag_ms:.0f} ms" if ack.lag_ms is not None else "?"
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"{summary.bytes_sent / 1e6:.2f} MB sent, ack lag {lag}")
+            retries = f", {summary.retries} retries" if summary.retries else ""
+            self.bar.set_postfix_str(f"{summary.bytes_sent / 1e6:.2f} MB sent, ack lag {lag}"
+                                     f"{retries}")
         elif self.lines:
             click.echo(_fragment_line(ack, summary, lag), err=True)
+
+    def on_retry(self, error, delay_s: float, summary) -> None:
+        """A connection failed: say why, and when the next one goes (even with --quiet:
+        the upload is not what it seemed)."""
+        unacked = summary.fragments_sent - summary.fragments_acked
+        line = (f"retry {summary.retries}: {error}; reconnecting in {delay_s:.1f} s, "
+                f"resending {max(0, unacked)} unacknowledged fragment(s)")
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -168,7 +187,7 @@ def _fragment_line(ack, summary, lag: str) -> str:
     when = format_timestamp(ack.timecode) if ack.timecode is not None else "?"
     return (f"fragment {summary.fragments_acked} {ack.event_type.lower()}: {when} "
             f"#{ack.fragment_number or '-'}, {summary.bytes_sent / 1e6:.2f} MB sent, "
-            f"ack lag {lag}")
+            f"ack lag {lag}" + (f", {summary.retries} retries" if summary.retries else ""))
 
 
 def _exit_put_failed(error) -> NoReturn:

@@ -12,15 +12,15 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import h11
 
 from .acks import Ack, AckParser
 from .errors import AckError, ProducerError, SourceError, http_error
+from .failover import FragmentFeed
 from .fragments import USER_AGENT, BodyChunk
-from .readahead import ReadAhead
 from .summary import PutSummary
 
 
@@ -59,7 +59,11 @@ def putmedia_headers(url: str, *, stream_name: str | None = None, stream_arn: st
 
 
 class PutMediaUpload:
-    """One PutMedia request: the chunked body goes up while the acks come down."""
+    """One PutMedia request: the chunked body goes up while the acks come down.
+
+    The body comes from a FragmentFeed, which outlives the connection: a failed upload's
+    unacknowledged fragments are sent again first by the next one.
+    """
 
     def __init__(self, url: str, headers: list[tuple[str, str]], summary: PutSummary, *,
                  realtime: bool = False, connect_timeout: float = 10.0, ack_timeout: float = 30.0,
@@ -79,17 +83,18 @@ class PutMediaUpload:
         self.last_progress = time.monotonic()  # for ack_timeout
         self.source_error: BaseException | None = None  # raised once the body is closed
         self.writer: asyncio.StreamWriter | None = None
+        self.feed: FragmentFeed | None = None
+        self.acked_any = False  # a fragment got its final ack on this connection
 
-    async def run(self, body: Iterable[BodyChunk]) -> None:
-        """Send `body` (read in a thread, starting now) and wait for the acks of its clusters."""
-        chunks = ReadAhead(body)  # reads ahead while we connect
+    async def run(self, feed: FragmentFeed) -> None:
+        """Send the feed's chunks and wait for the final acks of its clusters."""
+        self.feed = feed
         tasks: list[asyncio.Task] = []
         try:
             await self._connect()
-            tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send(chunks))]
+            tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
             await self._supervise(send=tasks[1], receive=tasks[0])
         finally:
-            chunks.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -185,19 +190,21 @@ class PutMediaUpload:
 
     # -------------------------------------------------------------------------- the body
 
-    async def _send(self, chunks: ReadAhead) -> None:
-        clock = None  # with realtime: when the first cluster went up
-        while (chunk := await self._next_chunk(chunks)) is not None:
+    async def _send(self) -> None:
+        feed = self.feed
+        while (next_chunk := await self._next_chunk()) is not None:
+            chunk, resent = next_chunk
             is_cluster = chunk.timecode is not None
-            if is_cluster and self.realtime:
+            if is_cluster and self.realtime and not resent:
                 # send each GOP once its last frame "happened", as a live camera would
-                clock = time.monotonic() if clock is None else clock
-                await self._sleep_until(clock + chunk.media_end_ms / 1000)
-            if is_cluster and self._stopping():
+                if feed.pace_start is None:
+                    feed.pace_start = time.monotonic()
+                await self._sleep_until(feed.pace_start + chunk.media_end_ms / 1000)
+            if is_cluster and not resent and self._stopping():
                 break  # asked to stop: end the body after the fragments already sent
             data = self.conn.send(h11.Data(data=chunk.data))
             if is_cluster:
-                self._record_sent(chunk)
+                self._record_sent(chunk, resent)
             self.writer.write(data)
             self.summary.bytes_sent += len(chunk.data)
             await self.writer.drain()
@@ -211,11 +218,11 @@ class PutMediaUpload:
         if not self.outstanding:
             self.all_acked.set()
 
-    async def _next_chunk(self, chunks: ReadAhead) -> BodyChunk | None:
-        """The next chunk; None at the end, or if the source failed (the body then ends
-        cleanly and run() raises the failure as a SourceError)."""
+    async def _next_chunk(self) -> tuple[BodyChunk, bool] | None:
+        """The next chunk and whether it is a resend; None at the end, or if the source
+        failed (the body then ends cleanly and run() raises it as a SourceError)."""
         try:
-            return await chunks.get()
+            return await self.feed.next()
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, ProducerError):
                 wrapped = SourceError(f"reading the video failed: {e!r}")
@@ -235,10 +242,13 @@ class PutMediaUpload:
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def _record_sent(self, chunk: BodyChunk) -> None:
+    def _record_sent(self, chunk: BodyChunk, resent: bool) -> None:
         tc, s = chunk.timecode, self.summary
         self.sent_at[tc] = time.monotonic()
         self.outstanding.add(tc)
+        if resent:
+            s.fragments_resent += 1
+            return
         s.fragments_sent += 1
         s.frames_sent += chunk.frames
         if s.first_timecode is None:
@@ -325,6 +335,8 @@ class PutMediaUpload:
 
     def _fragment_done(self, ack: Ack) -> None:
         self.outstanding.discard(ack.timecode)
+        self.feed.acked(ack.timecode)
+        self.acked_any = True
         if ack.lag_ms is not None:
             self.summary.ack_latency_ms.append(ack.lag_ms)
         if self.final_event == "RECEIVED":  # no PERSISTED ack will carry the number

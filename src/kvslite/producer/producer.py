@@ -14,7 +14,9 @@ from kvslite.config import DEFAULT_ENDPOINT_URL
 from .acks import Ack
 from .connection import PutMediaUpload, putmedia_headers
 from .errors import HttpError, ProducerError
+from .failover import MAX_RETRIES, FragmentFeed, backoff_s, retryable
 from .fragments import MAX_FRAGMENT_MS, USER_AGENT, media_chunks
+from .readahead import ReadAhead
 from .source import MediaSource, open_source
 from .summary import PutSummary
 from .timestamps import now_ms, to_epoch_ms
@@ -30,12 +32,17 @@ class Producer:
     for the usual AWS chain (environment, ~/.aws, ...); with no credentials anywhere the
     requests go unsigned. The data endpoint comes from GetDataEndpoint (APIName
     PUT_MEDIA) unless `data_endpoint` is given.
+
+    A dropped connection, or an error that another connection may not meet, is retried up
+    to `max_retries` times in a row with backoff, resending every fragment not yet
+    acknowledged (see failover.py); 0 turns failover off.
     """
 
     def __init__(self, stream_name: str | None = None, *, stream_arn: str | None = None,
                  endpoint_url: str | None = None, region: str | None = None, credentials=None,
                  data_endpoint: str | None = None, connect_timeout: float = 10.0,
-                 ack_timeout: float = 30.0, user_agent: str = USER_AGENT):
+                 ack_timeout: float = 30.0, user_agent: str = USER_AGENT,
+                 max_retries: int = MAX_RETRIES):
         if stream_name is None and stream_arn is None:
             raise ValueError("give a stream_name or a stream_arn")
         if stream_name is not None and stream_name.startswith("arn:") and stream_arn is None:
@@ -44,7 +51,9 @@ class Producer:
         self.endpoint_url = (endpoint_url or os.environ.get("KVSLITE_ENDPOINT_URL")
                              or DEFAULT_ENDPOINT_URL)
         self._data_endpoint = data_endpoint
+        self._discovered_endpoint = data_endpoint is None  # from GetDataEndpoint
         self.connect_timeout, self.ack_timeout = connect_timeout, ack_timeout
+        self.max_retries = max_retries
         self.user_agent = user_agent
         self.credentials, self.region = _credentials_and_region(credentials, region)
         self._client = None
@@ -145,6 +154,8 @@ class Producer:
                         max_fragment_ms: int = MAX_FRAGMENT_MS,
                         on_ack: Callable[[Ack, PutSummary], None] | None = None,
                         on_sent: Callable[[int, PutSummary], None] | None = None,
+                        on_retry: Callable[[ProducerError, float, PutSummary], None]
+                        | None = None,
                         stop: threading.Event | None = None) -> PutSummary:
         """Upload `packets`: an iterable (it may block, e.g. a live source; it runs in a
         thread) of `(pts_ms, keyframe, payload)` tuples or `Packet`s in decode order.
@@ -153,32 +164,65 @@ class Producer:
         epoch-seconds string; default now) + the pts offset from the first keyframe; with
         `absolute_pts` the pts values already are epoch ms. `realtime` paces the upload at
         the media's own rate. Setting `stop` ends the upload cleanly at the next packet.
+        `on_retry(error, delay_s, summary)` is called before each reconnect.
         Raises AckError, HttpError, SourceError or ProducerError (with `.summary`).
         """
         start_ms = to_epoch_ms(start_timestamp)
         summary = PutSummary(stream=self.stream)
         t0 = time.monotonic()
+        body = media_chunks(packets, video or VideoFormat(), start_ms=start_ms,
+                            absolute_pts=absolute_pts, max_fragment_ms=max_fragment_ms,
+                            stop=stop)
+        feed = FragmentFeed(ReadAhead(body))  # reads ahead while we connect
+        producer_start_ms = start_ms if start_ms is not None else now_ms()
+        failures = 0  # in a row, without a fragment acknowledged in between
         try:
             await self._learn_retention(summary)
-            url = (await asyncio.to_thread(self.data_endpoint)).rstrip("/") + "/putMedia"
-            headers = putmedia_headers(
-                url, stream_name=self.stream_name, stream_arn=self.stream_arn,
-                producer_start_ms=start_ms if start_ms is not None else now_ms(),
-                credentials=self.credentials, region=self.region, user_agent=self.user_agent)
-            body = media_chunks(packets, video or VideoFormat(), start_ms=start_ms,
-                                absolute_pts=absolute_pts, max_fragment_ms=max_fragment_ms,
-                                stop=stop)
-            upload = PutMediaUpload(url, headers, summary, realtime=realtime,
-                                    connect_timeout=self.connect_timeout,
-                                    ack_timeout=self.ack_timeout, on_ack=on_ack, on_sent=on_sent,
-                                    stop=stop)
-            await upload.run(body)
+            while True:
+                url = await self._putmedia_url(refresh=failures > 0)
+                upload = PutMediaUpload(
+                    url, self._headers(url, producer_start_ms), summary, realtime=realtime,
+                    connect_timeout=self.connect_timeout, ack_timeout=self.ack_timeout,
+                    on_ack=on_ack, on_sent=on_sent, stop=stop)
+                try:
+                    await upload.run(feed)
+                    break
+                except ProducerError as e:
+                    failures = 1 if upload.acked_any else failures + 1
+                    if not retryable(e) or failures > self.max_retries:
+                        raise
+                    delay = backoff_s(failures)
+                    summary.retries += 1
+                    if on_retry is not None:
+                        on_retry(e, delay, summary)
+                    await asyncio.sleep(delay)
+                    feed.restart()
         except ProducerError as e:
             e.summary = summary
             raise
         finally:
+            feed.close()
             summary.elapsed_s = time.monotonic() - t0
         return summary
+
+    async def _putmedia_url(self, *, refresh: bool) -> str:
+        """PutMedia's URL; on a reconnect, asked for again (the endpoint may have moved),
+        keeping the last one if the control plane cannot answer either."""
+        if refresh and self._discovered_endpoint:
+            try:
+                self._data_endpoint = await asyncio.to_thread(
+                    lambda: self._call("get_data_endpoint", APIName="PUT_MEDIA",
+                                       **self._stream_params())["DataEndpoint"])
+            except ProducerError:
+                pass
+        return (await asyncio.to_thread(self.data_endpoint)).rstrip("/") + "/putMedia"
+
+    def _headers(self, url: str, producer_start_ms: int) -> list[tuple[str, str]]:
+        """Signed afresh for each connection: a signature is only valid for minutes."""
+        return putmedia_headers(url, stream_name=self.stream_name, stream_arn=self.stream_arn,
+                                producer_start_ms=producer_start_ms,
+                                credentials=self.credentials, region=self.region,
+                                user_agent=self.user_agent)
 
     async def _learn_retention(self, summary: PutSummary) -> None:
         """With retention 0, RECEIVED is the final ack: find out before uploading."""
@@ -222,7 +266,7 @@ class Producer:
 def put_source(source: str, stream: str, *, endpoint_url: str | None = None,
                region: str | None = None, credentials=None, create: bool = False,
                retention_hours: int = 24, realtime: bool = False, start_timestamp=None,
-               **kwargs) -> PutSummary:
+               max_retries: int = MAX_RETRIES, **kwargs) -> PutSummary:
     """Upload a video file or live URL (anything FFmpeg demuxes: mp4, mkv, ts, rtsp://,
     http://...) to `stream` (a name or an ARN), remuxing its first video stream (H.264 or
     H.265) without re-encoding; audio is skipped.
@@ -230,9 +274,11 @@ def put_source(source: str, stream: str, *, endpoint_url: str | None = None,
     `start_timestamp` (epoch ms, datetime, ISO 8601 / epoch seconds string) is the producer
     time of the first keyframe. Default: now with `realtime` or for live sources; for a file
     sent faster than real time, now minus its duration (it "ends now"). `create` creates a
-    missing stream with `retention_hours`. Other keyword arguments go to Producer.put_async.
+    missing stream with `retention_hours`. A lost connection is retried `max_retries` times
+    in a row (see Producer). Other keyword arguments go to Producer.put_async.
     """
-    producer = Producer(stream, endpoint_url=endpoint_url, region=region, credentials=credentials)
+    producer = Producer(stream, endpoint_url=endpoint_url, region=region, credentials=credentials,
+                        max_retries=max_retries)
     return producer.put_source(source, create=create, retention_hours=retention_hours,
                                realtime=realtime, start_timestamp=start_timestamp, **kwargs)
 

@@ -17,6 +17,8 @@ class PutSummary:
     fragment_timecodes: list[int] = field(default_factory=list)   # of those numbers
     frames_sent: int = 0
     bytes_sent: int = 0
+    retries: int = 0          # reconnects after a failed connection (failover)
+    fragments_resent: int = 0  # sent again on a new connection, not yet acknowledged before
     ack_latency_ms: list[float] = field(default_factory=list)     # cluster sent -> final ack
     elapsed_s: float = 0.0
     data_retained: bool | None = None  # False: the stream keeps no data (RECEIVED is final)
@@ -47,6 +49,9 @@ class PutSummary:
         text = (f"{self.stream}: {self.fragments_acked} fragments {what}, "
                 f"{self.frames_sent} frames, {self.bytes_sent / 1e6:.2f} MB in "
                 f"{self.elapsed_s:.2f} s")
+        if self.retries:
+            text += (f", {self.retries} reconnect{'s' if self.retries > 1 else ''} "
+                     f"({self.fragments_resent} fragments resent)")
         if self.ack_latency_ms:
             text += (f", ack lag avg {self.mean_ack_latency_ms:.0f} ms, "
                      f"max {self.max_ack_latency_ms:.0f} ms")
