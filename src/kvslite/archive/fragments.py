@@ -11,8 +11,10 @@ out of the blob and never parse a cluster again.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import struct
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,8 +25,11 @@ from kvslite.store.files import FileBlobStore
 from kvslite.store.metadata import (Clock, Fragment, Lease, MetadataStore, Stream,
                                     StreamNotActive)
 
+log = logging.getLogger("kvslite.archive")
+
 # track, keyframe, pts offset from fragment start (ms), payload offset, payload size
 _FRAME = struct.Struct("<BBiII")
+CLOCK_SKEW_WARNING_MS = 1000  # a step back this large in server time is logged
 
 
 class FragmentGone(ApiError):
@@ -85,6 +90,7 @@ class Archive:
         self.store = store
         self.blobs = blobs
         self._headers: dict[int, bytes] = {}  # headers never change once saved
+        self._skew_warned_at = float("-inf")  # at most one clock-skew warning a minute
 
     # -- writing ------------------------------------------------------------------------
 
@@ -106,6 +112,7 @@ class Archive:
         existing = self.store.find_fragment(stream.arn, producer_ms=producer_ms, digest=digest)
         if existing is not None:
             return existing, False
+        server_ms = self._never_before_previous(stream, server_ms)
         entries = [
             FrameEntry(f.track_number, f.keyframe, to_ms(f.timecode) - producer_ms, offset,
                        f.payload_size)
@@ -130,6 +137,27 @@ class Archive:
         if not created:
             self.blobs.delete(key)  # a resend raced its original, which won
         return fragment, created
+
+    def _never_before_previous(self, stream: Stream, server_ms: int) -> int:
+        """`server_ms`, or the stream's previous fragment's if that is later.
+
+        Server timestamps come from the clock of the node that took the fragment. In a
+        cluster whose nodes' clocks differ, a producer that fails over to a node running
+        behind would otherwise go back in time; held here, a stream's server timestamps
+        never decrease. The stream's one PutMedia lease orders its writers, so the
+        previous fragment is the one just before this. A large step means the nodes'
+        clocks need synchronising (NTP)."""
+        previous = self.store.latest_fragment(stream.arn)
+        if previous is None or server_ms >= previous.server_ms:
+            return server_ms
+        behind = previous.server_ms - server_ms
+        now = time.monotonic()
+        if behind > CLOCK_SKEW_WARNING_MS and now - self._skew_warned_at > 60:
+            self._skew_warned_at = now
+            log.warning("this node's clock is %d ms behind the node that stored %s's "
+                        "previous fragment: its server timestamps are held at that "
+                        "fragment's; synchronise the nodes' clocks (NTP)", behind, stream.name)
+        return previous.server_ms
 
     # -- reading media ------------------------------------------------------------------
 
@@ -170,6 +198,15 @@ class Archive:
         in [start_ms, end_ms] on it."""
         return self.store.list_fragments(stream_arn, clock=clock, start_ms=start_ms,
                                          end_ms=end_ms, after_seq=after_seq, limit=limit)
+
+    def new_fragments_seen(self, stream_arn: str) -> int:
+        """A mark for wait_for_new_fragments; take it before reading the index."""
+        return self.store.new_fragments.seen(stream_arn)
+
+    async def wait_for_new_fragments(self, stream_arn: str, seen: int, timeout: float) -> bool:
+        """Until a fragment of the stream is committed after `seen` was taken, on any node
+        (True), or `timeout` seconds pass (False)."""
+        return await self.store.new_fragments.wait(stream_arn, seen, timeout)
 
     def by_numbers(self, stream_arn: str, numbers: list[str]) -> dict[str, Fragment]:
         return self.store.fragments_by_number(stream_arn, numbers)

@@ -1,8 +1,9 @@
 """GetMedia (`kinesis-video-media`): the archive as a live MKV stream.
 
 It streams fragments in fragment-number order from the start selector, then
-keeps following new fragments as they are persisted, and ends once none has
-arrived for FOLLOW_IDLE_S (consumers resume with the continuation token).
+keeps following new fragments as they are persisted, woken by the archive when
+one is committed on any node (not by polling), and ends once none has arrived
+for FOLLOW_IDLE_S (consumers resume with the continuation token).
 Each fragment goes out as AWS lays it out: EBML header and Tracks, a Tags
 element with the fragment number and timestamps, the cluster, and a Tags
 element with MILLIS_BEHIND_NOW and the CONTINUATION_TOKEN.
@@ -10,7 +11,6 @@ element with MILLIS_BEHIND_NOW and the CONTINUATION_TOKEN.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -28,7 +28,7 @@ from kvslite.ops import requests as rq
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
 FOLLOW_IDLE_S = 10.0
-POLL_S = 0.2
+RECHECK_S = 1.0  # re-read the index this often even without a wake-up (a lost notification)
 BATCH = 16
 
 
@@ -89,10 +89,11 @@ class GetMedia:
                         metrics.LEASES_LOST.inc()
                         return  # the slot expired (this node stalled): end the stream
                     renewed = time.monotonic()
+                seen = self.archive.new_fragments_seen(stream.arn)  # before reading
                 batch = await run_in_threadpool(self.archive.fragments, stream.arn,
                                                 after_seq=after_seq, limit=BATCH)
                 if not batch:
-                    await asyncio.sleep(POLL_S)
+                    await self.archive.wait_for_new_fragments(stream.arn, seen, RECHECK_S)
                     continue
                 for fragment in batch:
                     chunk = await run_in_threadpool(self._chunk, fragment)

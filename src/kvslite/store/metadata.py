@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kvslite.store.new_fragments import NewFragments
 
 
 class Clock(Enum):
@@ -143,6 +146,10 @@ class MetadataStore(Protocol):
         """Keep a stream header (EBML + Info + Tracks); reuse the latest if identical."""
 
     def get_header(self, header_id: int) -> bytes: ...
+
+    # Wakes live readers when a fragment is committed, by this instance or (where the
+    # store spans nodes) by any other.
+    new_fragments: NewFragments
 
     def add_fragment(self, *, fence: Lease | None = None, **fields) -> tuple[Fragment, bool]:
         """Commit a fragment, assigning the stream's next seq and its number; returns it

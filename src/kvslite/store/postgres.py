@@ -14,25 +14,21 @@ that row, and each statement after it reads what the writer before committed:
 - names: a partial unique index; versions: `UPDATE ... WHERE version = %s`.
 
 Lease times are the database's clock (`clock_timestamp()`), so nodes with skewed clocks
-agree on when a lease expires, unless a `clock` is injected (tests). Connections come
-from a psycopg_pool ConnectionPool, shared by the store's threads.
+agree on when a lease expires, unless a `clock` is injected (tests). Connections,
+transactions and the migration are postgres_db's.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, fields
 
 import psycopg
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
-from kvslite.errors import OutOfSpace
 from kvslite.store.metadata import (ACTIVE, DELETING, Clock, Fragment, Lease, LeaseLost,
                                     NameTaken, Stream, StreamNotActive, fragment_number)
-from kvslite.store.postgres_schema import migrate
+from kvslite.store.postgres_db import PostgresDatabase
+from kvslite.store.postgres_listen import NOTIFY_SQL
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
 _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
@@ -50,50 +46,8 @@ def _starting(col: str, newest_only: bool) -> str:
         f"AND g.{col} = f.{col})" if newest_only else "")
 
 
-class PostgresMetadataStore:
-    """The metadata store on PostgreSQL: each guarantee of MetadataStore is one transaction.
-
-    `url` is a libpq connection string or URI. The schema is migrated on opening;
-    `pool_size` bounds the connections this instance holds open."""
-
-    def __init__(self, url: str, *, clock: Callable[[], float] | None = None,
-                 pool_size: int = 10):
-        self.clock = clock
-        with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn, f"PostgreSQL database {conn.info.dbname!r} on {conn.info.host}")
-        self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=True, name="kvslite-metadata",
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            check=ConnectionPool.check_connection)
-
-    def close(self) -> None:
-        self._pool.close()
-
-    # -- connections and transactions -------------------------------------------------
-
-    @contextmanager
-    def _connection(self):
-        """A connection in autocommit mode: each statement is its own transaction."""
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except psycopg.errors.DiskFull as e:  # SQLSTATE 53100
-            raise OutOfSpace(str(e).strip()) from e
-
-    @contextmanager
-    def _write(self):
-        """One transaction, committed on leaving the block, rolled back on an exception
-        (psycopg.Rollback rolls back and leaves the block quietly)."""
-        with self._connection() as conn, conn.transaction():
-            yield conn
-
-    def _now_ms(self) -> int | None:
-        """The injected clock's reading, else None (the database's clock: see _NOW)."""
-        return None if self.clock is None else int(self.clock() * 1000)
-
-    def _rows(self, sql: str, params=()) -> list[dict]:
-        with self._connection() as conn:
-            return conn.execute(sql, params).fetchall()
+class PostgresMetadataStore(PostgresDatabase):
+    """The metadata store on PostgreSQL: each guarantee of MetadataStore is one transaction."""
 
     # -- streams ---------------------------------------------------------------------
 
@@ -227,6 +181,7 @@ class PostgresMetadataStore:
             values = asdict(fragment)
             conn.execute(f"INSERT INTO fragments ({', '.join(values)}) "
                          f"VALUES ({', '.join('%s' for _ in values)})", list(values.values()))
+            conn.execute(NOTIFY_SQL, (arn,))  # delivered to every node on commit
         if resent is not None:
             return resent, False
         return fragment, True

@@ -12,6 +12,7 @@ from dataclasses import asdict, fields
 
 from kvslite.store.metadata import (ACTIVE, DELETING, Clock, Fragment, Lease, LeaseLost,
                                     NameTaken, Stream, StreamNotActive, fragment_number)
+from kvslite.store.new_fragments import NewFragments
 from kvslite.store.sqlite_db import SqliteDatabase
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
@@ -25,7 +26,14 @@ _NEWEST_OF_ITS_START = (" AND seq = (SELECT max(+seq) FROM fragments g "
 
 
 class SqliteMetadataStore(SqliteDatabase):
-    """The metadata store on SQLite: each guarantee of MetadataStore is one transaction."""
+    """The metadata store on SQLite: each guarantee of MetadataStore is one transaction.
+
+    Live readers are woken by this instance's own commits: one process serves a SQLite
+    archive (the data directory is locked)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new_fragments = NewFragments()
 
     # -- streams ---------------------------------------------------------------------
 
@@ -156,6 +164,7 @@ class SqliteMetadataStore(SqliteDatabase):
             row = asdict(fragment)
             conn.execute(f"INSERT INTO fragments ({', '.join(row)}) "
                          f"VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        self.new_fragments.notify(arn)  # committed: wake this process's live readers
         return fragment, True
 
     def _fragments_in(self, conn, where: str, params: tuple) -> list[Fragment]:
