@@ -55,10 +55,21 @@ main.add_command(serve)
 @click.option("--retries", default=8, show_default=True, type=click.IntRange(0, 1000),
               help="Reconnects in a row after a lost connection (resending what was not yet "
                    "acknowledged) before giving up; 0: none.")
+@click.option("--event", "event_types", default=None, metavar="TYPES",
+              help="Mark fragments, comma-separated: image-generation (images generated into S3 "
+                   "per the stream's ImageGenerationConfiguration), notification (a "
+                   "notification per the stream's NotificationConfiguration once PERSISTED).")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE",
+              help="A custom name/value pair sent with each --event (repeatable, up to 10).")
+@click.option("--image-prefix", default=None, metavar="PREFIX",
+              help="S3 prefix of the images that --event image-generation makes.")
+@click.option("--event-every", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Mark fragments 0, N, 2N, ... with --event [default: 1, every fragment].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the summary.")
 def put(stream: str, source: str, endpoint_url: str, region: str | None, create: bool,
         retention_hours: int, realtime: bool, start_timestamp: str | None, retries: int,
-        quiet: bool) -> None:
+        event_types: str | None, meta: tuple[str, ...], image_prefix: str | None,
+        event_every: int | None, quiet: bool) -> None:
     """Upload SOURCE to STREAM with PutMedia, like a KVS producer.
 
     SOURCE is a file any FFmpeg demuxer reads (mp4, mkv, ts, ...) or a live URL (rtsp://,
@@ -69,11 +80,13 @@ def put(stream: str, source: str, endpoint_url: str, region: str | None, create:
     server's acks; Ctrl-C ends the upload cleanly after the current fragment. A dropped
     connection (a node of a cluster dying, say) is retried with backoff, resending every
     fragment not yet acknowledged. Exits 1 on an ERROR ack or HTTP error that a retry
-    cannot mend, printing its ErrorId/ErrorCode or error type.
+    cannot mend, printing its ErrorId/ErrorCode or error type. --event tags fragments as the
+    AWS producer SDK does, for image generation and/or a notification.
     """
     from kvslite import producer as kp
 
     start_ms = _start_timestamp_param(start_timestamp)
+    events = _events_params(event_types, meta, image_prefix, event_every)
     progress = _PutProgress(source, stream, endpoint_url, quiet)
     stop = threading.Event()
     with _ctrl_c_sets(stop):
@@ -82,7 +95,8 @@ def put(stream: str, source: str, endpoint_url: str, region: str | None, create:
                                     create=create, retention_hours=retention_hours,
                                     realtime=realtime, start_timestamp=start_ms, stop=stop,
                                     max_retries=retries, on_ack=progress.on_ack,
-                                    on_retry=progress.on_retry, on_source=progress.on_source)
+                                    on_retry=progress.on_retry, on_source=progress.on_source,
+                                    events=events)
         except kp.ProducerError as e:
             progress.close()
             _exit_put_failed(e)
@@ -100,6 +114,34 @@ def _start_timestamp_param(value: str | None) -> int | None:
         return parse_timestamp(value) if value else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--start-timestamp") from None
+
+
+def _events_params(event_types: str | None, meta: tuple[str, ...], image_prefix: str | None,
+                   event_every: int | None):
+    """--event, --meta, --image-prefix and --event-every as put's `events` (None: none)."""
+    from kvslite.producer.events import (FragmentEvent, every_nth_fragment, parse_event_types,
+                                         parse_metadata)
+
+    if event_types is None:
+        for option, value in (("--meta", meta), ("--image-prefix", image_prefix),
+                              ("--event-every", event_every)):
+            if value not in (None, ()):
+                raise click.UsageError(f"{option} needs --event")
+        return None
+    try:
+        image_generation, notification = parse_event_types(event_types)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--event") from None
+    if image_prefix is not None and not image_generation:
+        raise click.BadParameter("applies to --event image-generation only",
+                                 param_hint="--image-prefix")
+    try:
+        event = FragmentEvent(image_generation=image_generation, notification=notification,
+                              image_prefix=image_prefix, metadata=parse_metadata(meta))
+    except ValueError as e:
+        hint = "--image-prefix" if getattr(e, "field", None) == "image_prefix" else "--meta"
+        raise click.BadParameter(str(e), param_hint=hint) from None
+    return every_nth_fragment(event, event_every) if event_every else event
 
 
 @contextlib.contextmanager

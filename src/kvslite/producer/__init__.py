@@ -12,6 +12,8 @@ Use it against kvslite or real AWS (the protocol is the same):
 payloads are length-prefixed NAL units (with an avcC/hvcC `codec_private`) or Annex-B
 (start codes; the avcC/hvcC record is then built from the SPS/PPS in the stream).
 `put_source("clip.mp4", "front-door")` does the same for anything FFmpeg can demux.
+`events=FragmentEvent(image_generation=True)` (or a function of the fragment's index and
+timecode) asks AWS to generate images from fragments and/or to notify when they persist.
 
 How it works, one module per step:
 
@@ -20,6 +22,7 @@ How it works, one module per step:
   from the SPS/PPS (and VPS) found in the stream.
 - fragments: packets -> KVS-style Matroska, one Cluster per GOP (a fragment), absolute
   cluster timecodes in epoch ms: producer start time + the pts offset from the first keyframe.
+- events: `FragmentEvent`, the image generation / notification Tags put before a Cluster.
 - connection: the MKV streams as the chunked body of `POST <DataEndpoint>/putMedia`, SigV4-
   signed over the empty payload hash, while the server's JSON acks (acks) are read on the
   same connection (asyncio + h11). The packets are read in a thread (readahead) so that
@@ -38,7 +41,8 @@ from .annexb import (
                      split_length_prefixed,
 )
 from .connection import putmedia_headers
-from .errors import AckError, HttpError, ProducerError, SourceError
+from .errors import AckError, FragmentEventError, HttpError, ProducerError, SourceError
+from .events import FragmentEvent, every_nth_fragment
 from .fragments import MAX_FRAGMENT_MS, USER_AGENT, FragmentBuilder, media_chunks
 from .producer import DEFAULT_ENDPOINT_URL, Producer, put_source
 from .source import MediaSource, open_source
@@ -52,5 +56,6 @@ __all__ = [
     "VideoFormat", "AnnexBConverter", "FragmentBuilder", "avcc_from_parameter_sets",
     "hvcc_from_parameter_sets", "split_annexb", "is_annexb", "split_length_prefixed",
     "parse_timestamp", "format_timestamp", "put_source", "open_source", "MediaSource",
-    "media_chunks", "putmedia_headers",
+    "media_chunks", "putmedia_headers", "FragmentEvent", "FragmentEventError",
+    "every_nth_fragment",
 ]

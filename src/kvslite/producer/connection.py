@@ -251,6 +251,8 @@ class PutMediaUpload:
             return
         s.fragments_sent += 1
         s.frames_sent += chunk.frames
+        if chunk.event is not None:
+            s.fragments_marked += 1
         if s.first_timecode is None:
             s.first_timecode = tc
         s.last_timecode = tc

@@ -20,6 +20,15 @@ class SourceError(ProducerError):
     """The media cannot be uploaded as it is (unsupported codec, bad timestamps, ...)."""
 
 
+class FragmentEventError(SourceError, ValueError):
+    """A FragmentEvent the AWS producer SDK would refuse; `field` names what is wrong
+    ("event", "image_prefix" or "metadata")."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class HttpError(ProducerError):
     """A non-200 answer: an AWS JSON error (`code` from x-amzn-ErrorType, `message`)."""
 

@@ -1,7 +1,8 @@
 """Packets -> the PutMedia body: a KVS-style Matroska header, then one Cluster per GOP.
 
 Each Cluster is one KVS fragment. Timecodes are absolute epoch ms (TimecodeScale 1 ms):
-producer start time + the packet's pts offset from the first keyframe.
+producer start time + the packet's pts offset from the first keyframe. A fragment marked
+with a FragmentEvent has the event's Tags elements just before its Cluster, in its chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from kvslite.media.limits import MAX_FRAGMENT_MS  # SimpleBlock offsets would al
 
 from .annexb import AnnexBConverter, is_annexb, is_length_prefixed
 from .errors import SourceError
+from .events import Events, FragmentEvent, event_chooser
 from .timestamps import format_timestamp, now_ms
 from .video import CODEC_IDS, VideoFormat, normalize_codec, packet_fields
 
@@ -24,12 +26,14 @@ USER_AGENT = f"kvslite-producer/{__version__}"  # the MKV WritingApp and the HTT
 
 @dataclass
 class BodyChunk:
-    """A piece of the PutMedia body: the MKV header or one cluster (fragment)."""
+    """A piece of the PutMedia body: the MKV header or one cluster (fragment), preceded by
+    the Tags of its event if it has one (so that a resend repeats them)."""
 
     data: bytes
     timecode: int | None = None   # cluster timecode (epoch ms); None for the header
     frames: int = 0
     media_end_ms: int = 0          # latest frame pts offset from the first keyframe (pacing)
+    event: FragmentEvent | None = None  # whose Tags lead `data`
 
 
 class FragmentBuilder:
@@ -38,11 +42,13 @@ class FragmentBuilder:
     Cluster timecodes are absolute epoch ms: `start_ms + (pts - first keyframe pts)`, or the
     pts itself with `absolute_pts`. A cluster's timecode is the earliest pts of its GOP (the
     keyframe's, for closed GOPs); frames keep their own pts. Packets before the first
-    keyframe cannot be decoded and are dropped (counted in `dropped`).
+    keyframe cannot be decoded and are dropped (counted in `dropped`). `events` marks
+    fragments for image generation / notification (see Producer.put_async).
     """
 
     def __init__(self, video: VideoFormat, start_ms: int | None, *, absolute_pts: bool = False,
-                 max_fragment_ms: int = MAX_FRAGMENT_MS, track_number: int = 1):
+                 max_fragment_ms: int = MAX_FRAGMENT_MS, track_number: int = 1,
+                 events: Events = None):
         self.video = video
         self.codec = normalize_codec(video.codec)
         self.start_ms = start_ms  # None: now, when the first keyframe arrives
@@ -58,6 +64,8 @@ class FragmentBuilder:
         self.frames: list[mkv.Frame] = []  # the GOP being built
         self.gop_span = (0, 0)  # earliest and latest frame timecode of that GOP
         self.last_timecode: int | None = None  # of the last cluster built
+        self.clusters_built = 0
+        self.choose_event = event_chooser(events)
         self.dropped = 0
 
     def add(self, pts_ms: int, keyframe: bool, payload: bytes) -> list[BodyChunk]:
@@ -133,15 +141,31 @@ class FragmentBuilder:
                               f"previous one at {self.last_timecode} ms")
         self.last_timecode = start
         data, _ = mkv.write_cluster(mkv.Cluster(start, frames))
-        return BodyChunk(data, start, len(frames), end - self._timecode(self.base_pts))
+        event = self._event_for(start)
+        tags = event.mkv_tags() if event is not None else b""
+        return BodyChunk(tags + data, start, len(frames), end - self._timecode(self.base_pts),
+                         event)
+
+    def _event_for(self, timecode: int) -> FragmentEvent | None:
+        """The event of the cluster being built (the next index, at `timecode`), if any."""
+        index, self.clusters_built = self.clusters_built, self.clusters_built + 1
+        if self.choose_event is None:
+            return None
+        event = self.choose_event(index, timecode)
+        if event is not None and not isinstance(event, FragmentEvent):
+            raise SourceError(f"events returned {event!r} for fragment {index}, not a "
+                              f"FragmentEvent or None")
+        return event
 
 
 def media_chunks(packets: Iterable, video: VideoFormat, *, start_ms: int | None = None,
                  absolute_pts: bool = False, max_fragment_ms: int = MAX_FRAGMENT_MS,
-                 stop: threading.Event | None = None) -> Iterator[BodyChunk]:
-    """The PutMedia body for `packets`, as header and cluster chunks; ends early at `stop`."""
+                 stop: threading.Event | None = None,
+                 events: Events = None) -> Iterator[BodyChunk]:
+    """The PutMedia body for `packets`, as header and cluster chunks (with the Tags of
+    each fragment `events` marks); ends early at `stop`."""
     builder = FragmentBuilder(video, start_ms, absolute_pts=absolute_pts,
-                              max_fragment_ms=max_fragment_ms)
+                              max_fragment_ms=max_fragment_ms, events=events)
     stopped = stop.is_set if stop is not None else lambda: False
     it = iter(packets)
     try:

@@ -14,6 +14,7 @@ from kvslite.config import DEFAULT_ENDPOINT_URL
 from .acks import Ack
 from .connection import PutMediaUpload, putmedia_headers
 from .errors import HttpError, ProducerError
+from .events import Events, event_chooser
 from .failover import MAX_RETRIES, FragmentFeed, backoff_s, retryable
 from .fragments import MAX_FRAGMENT_MS, USER_AGENT, media_chunks
 from .readahead import ReadAhead
@@ -156,7 +157,8 @@ class Producer:
                         on_sent: Callable[[int, PutSummary], None] | None = None,
                         on_retry: Callable[[ProducerError, float, PutSummary], None]
                         | None = None,
-                        stop: threading.Event | None = None) -> PutSummary:
+                        stop: threading.Event | None = None,
+                        events: Events = None) -> PutSummary:
         """Upload `packets`: an iterable (it may block, e.g. a live source; it runs in a
         thread) of `(pts_ms, keyframe, payload)` tuples or `Packet`s in decode order.
 
@@ -165,14 +167,21 @@ class Producer:
         `absolute_pts` the pts values already are epoch ms. `realtime` paces the upload at
         the media's own rate. Setting `stop` ends the upload cleanly at the next packet.
         `on_retry(error, delay_s, summary)` is called before each reconnect.
+
+        `events` marks fragments for AWS image generation and/or notification: a
+        FragmentEvent for every fragment, or a function `(index, timecode_ms) -> FragmentEvent
+        | None` called for each fragment in send order (index 0, 1, ...; its cluster's
+        producer timecode), from the thread that reads the packets. Marked fragments are
+        counted in `summary.fragments_marked`.
         Raises AckError, HttpError, SourceError or ProducerError (with `.summary`).
         """
+        choose_event = event_chooser(events)  # a wrong type fails now, not mid-upload
         start_ms = to_epoch_ms(start_timestamp)
         summary = PutSummary(stream=self.stream)
         t0 = time.monotonic()
         body = media_chunks(packets, video or VideoFormat(), start_ms=start_ms,
                             absolute_pts=absolute_pts, max_fragment_ms=max_fragment_ms,
-                            stop=stop)
+                            stop=stop, events=choose_event)
         feed = FragmentFeed(ReadAhead(body))  # reads ahead while we connect
         producer_start_ms = start_ms if start_ms is not None else now_ms()
         failures = 0  # in a row, without a fragment acknowledged in between

@@ -19,6 +19,7 @@ class PutSummary:
     bytes_sent: int = 0
     retries: int = 0          # reconnects after a failed connection (failover)
     fragments_resent: int = 0  # sent again on a new connection, not yet acknowledged before
+    fragments_marked: int = 0  # sent with event tags (image generation, notification)
     ack_latency_ms: list[float] = field(default_factory=list)     # cluster sent -> final ack
     elapsed_s: float = 0.0
     data_retained: bool | None = None  # False: the stream keeps no data (RECEIVED is final)
@@ -49,6 +50,8 @@ class PutSummary:
         text = (f"{self.stream}: {self.fragments_acked} fragments {what}, "
                 f"{self.frames_sent} frames, {self.bytes_sent / 1e6:.2f} MB in "
                 f"{self.elapsed_s:.2f} s")
+        if marked := self.fragments_marked:
+            text += f", {marked} fragment{'s' if marked > 1 else ''} marked for events"
         if self.retries:
             text += (f", {self.retries} reconnect{'s' if self.retries > 1 else ''} "
                      f"({self.fragments_resent} fragments resent)")
