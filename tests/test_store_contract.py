@@ -521,3 +521,67 @@ def test_opening_a_new_sqlite_store_waits_while_another_connection_holds_it(stor
     finally:
         release.join()
         holder.close()
+
+
+# -- 7. event configurations and the delivery outbox -------------------------------------
+
+
+def test_deliveries_are_recorded_with_a_new_fragment_only(store):
+    stream, header_id = new_stream(store)
+    work = [("notification", '{"metadata": {}}'), ("image-generation", '{"prefix": ""}')]
+    fragment, created = add(store, stream.arn, header_id, 1000, "tagged", deliveries=work)
+    assert created and store.count_deliveries() == 2
+    _, created = add(store, stream.arn, header_id, 1000, "tagged", deliveries=work)  # resend
+    assert not created and store.count_deliveries() == 2
+    claimed = store.claim_deliveries(10, 60_000)
+    assert [(d.arn, d.fragment_number, d.kind, d.event, d.attempts) for d in claimed] == \
+        [(stream.arn, fragment.number, kind, event, 0) for kind, event in work]
+
+
+def test_a_delivery_is_claimed_by_one_worker_until_its_claim_lapses(clocked, store_factory,
+                                                                     clock):
+    stream, header_id = new_stream(clocked)
+    for k in range(6):
+        add(clocked, stream.arn, header_id, 1000 * k, f"f{k}",
+            deliveries=[("notification", "{}")])
+    other = store_factory(clock)  # another node
+    try:
+        results: list[list] = [[], []]
+        barrier = threading.Barrier(2)
+
+        def claim(i, instance):
+            barrier.wait()
+            results[i] = instance.claim_deliveries(4, 10_000)
+        threads = [threading.Thread(target=claim, args=(i, s))
+                   for i, s in enumerate((clocked, other))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = [d.id for r in results for d in r]
+        assert len(ids) == len(set(ids)) == 6  # all claimed, none twice
+        assert clocked.claim_deliveries(10, 10_000) == []  # all held
+        done, failed, *lapsing = sorted(ids)
+        clocked.finish_delivery(done)
+        clocked.retry_delivery(failed, 30_000, "webhook answered 500")
+        clock.advance(10.001)  # the other claims lapse: a worker died
+        assert sorted(d.id for d in other.claim_deliveries(10, 60_000)) == lapsing
+        clock.advance(20)
+        retried = other.claim_deliveries(10, 10_000)
+        assert [(d.id, d.attempts) for d in retried] == [(failed, 1)]
+        assert clocked.count_deliveries() == 5
+    finally:
+        other.close()
+
+
+def test_configurations_are_kept_replaced_deleted_and_go_with_their_stream(store):
+    stream, _ = new_stream(store)
+    assert store.get_stream_config(stream.arn, "notification") is None
+    store.put_stream_config(stream.arn, "notification", '{"Status": "ENABLED"}')
+    store.put_stream_config(stream.arn, "notification", '{"Status": "DISABLED"}')
+    store.put_stream_config(stream.arn, "image-generation", '{"Format": "PNG"}')
+    assert store.get_stream_config(stream.arn, "notification") == '{"Status": "DISABLED"}'
+    store.put_stream_config(stream.arn, "notification", None)
+    assert store.get_stream_config(stream.arn, "notification") is None
+    store.purge_stream(stream.arn)
+    assert store.get_stream_config(stream.arn, "image-generation") is None

@@ -33,6 +33,7 @@ class Settings:
     tls_key: Path | None = None
     sweep_interval_s: float = 60.0  # how often retention, deletion and orphans are swept
     orphan_grace_s: float = 3600.0  # media files without a row are removed after this long
+    delivery_queue_limit: int = 10_000  # image/notification work waiting; more is dropped
 
     @property
     def auth_enabled(self) -> bool:

@@ -25,4 +25,8 @@ LEASES_LOST = Counter("kvslite_leases_lost",
                       "Uploads or reads whose per-stream slot expired and was taken over")
 SWEEPER_LAG = Gauge("kvslite_sweeper_lag_seconds",
                     "Age past retention of the oldest fragment the last sweep found expired")
+DELIVERIES = Counter("kvslite_deliveries",
+                     "Image-generation and notification deliveries, by kind and result "
+                     "(delivered, retried, dropped: outbox full or nothing left to do)",
+                     ["kind", "result"])
 ERRORS = Counter("kvslite_errors", "AWS-style errors answered, by code", ["code"])

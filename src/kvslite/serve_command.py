@@ -77,6 +77,10 @@ def as_typed(path: Path) -> str:
          help="With --tls-key: serve HTTPS with this certificate (PEM).")
 @_option("--tls-key", "TLS_KEY", default=None, type=click.Path(dir_okay=False, path_type=Path),
          help="The private key (PEM) for --tls-cert.")
+@_option("--delivery-queue-limit", "DELIVERY_QUEUE_LIMIT",
+         default=Settings.delivery_queue_limit, show_default=True, type=click.IntRange(min=1),
+         help="Image-generation and notification deliveries waiting at most; past it, new "
+              "fragments' events are dropped and counted (kvslite_deliveries_total).")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

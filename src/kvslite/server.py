@@ -13,6 +13,8 @@ from typing import IO, TYPE_CHECKING
 import uvicorn
 
 from kvslite.archive.control_plane import ControlPlane
+from kvslite.archive.delivery import Deliverer
+from kvslite.archive.events import EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.leases import Leases
 from kvslite.archive.retention import Sweeper
@@ -24,6 +26,7 @@ from kvslite.edge.connections import (default_max_connections, guarded_protocol,
                                       raise_descriptor_limit)
 from kvslite.ops.archived_media import ArchivedMedia
 from kvslite.ops.clips import Clips
+from kvslite.ops.event_configs import EventConfigurations
 from kvslite.ops.get_media import GetMedia
 from kvslite.ops.health import Health
 from kvslite.ops.kinesisvideo import KinesisVideo
@@ -55,6 +58,7 @@ class Server:
     metadata: MetadataStore
     blobs: FileBlobStore | S3BlobStore
     sweeper: Sweeper
+    deliverer: Deliverer
     lock: IO | None  # the data directory's, when a store lives in it
 
     def start(self) -> None:
@@ -63,8 +67,10 @@ class Server:
         if removed:
             log.info("removed %d temporary files left by an earlier crash", len(removed))
         self.sweeper.start()
+        self.deliverer.start()
 
     def close(self) -> None:
+        self.deliverer.stop()
         self.sweeper.stop()
         self.metadata.close()
         if self.lock is not None:
@@ -115,14 +121,21 @@ def build(settings: Settings) -> Server:
     control = ControlPlane(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
+    sampler = ImageSampler(archive, max_requests=settings.max_image_requests)
+    event_configs = EventConfigs(metadata, region=settings.region,
+                                 min_sampling_interval_ms=settings.min_sampling_interval_ms,
+                                 queue_limit=settings.delivery_queue_limit)
+    deliverer = Deliverer(metadata, archive, sampler, event_configs,
+                          account_id=settings.account_id,
+                          s3_endpoint_url=settings.s3_endpoint_url)
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
     providers = [
         KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake),
         GetMedia(control, archive, leases),
-        ArchivedMedia(control, archive,
-                      ImageSampler(archive, max_requests=settings.max_image_requests),
+        ArchivedMedia(control, archive, sampler,
                       min_sampling_interval_ms=settings.min_sampling_interval_ms),
+        EventConfigurations(control, event_configs),
         Clips(control, archive, now_ms=tokens.now_ms),
         sessions,
     ]
@@ -134,13 +147,14 @@ def build(settings: Settings) -> Server:
             handlers[operation] = handler
     connections = settings.max_connections or default_max_connections()
     put_media = PutMedia(control, archive, leases,
-                         fragment_deadline_s=settings.fragment_deadline_s)
+                         fragment_deadline_s=settings.fragment_deadline_s,
+                         event_configs=event_configs, on_deliveries=deliverer.wake)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *WebViewer().routes()],
                   max_media_connections=connections - max(2, connections // 10),
                   access_log=settings.access_log)
-    return Server(settings, app, metadata, blobs, sweeper, lock)
+    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock)
 
 
 class UvicornServer(uvicorn.Server):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Callable
 
+from kvslite.archive.events import EventConfigs, events_in
 from kvslite.archive.fragments import Archive, fragment_duration_ms
 from kvslite import metrics
 from kvslite.errors import OutOfSpace
@@ -68,8 +70,13 @@ class IngestError(Exception):
 class IngestSession:
     def __init__(self, archive: Archive, stream: Stream, *, timecode_type: str,
                  producer_start_ms: int | None, lease: Lease | None = None,
-                 fragment_deadline_ms: int = FRAGMENT_DEADLINE_MS, now=time.time):
+                 fragment_deadline_ms: int = FRAGMENT_DEADLINE_MS, now=time.time,
+                 event_configs: EventConfigs | None = None,
+                 on_deliveries: Callable[[], None] = lambda: None):
         self.archive = archive
+        self.event_configs = event_configs  # what tagged fragments' events lead to
+        self.on_deliveries = on_deliveries  # a fragment put work in the outbox
+        self.pending_events: dict[str, dict] = {}  # from Tags before the next cluster
         self.stream = stream
         self.lease = lease  # this upload's slot on the stream: writes are fenced by it
         self.absolute = timecode_type == "ABSOLUTE"
@@ -146,7 +153,9 @@ class IngestSession:
             return []
         if isinstance(event, mkv.Cluster):
             return self._accept_cluster(event, self._arrival_of(event.offset, arrived_ms))
-        return []  # Tags: fragment metadata and END_OF_FRAGMENT need no action
+        if isinstance(event, mkv.Tags):  # event tags apply to the cluster that follows
+            self.pending_events.update(events_in(event.tags))
+        return []  # other Tags (fragment metadata, END_OF_FRAGMENT) need no action
 
     def _arrival_of(self, offset: int, default_ms: int) -> int:
         """When the chunk holding input byte `offset` arrived; forgets older chunks."""
@@ -190,8 +199,11 @@ class IngestSession:
         self._check(cluster)
         self.last_timecode = cluster.timecode
         producer_ms = self._to_ms(cluster.timecode)
+        events, self.pending_events = self.pending_events, {}
         if not self.keeps_data:
             return [_ack("RECEIVED", cluster.timecode)]  # retention 0: RECEIVED is final
+        deliveries = self.event_configs.deliveries_for(self.stream, events) \
+            if events and self.event_configs is not None else []
         video = video_track(self.header.tracks)
         frames = [f for f in cluster.frames if video is None or f.track_number == video.number]
         default_ms = (video.default_duration_ns // 1_000_000
@@ -202,7 +214,7 @@ class IngestSession:
                 server_ms=server_ms,
                 duration_ms=fragment_duration_ms(frames or cluster.frames, producer_ms,
                                                  self._to_ms, default_ms),
-                to_ms=self._to_ms, fence=self.lease)
+                to_ms=self._to_ms, fence=self.lease, deliveries=deliveries)
         except StreamNotActive:
             raise IngestError(4008, f"stream {self.stream.name} was deleted",
                               cluster.timecode) from None
@@ -215,6 +227,8 @@ class IngestSession:
                               cluster.timecode) from None
         if created:
             self.persisted += 1
+            if deliveries:
+                self.on_deliveries()
             metrics.FRAGMENTS.inc()
             metrics.INGESTED_BYTES.inc(fragment.size)
             metrics.PERSIST_SECONDS.observe(max(0, self.now() * 1000 - server_ms) / 1000)

@@ -31,6 +31,8 @@ from kvslite.store.metadata import Clock, Fragment
 
 log = logging.getLogger("kvslite.images")
 
+DEFAULT_JPEG_QUALITY = 80
+
 
 @dataclass(frozen=True)
 class ImageRequest:
@@ -51,6 +53,21 @@ class ImageRequest:
 
     def sample_time(self, index: int) -> int:
         return self.start_ms + index * self.interval_ms
+
+
+def check_sampling_interval(interval_ms: int, minimum_ms: int) -> None:
+    if interval_ms < minimum_ms:
+        raise invalid(f"SamplingInterval must be at least {minimum_ms} ms on this server, "
+                      f"got {interval_ms}")
+
+
+def jpeg_quality(format_config: dict | None) -> int:
+    """FormatConfig's JPEGQuality (1-100), else the default."""
+    quality = (format_config or {}).get("JPEGQuality", str(DEFAULT_JPEG_QUALITY))
+    if not quality.isdigit() or not 1 <= int(quality) <= 100:
+        raise invalid(f"FormatConfig JPEGQuality must be an integer from 1 to 100, "
+                      f"got {quality!r}")
+    return int(quality)
 
 
 @dataclass
@@ -112,6 +129,17 @@ class ImageSampler:
             return self._page(request, first, max_results)
         finally:
             self.slots.release()
+
+    def render(self, request: ImageRequest, page_size: int = 100) -> list[Image]:
+        """Every image of `request`, page by page as GetImages would return them; waits
+        for a free request slot instead of refusing (background work, not a client)."""
+        images: list[Image] = []
+        first: int | None = 0
+        with self.slots:
+            while first is not None:
+                page, first = self._page(request, first, page_size)
+                images += page
+        return images
 
     def _page(self, request: ImageRequest, first: int, max_results: int):
         last = min(request.sample_count(), first + max_results) - 1

@@ -17,14 +17,14 @@ from kvslite import metrics
 from kvslite.archive import Clock, Fragment, Stream, seq_of
 from kvslite.archive.control_plane import ControlPlane, require_archive
 from kvslite.archive.fragments import Archive, FragmentGone
-from kvslite.archive.sampling import ImageRequest, ImageSampler
+from kvslite.archive.sampling import (ImageRequest, ImageSampler, check_sampling_interval,
+                                      jpeg_quality)
 from kvslite.errors import invalid
 from kvslite.ops import requests as rq
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
 DEFAULT_MAX_FRAGMENTS = 100
 DEFAULT_MAX_IMAGES = 100
-DEFAULT_JPEG_QUALITY = 80
 
 
 class ArchivedMedia:
@@ -113,17 +113,11 @@ class ArchivedMedia:
         interval = request.sampling_interval
         if interval is None:
             interval = self.min_sampling_interval_ms
-        if interval < self.min_sampling_interval_ms:
-            raise invalid(f"SamplingInterval must be at least {self.min_sampling_interval_ms} "
-                          f"ms on this server, got {interval}")
-        quality = (request.format_config or {}).get("JPEGQuality", str(DEFAULT_JPEG_QUALITY))
-        if not quality.isdigit() or not 1 <= int(quality) <= 100:
-            raise invalid(f"FormatConfig JPEGQuality must be an integer from 1 to 100, "
-                          f"got {quality!r}")
+        check_sampling_interval(interval, self.min_sampling_interval_ms)
         return ImageRequest(
             stream_arn=stream.arn, clock=Clock(request.image_selector_type),
             start_ms=start_ms, end_ms=end_ms, interval_ms=interval,
-            image_format=request.format, quality=int(quality),
+            image_format=request.format, quality=jpeg_quality(request.format_config),
             width=request.width_pixels, height=request.height_pixels)
 
 

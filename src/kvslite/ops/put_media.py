@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +20,7 @@ from starlette.requests import Request
 
 from kvslite import metrics
 from kvslite.archive.control_plane import ControlPlane
+from kvslite.archive.events import EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.ingest import FRAGMENT_DEADLINE_MS, IngestError, IngestSession, error_ack
 from kvslite.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
@@ -33,9 +35,12 @@ MAX_CONNECTION_S = 45 * 60  # AWS's maximum PutMedia connection duration
 
 class PutMedia:
     def __init__(self, control: ControlPlane, archive: Archive, leases: Leases, *,
-                 fragment_deadline_s: float = FRAGMENT_DEADLINE_MS / 1000):
+                 fragment_deadline_s: float = FRAGMENT_DEADLINE_MS / 1000,
+                 event_configs: EventConfigs | None = None,
+                 on_deliveries: Callable[[], None] = lambda: None):
         self.control = control
         self.archive = archive
+        self.event_configs, self.on_deliveries = event_configs, on_deliveries
         self.fragment_deadline_ms = int(fragment_deadline_s * 1000)
         self.leases = leases  # AWS: one PutMedia per stream; the newest is refused
 
@@ -56,7 +61,9 @@ class PutMedia:
                            f"Stream {stream.name} already has an open PutMedia connection")
         session = IngestSession(self.archive, stream, timecode_type=timecode_type,
                                 producer_start_ms=start_ms, lease=lease,
-                                fragment_deadline_ms=self.fragment_deadline_ms)
+                                fragment_deadline_ms=self.fragment_deadline_ms,
+                                event_configs=self.event_configs,
+                                on_deliveries=self.on_deliveries)
         return _Upload(self.leases, session)
 
 

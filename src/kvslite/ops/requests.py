@@ -12,7 +12,7 @@ returns them. A member whose AWS name is not the CamelCase of its field (`Stream
 noted in a trailing comment and listed in the class's `_WIRE` (field -> AWS name).
 
 `REQUESTS` maps each operation name to its class; `from_wire(cls, params)` builds one from
-the dict `parse_input` returns.
+the dict `parse_input` returns, and `to_wire` turns one back into that dict.
 """
 
 from __future__ import annotations
@@ -43,6 +43,20 @@ def from_wire(cls: type[T], params: dict) -> T:
             raise TypeError(f"{cls.__name__} has no member {key!r}") from None
         kwargs[name] = value if convert is None else convert(value)
     return cls(**kwargs)
+
+
+def to_wire(value: Any) -> Any:
+    """The inverse of from_wire: a generated dataclass (also inside lists and maps) as
+    the dict of AWS member names it was built from, members left None omitted."""
+    if dataclasses.is_dataclass(value):
+        names = {field: aws for aws, (field, _) in _members(type(value)).items()}
+        return {names[f.name]: to_wire(getattr(value, f.name))
+                for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
+    if isinstance(value, list):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    return value
 
 
 @cache

@@ -80,6 +80,19 @@ class StreamNotActive(Exception):
     """The stream is gone or being deleted: nothing may be added to it."""
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Work a fragment's event tags asked for, from the outbox: `kind` "image-generation" or
+    "notification", `event` the tag's details as JSON (image prefix, custom pairs)."""
+
+    id: int
+    arn: str
+    fragment_number: str
+    kind: str
+    event: str
+    attempts: int
+
+
 class LeaseLost(Exception):
     """The writer's lease expired or was taken over: its writes are fenced off."""
 
@@ -151,10 +164,13 @@ class MetadataStore(Protocol):
     # store spans nodes) by any other.
     new_fragments: NewFragments
 
-    def add_fragment(self, *, fence: Lease | None = None, **fields) -> tuple[Fragment, bool]:
+    def add_fragment(self, *, fence: Lease | None = None,
+                     deliveries: list[tuple[str, str]] = (), **fields) -> tuple[Fragment, bool]:
         """Commit a fragment, assigning the stream's next seq and its number; returns it
         and True, or the fragment already stored with the same producer time and digest
-        and False. Raises StreamNotActive, or LeaseLost if `fence` is no longer held."""
+        and False. `deliveries` ((kind, event JSON) pairs) go into the outbox in the same
+        commit, for a new fragment only. Raises StreamNotActive, or LeaseLost if `fence` is
+        no longer held."""
 
     def find_fragment(self, arn: str, *, producer_ms: int, digest: bytes) -> Fragment | None:
         """The fragment with exactly this producer time and content, if stored."""
@@ -213,6 +229,27 @@ class MetadataStore(Protocol):
     def release_lease(self, lease: Lease) -> None: ...
 
     # -- server secrets --------------------------------------------------------------
+
+    # -- event configurations and the delivery outbox -----------------------------------
+
+    def get_stream_config(self, arn: str, kind: str) -> str | None:
+        """The stream's configuration of `kind` (JSON), if set."""
+
+    def put_stream_config(self, arn: str, kind: str, config: str | None) -> None:
+        """Set (or with None, delete) the stream's configuration of `kind`."""
+
+    def count_deliveries(self) -> int:
+        """How many deliveries are waiting in the outbox."""
+
+    def claim_deliveries(self, limit: int, claim_ms: int) -> list[Delivery]:
+        """Up to `limit` due deliveries, oldest first, claimed for `claim_ms`: no other
+        worker gets them until the claim lapses (a worker that died loses its claim)."""
+
+    def finish_delivery(self, delivery_id: int) -> None:
+        """Done: remove it from the outbox."""
+
+    def retry_delivery(self, delivery_id: int, delay_ms: int, error: str) -> None:
+        """Failed: due again in `delay_ms`, one attempt more, the claim released."""
 
     def secret(self, name: str) -> bytes:
         """A random server secret, created on first use and shared by every node."""

@@ -27,15 +27,13 @@ import psycopg
 
 from kvslite.store.metadata import (ACTIVE, DELETING, Clock, Fragment, Lease, LeaseLost,
                                     NameTaken, Stream, StreamNotActive, fragment_number)
-from kvslite.store.postgres_db import PostgresDatabase
+from kvslite.store.postgres_db import NOW
+from kvslite.store.postgres_outbox import PostgresOutbox
 from kvslite.store.postgres_listen import NOTIFY_SQL
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
 _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
 _TIME_COLUMNS = {Clock.PRODUCER: "producer_ms", Clock.SERVER: "server_ms"}
-# Now, in epoch ms: the injected clock's reading if there is one, else the database's.
-_NOW = ("coalesce(%(now)s::bigint, "
-        "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)")
 
 
 def _starting(col: str, newest_only: bool) -> str:
@@ -46,7 +44,7 @@ def _starting(col: str, newest_only: bool) -> str:
         f"AND g.{col} = f.{col})" if newest_only else "")
 
 
-class PostgresMetadataStore(PostgresDatabase):
+class PostgresMetadataStore(PostgresOutbox):
     """The metadata store on PostgreSQL: each guarantee of MetadataStore is one transaction."""
 
     # -- streams ---------------------------------------------------------------------
@@ -158,7 +156,8 @@ class PostgresMetadataStore(PostgresDatabase):
             raise KeyError(header_id)
         return rows[0]["data"]
 
-    def add_fragment(self, *, fence: Lease | None = None, **fields) -> tuple[Fragment, bool]:
+    def add_fragment(self, *, fence: Lease | None = None, deliveries=(),
+                     **fields) -> tuple[Fragment, bool]:
         arn = fields["arn"]
         resent: Fragment | None = None
         with self._write() as conn:
@@ -181,6 +180,7 @@ class PostgresMetadataStore(PostgresDatabase):
             values = asdict(fragment)
             conn.execute(f"INSERT INTO fragments ({', '.join(values)}) "
                          f"VALUES ({', '.join('%s' for _ in values)})", list(values.values()))
+            self._record_deliveries(conn, arn, fragment.number, deliveries)
             conn.execute(NOTIFY_SQL, (arn,))  # delivered to every node on commit
         if resent is not None:
             return resent, False
@@ -302,7 +302,7 @@ class PostgresMetadataStore(PostgresDatabase):
                          (resource,))
             now = {"resource": resource, "now": self._now_ms()}
             conn.execute(f"DELETE FROM leases WHERE resource = %(resource)s "
-                         f"AND expires_ms <= {_NOW}", now)
+                         f"AND expires_ms <= {NOW}", now)
             held = conn.execute("SELECT count(*) AS held FROM leases WHERE resource = %s",
                                 (resource,)).fetchone()["held"]
             if held >= limit:
@@ -311,7 +311,7 @@ class PostgresMetadataStore(PostgresDatabase):
                                  "WHERE resource = %s RETURNING epoch",
                                  (resource,)).fetchone()["epoch"]
             conn.execute(f"INSERT INTO leases (resource, holder, epoch, expires_ms) "
-                         f"VALUES (%(resource)s, %(holder)s, %(epoch)s, {_NOW} + %(ttl)s)",
+                         f"VALUES (%(resource)s, %(holder)s, %(epoch)s, {NOW} + %(ttl)s)",
                          {**now, "holder": holder, "epoch": epoch, "ttl": ttl_ms})
         return Lease(resource, holder, epoch)
 
@@ -320,15 +320,15 @@ class PostgresMetadataStore(PostgresDatabase):
         acquire can drop it (and take the slot over) before this commits."""
         return conn.execute(
             f"SELECT 1 FROM leases WHERE resource = %(resource)s AND holder = %(holder)s "
-            f"AND epoch = %(epoch)s AND expires_ms > {_NOW} FOR KEY SHARE",
+            f"AND epoch = %(epoch)s AND expires_ms > {NOW} FOR KEY SHARE",
             {**asdict(lease), "now": self._now_ms()}).fetchone() is not None
 
     def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
         with self._write() as conn:
             cursor = conn.execute(
-                f"UPDATE leases SET expires_ms = {_NOW} + %(ttl)s "
+                f"UPDATE leases SET expires_ms = {NOW} + %(ttl)s "
                 f"WHERE resource = %(resource)s AND holder = %(holder)s "
-                f"AND epoch = %(epoch)s AND expires_ms > {_NOW}",
+                f"AND epoch = %(epoch)s AND expires_ms > {NOW}",
                 {**asdict(lease), "now": self._now_ms(), "ttl": ttl_ms})
             return cursor.rowcount == 1
 

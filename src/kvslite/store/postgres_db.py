@@ -20,6 +20,10 @@ from kvslite.store.new_fragments import NewFragments
 from kvslite.store.postgres_listen import FragmentListener
 from kvslite.store.postgres_schema import migrate
 
+# Now, in epoch ms: the injected clock's reading if there is one, else the database's.
+NOW = ("coalesce(%(now)s::bigint, "
+       "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)")
+
 
 class PostgresDatabase:
     """One PostgreSQL database: a connection pool, write transactions, the migration.
@@ -68,7 +72,7 @@ class PostgresDatabase:
             yield conn
 
     def _now_ms(self) -> int | None:
-        """The injected clock's reading, else None (the database's clock: see _NOW)."""
+        """The injected clock's reading, else None (the database's clock: see NOW)."""
         return None if self.clock is None else int(self.clock() * 1000)
 
     def _rows(self, sql: str, params=()) -> list[dict]:

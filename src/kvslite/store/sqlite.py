@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 from kvslite.store.metadata import (ACTIVE, DELETING, Clock, Fragment, Lease, LeaseLost,
                                     NameTaken, Stream, StreamNotActive, fragment_number)
 from kvslite.store.new_fragments import NewFragments
-from kvslite.store.sqlite_db import SqliteDatabase
+from kvslite.store.sqlite_outbox import SqliteOutbox
 
 _STREAM_COLUMNS = [f.name for f in fields(Stream)]
 _FRAGMENT_COLUMNS = ", ".join(f.name for f in fields(Fragment))
@@ -25,7 +25,7 @@ _NEWEST_OF_ITS_START = (" AND seq = (SELECT max(+seq) FROM fragments g "
                         "WHERE g.arn = f.arn AND g.{col} = f.{col})")
 
 
-class SqliteMetadataStore(SqliteDatabase):
+class SqliteMetadataStore(SqliteOutbox):
     """The metadata store on SQLite: each guarantee of MetadataStore is one transaction.
 
     Live readers are woken by this instance's own commits: one process serves a SQLite
@@ -146,7 +146,8 @@ class SqliteMetadataStore(SqliteDatabase):
             raise KeyError(header_id)
         return row["data"]
 
-    def add_fragment(self, *, fence: Lease | None = None, **fields) -> tuple[Fragment, bool]:
+    def add_fragment(self, *, fence: Lease | None = None, deliveries=(),
+                     **fields) -> tuple[Fragment, bool]:
         arn = fields["arn"]
         with self._write() as conn:
             status = conn.execute("SELECT status FROM streams WHERE arn = ?", (arn,)).fetchone()
@@ -164,6 +165,7 @@ class SqliteMetadataStore(SqliteDatabase):
             row = asdict(fragment)
             conn.execute(f"INSERT INTO fragments ({', '.join(row)}) "
                          f"VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+            self._record_deliveries(conn, arn, fragment.number, deliveries)
         self.new_fragments.notify(arn)  # committed: wake this process's live readers
         return fragment, True
 

@@ -94,4 +94,27 @@ MIGRATIONS = [
     );
     CREATE TABLE lease_epochs (resource TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
     """,
+    # 5: a stream's image-generation and notification configurations (the API's JSON), and
+    # the outbox: work a fragment's event tags asked for, recorded in the fragment's commit
+    # and done after it; a claim (claimed_until_ms) keeps two workers off one row.
+    """
+    CREATE TABLE stream_configs (
+        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        config TEXT NOT NULL,
+        PRIMARY KEY (arn, kind)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        arn TEXT NOT NULL REFERENCES streams(arn) ON DELETE CASCADE,
+        fragment_number TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        event TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_ms INTEGER NOT NULL DEFAULT 0,
+        claimed_until_ms INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_by_due ON deliveries (due_ms);
+    """,
 ]

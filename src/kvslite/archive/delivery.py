@@ -1,0 +1,197 @@
+"""The delivery worker: does the outbox's work, on every node, after the PERSISTED ack.
+
+Image generation renders a tagged fragment's images exactly as GetImages would for the
+fragment's span (the same ImageSampler, the configuration's SamplingInterval, Format,
+FormatConfig and size) and writes each to the configured S3 bucket under AWS's key layout:
+
+    <uri prefix>/<ImagePrefix>_<AccountID>_<StreamName>_<ImageTimecode>_<RandomID>.jpg|png
+
+(no ImagePrefix and its underscore when the producer gave none; ImageTimecode is the sample
+time in epoch ms). RandomID is a UUID derived from the stream, fragment and time, so a
+delivery retried after a crash overwrites its own objects instead of adding copies. Each
+object carries AWS's metadata (fragment number, producer and server timestamps) and the
+producer's custom pairs.
+
+A notification is a POST of the SNS-shaped JSON to the configured http(s) webhook, at least
+once: a retry repeats the same MessageId, which consumers can deduplicate on.
+
+Work is claimed for CLAIM_MS (a node that dies mid-delivery loses its claim, and another
+node or its restart does the work), retried with backoff on failure, and dropped only when
+nothing is left to do: the stream or fragment is gone, or the configuration is off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+
+from kvslite import metrics
+from kvslite.archive.events import IMAGE_GENERATION, EventConfigs
+from kvslite.archive.fragments import Archive
+from kvslite.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
+from kvslite.store.metadata import ACTIVE, Clock, Delivery, Fragment, MetadataStore, Stream
+from kvslite.store.s3 import make_client, parse_s3_url
+
+log = logging.getLogger("kvslite.delivery")
+
+CLAIM_MS = 15_000  # a claimed delivery must be done by then, or it is due again
+BATCH = 8
+MAX_BACKOFF_MS = 300_000
+WEBHOOK_TIMEOUT_S = 5.0  # well inside CLAIM_MS
+KEYS = uuid.UUID("6b767369-6d61-6765-7300-000000000000")  # namespace of RandomIDs
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
+
+
+def backoff_ms(attempts: int) -> int:
+    """1 s, 2 s, 4 s ... up to 5 minutes: a delivery is retried until it succeeds."""
+    return min(MAX_BACKOFF_MS, 1000 * 2 ** min(attempts, 20))
+
+
+class Deliverer:
+    def __init__(self, store: MetadataStore, archive: Archive, sampler: ImageSampler,
+                 configs: EventConfigs, *, account_id: str, s3_endpoint_url: str | None = None,
+                 interval_s: float = 1.0):
+        self.store, self.archive, self.sampler, self.configs = store, archive, sampler, configs
+        self.account_id = account_id
+        self.s3_endpoint_url = s3_endpoint_url
+        self._s3 = None  # made on first image delivery: standard AWS configuration
+        self.interval_s = interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- running in the background --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kvslite-delivery", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look at the outbox now (a fragment just put work there)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once() == BATCH
+            except Exception:  # the store unreachable: try again at the next interval
+                log.exception("delivery pass failed")
+                busy = False
+            if not busy:
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
+
+    def run_once(self) -> int:
+        """Claim and do one batch of due deliveries; returns how many were claimed."""
+        claimed = self.store.claim_deliveries(BATCH, CLAIM_MS)
+        for delivery in claimed:
+            self._attempt(delivery)
+        return len(claimed)
+
+    def _attempt(self, delivery: Delivery) -> None:
+        try:
+            result = self._deliver(delivery)
+        except Exception as e:  # noqa: BLE001 - any failure is retried later
+            delay = backoff_ms(delivery.attempts)
+            log.warning("%s for fragment %s failed (attempt %d), retrying in %d s: %s",
+                        delivery.kind, delivery.fragment_number, delivery.attempts + 1,
+                        delay // 1000, e)
+            self.store.retry_delivery(delivery.id, delay, repr(e))
+            metrics.DELIVERIES.labels(delivery.kind, "retried").inc()
+            return
+        self.store.finish_delivery(delivery.id)
+        metrics.DELIVERIES.labels(delivery.kind, result).inc()
+
+    # -- one delivery ---------------------------------------------------------------------
+
+    def _deliver(self, delivery: Delivery) -> str:
+        """Do it; "delivered", or "dropped" when there is nothing left to do."""
+        stream = self.store.get_stream(arn=delivery.arn)
+        fragment = self.archive.by_number(delivery.arn, delivery.fragment_number) \
+            if stream is not None and stream.status == ACTIVE else None
+        config = self.configs.enabled(delivery.arn, delivery.kind)
+        if fragment is None or config is None:
+            return "dropped"
+        event = json.loads(delivery.event)
+        if delivery.kind == IMAGE_GENERATION:
+            self._put_images(stream, fragment, config, event)
+        else:
+            self._post_notification(stream, fragment, config, event)
+        return "delivered"
+
+    def _put_images(self, stream: Stream, fragment: Fragment, config: dict,
+                    event: dict) -> None:
+        clock = Clock(config["ImageSelectorType"])
+        start = fragment.producer_ms if clock is Clock.PRODUCER else fragment.server_ms
+        request = ImageRequest(
+            stream_arn=stream.arn, clock=clock, start_ms=start,
+            end_ms=start + max(fragment.duration_ms, 1) - 1,
+            interval_ms=config["SamplingInterval"], image_format=config["Format"],
+            quality=jpeg_quality(config.get("FormatConfig")),
+            width=config.get("WidthPixels"), height=config.get("HeightPixels"))
+        bucket, prefix = parse_s3_url(config["DestinationConfig"]["Uri"])
+        metadata = {**event.get("metadata", {}),
+                    "aws_kinesisvideo_fragment_number": fragment.number,
+                    "aws_kinesisvideo_producer_timestamp": str(fragment.producer_ms),
+                    "aws_kinesisvideo_server_timestamp": str(fragment.server_ms)}
+        for image in self.sampler.render(request):
+            if image.content is None:
+                continue  # NO_MEDIA / MEDIA_ERROR: GetImages would return no picture either
+            key = prefix + image_name(event.get("prefix", ""), self.account_id, stream,
+                                      fragment, image.time_ms, config["Format"])
+            self.s3.put_object(Bucket=bucket, Key=key, Body=image.content, Metadata=metadata,
+                               ContentType=f"image/{config['Format'].lower()}")
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            self._s3 = make_client(self.s3_endpoint_url)
+        return self._s3
+
+    def _post_notification(self, stream: Stream, fragment: Fragment, config: dict,
+                           event: dict) -> None:
+        body = json.dumps(notification_message(stream, fragment, event)).encode()
+        request = urllib.request.Request(
+            config["DestinationConfig"]["Uri"], data=body, method="POST",
+            headers={"Content-Type": "application/json", "x-amz-sns-message-type": "Notification",
+                     "User-Agent": "kvslite-notifications"})
+        try:
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"the webhook answered {e.code}") from None
+
+
+def image_name(image_prefix: str, account_id: str, stream: Stream, fragment: Fragment,
+               time_ms: int, image_format: str) -> str:
+    """AWS's object name for one generated image (see the module docstring)."""
+    random_id = uuid.uuid5(KEYS, f"{stream.arn}/{fragment.number}/{time_ms}")
+    parts = [image_prefix] if image_prefix else []
+    parts += [account_id, stream.name, str(time_ms), str(random_id)]
+    return "_".join(parts) + "." + EXTENSIONS[image_format]
+
+
+def notification_message(stream: Stream, fragment: Fragment, event: dict) -> dict:
+    """The SNS-shaped envelope around AWS's notification message."""
+    message = {"StreamArn": stream.arn, "FragmentNumber": fragment.number,
+               "FragmentStartProducerTimestamp": fragment.producer_ms,
+               "FragmentStartServerTimestamp": fragment.server_ms,
+               "NotificationType": "PERSISTED",
+               "NotificationPayload": event.get("metadata", {})}
+    return {"Type": "Notification",
+            "MessageId": str(uuid.uuid5(KEYS, f"{stream.arn}/{fragment.number}/notification")),
+            "Subject": "Kinesis Video Streams Notification",
+            "Message": json.dumps(message),
+            "Timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")}

@@ -1,0 +1,119 @@
+"""Fragment events: images and notifications a producer asks for with MKV tags, and the
+stream configurations (AWS's ImageGenerationConfiguration and NotificationConfiguration)
+that say what to do with them.
+
+A producer marks a fragment with a Tags element written just before its Cluster (the AWS
+producer SDK's putKinesisVideoEventMetadata): a SimpleTag AWS_KINESISVIDEO_IMAGE_GENERATION
+(optionally AWS_KINESISVIDEO_IMAGE_PREFIX) or AWS_KINESISVIDEO_NOTIFICATION, and custom
+name/value pairs. Once the fragment is PERSISTED on a stream whose configuration of that
+kind is ENABLED, the work is recorded in the outbox in the fragment's own commit, and
+delivery.py does it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import urlsplit
+
+from kvslite import metrics
+from kvslite.archive.control_plane import require_archive
+from kvslite.archive.sampling import check_sampling_interval, jpeg_quality
+from kvslite.errors import invalid
+from kvslite.store.metadata import MetadataStore, Stream
+from kvslite.store.s3 import parse_s3_url
+
+log = logging.getLogger("kvslite.events")
+
+IMAGE_GENERATION = "image-generation"
+NOTIFICATION = "notification"
+IMAGE_TAG = "AWS_KINESISVIDEO_IMAGE_GENERATION"
+IMAGE_PREFIX_TAG = "AWS_KINESISVIDEO_IMAGE_PREFIX"
+NOTIFICATION_TAG = "AWS_KINESISVIDEO_NOTIFICATION"
+MAX_CUSTOM_PAIRS = 10  # AWS: "up to 10 metadata items"; more are ignored
+DEFAULT_QUEUE_LIMIT = 10_000
+
+
+def events_in(tags: list[tuple[str, str]]) -> dict[str, dict]:
+    """The events one Tags element asks for: kind -> {"prefix": ..., "metadata": {...}}.
+    Custom pairs are the tags whose names do not start with AWS (reserved)."""
+    names = {name for name, _ in tags}
+    custom = dict([(n, v) for n, v in tags if n and not n.startswith("AWS")][:MAX_CUSTOM_PAIRS])
+    found = {}
+    if IMAGE_TAG in names:
+        found[IMAGE_GENERATION] = {"prefix": dict(tags).get(IMAGE_PREFIX_TAG) or "",
+                                   "metadata": custom}
+    if NOTIFICATION_TAG in names:
+        found[NOTIFICATION] = {"metadata": custom}
+    return found
+
+
+class EventConfigs:
+    """The streams' event configurations: validated on update, kept in the store as the
+    API's JSON, and consulted when a tagged fragment is persisted."""
+
+    def __init__(self, store: MetadataStore, *, region: str, min_sampling_interval_ms: int,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT):
+        self.store = store
+        self.region = region
+        self.min_sampling_interval_ms = min_sampling_interval_ms
+        self.queue_limit = queue_limit
+
+    def describe(self, stream: Stream, kind: str) -> dict | None:
+        stored = self.store.get_stream_config(stream.arn, kind)
+        return json.loads(stored) if stored is not None else None
+
+    def update(self, stream: Stream, kind: str, config: dict | None) -> None:
+        """Set the configuration (the API's shape, already checked against the model), or
+        delete it with None."""
+        require_archive(stream)  # AWS: NoDataRetentionException
+        if config is not None:
+            (self._check_image_generation if kind == IMAGE_GENERATION
+             else self._check_notification)(config)
+        self.store.put_stream_config(stream.arn, kind,
+                                     None if config is None else json.dumps(config))
+
+    def _check_image_generation(self, config: dict) -> None:
+        destination = config["DestinationConfig"]
+        if destination["DestinationRegion"] != self.region:
+            raise invalid(f"DestinationRegion {destination['DestinationRegion']} is not the "
+                          f"stream's region ({self.region})")
+        try:
+            parse_s3_url(destination["Uri"])
+        except ValueError:
+            raise invalid(f"DestinationConfig.Uri must be s3://bucket/optional/prefix, got "
+                          f"{destination['Uri']!r}") from None
+        check_sampling_interval(config["SamplingInterval"], self.min_sampling_interval_ms)
+        if config["Format"] == "PNG" and config.get("FormatConfig"):
+            raise invalid("FormatConfig (JPEGQuality) applies to the JPEG format only")
+        jpeg_quality(config.get("FormatConfig"))
+
+    @staticmethod
+    def _check_notification(config: dict) -> None:
+        uri = config["DestinationConfig"]["Uri"]
+        if uri.startswith("arn:"):
+            raise invalid("kvslite delivers notifications to an http:// or https:// webhook "
+                          "(a POST of the SNS-shaped message), not to an SNS topic; give the "
+                          "webhook's URL as DestinationConfig.Uri")
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise invalid(f"DestinationConfig.Uri must be an http:// or https:// URL, got "
+                          f"{uri!r}")
+
+    def enabled(self, stream_arn: str, kind: str) -> dict | None:
+        """The configuration of `kind`, if ENABLED."""
+        stored = self.store.get_stream_config(stream_arn, kind)
+        config = json.loads(stored) if stored is not None else None
+        return config if config and config.get("Status") == "ENABLED" else None
+
+    def deliveries_for(self, stream: Stream, events: dict[str, dict]) -> list[tuple[str, str]]:
+        """The outbox rows a fragment with `events` gets: those whose configuration is
+        ENABLED, unless the outbox is full (then counted and logged, never blocking)."""
+        wanted = [(kind, json.dumps(event)) for kind, event in events.items()
+                  if self.enabled(stream.arn, kind)]
+        if wanted and self.store.count_deliveries() >= self.queue_limit:
+            metrics.DELIVERIES.labels("any", "dropped").inc(len(wanted))
+            log.warning("the delivery outbox holds %d items, its limit: %s's fragment events "
+                        "are dropped", self.queue_limit, stream.name)
+            return []
+        return wanted
