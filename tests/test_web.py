@@ -366,6 +366,91 @@ def test_save_clip_downloads_an_mp4(page, server):
     assert frames == 75  # fragments starting in [start, start + 2.5 s]: three 1 s GOPs
 
 
+def stream_details(page: Page) -> dict[str, tuple[str, str, str]]:
+    """The stream page's details once every value has arrived: key -> (label, value, hover)."""
+    page.page.wait_for_selector("#stream-details:not([hidden])")
+    page.page.wait_for_function(
+        "() => !document.querySelector('#stream-details dd[data-state=pending]')")
+    return {item["key"]: (item["label"], item["value"], item["title"])
+            for item in page.page.eval_on_selector_all("#stream-details > div", """items =>
+                items.map(i => ({key: i.dataset.detail,
+                                 label: i.querySelector('dt').textContent,
+                                 value: i.querySelector('dd').textContent,
+                                 title: i.querySelector('dd').title}))""")}
+
+
+def test_stream_page_shows_image_generation_and_notifications(page, browser, server):
+    kvs = server.client("kinesisvideo")
+    kvs.update_image_generation_configuration(StreamName="back-yard", ImageGenerationConfiguration={
+        "Status": "ENABLED", "ImageSelectorType": "PRODUCER_TIMESTAMP",
+        "DestinationConfig": {"Uri": "s3://bucket/thumbs", "DestinationRegion": "us-east-1"},
+        "SamplingInterval": 3000, "Format": "JPEG", "FormatConfig": {"JPEGQuality": "80"},
+        "WidthPixels": 160, "HeightPixels": 120})
+    kvs.update_notification_configuration(StreamName="back-yard", NotificationConfiguration={
+        "Status": "DISABLED", "DestinationConfig": {"Uri": "https://example.com/hook"}})
+    images = "ENABLED — JPEG every 3 s (producer time), 160×120, quality 80 → s3://bucket/thumbs"
+    expected = {
+        "codec": ("Codec", "—", ""),
+        "retention": ("Retention", "2 d", ""),
+        "images": ("Images", images, "Region us-east-1"),
+        "notifications": ("Notifications", "DISABLED → https://example.com/hook", ""),
+    }
+    page.page.goto(f"{server.endpoint}/#/stream/back-yard")
+    page.page.wait_for_selector("#stream-view[data-ready]")
+    assert stream_details(page) == expected
+    page.shot("17-stream-details")
+
+    # Another stream's page forgets them; coming back shows them again.
+    for name, images_shown in (("front-door", "not configured"), ("back-yard", images)):
+        page.page.goto(f"{server.endpoint}/#/stream/{name}")  # same document: hashchange
+        page.page.wait_for_function("name => document.title.startsWith(name)", arg=name)
+        page.page.wait_for_selector("#stream-view[data-ready]")
+        assert stream_details(page)["images"][1] == images_shown
+
+    # On a phone: a row each, wrapped inside the screen.
+    context, phone = new_page(browser, viewport={"width": 390, "height": 844},
+                              device_scale_factor=2, is_mobile=True, has_touch=True)
+    try:
+        phone.page.goto(f"{server.endpoint}/#/stream/back-yard")
+        phone.page.wait_for_selector("#stream-view[data-ready]")
+        assert stream_details(phone) == expected
+        phone.shot("18-phone-stream-details")
+        assert phone.page.evaluate("document.documentElement.scrollWidth") <= 390
+        boxes = phone.page.eval_on_selector_all(
+            "#stream-details dd", "dds => dds.map(d => d.getBoundingClientRect().toJSON())")
+        assert all(0 <= b["left"] and b["right"] <= 390 for b in boxes)
+        assert len({b["top"] for b in boxes}) == len(boxes)  # one row each
+        assert not phone.errors
+    finally:
+        context.close()
+
+
+def test_stream_page_without_settings_or_when_they_fail(page, server):
+    open_stream(page, server)
+    details = stream_details(page)
+    assert details["codec"][1:] == ("video/h264", "")
+    assert details["retention"][1:] == ("1 d", "")
+    assert details["images"][1:] == ("not configured", "")
+    assert details["notifications"][1:] == ("not configured", "")
+
+    # A failing Describe*Configuration shows "unavailable" there, and the page works on.
+    page.page.route("**/describeNotificationConfiguration", lambda route: route.fulfill(
+        status=500, headers={"x-amzn-ErrorType": "InternalFailure"},
+        content_type="application/json", body='{"message": "broken on purpose"}'))
+    page.page.route("**/describeImageGenerationConfiguration", lambda route: route.abort())
+    page.page.reload()
+    settle(page)
+    details = stream_details(page)
+    page.shot("19-stream-details-unavailable")
+    assert details["notifications"][1:] == ("unavailable", "InternalFailure: broken on purpose")
+    assert details["images"][1] == "unavailable"
+    assert details["images"][2].startswith("NetworkError: Cannot reach the server")
+    assert details["codec"][1] == "video/h264"
+    assert len(page.page.query_selector_all("#track .span")) == 2
+    assert page.page.query_selector_all("#thumbs .tile[data-state=image]")
+    assert page.page.is_hidden("#error")
+
+
 def test_phone_sized_screen(browser, server):
     context, page = new_page(browser, viewport={"width": 390, "height": 844},
                              device_scale_factor=2, is_mobile=True, has_touch=True)
@@ -465,6 +550,10 @@ def test_signed_requests_when_the_server_wants_credentials(browser, start_server
         # 3 s slots: an image from each slot's middle, or its first archived instant
         assert all(ts % 3000 in (0, 1500) or ts == START_MS for ts in images)
         page.shot("16-signed-timeline")
+        # the configurations are asked for with the same signed client
+        details = stream_details(page)
+        assert (details["images"][1], details["notifications"][1]) == \
+            ("not configured", "not configured")
         page.page.click("#thumbs .tile[data-state=image]")
         page.page.wait_for_function("() => document.querySelector('video').currentTime > 0.5")
     finally:

@@ -4,8 +4,9 @@
  * was loaded from, signed with SigV4 when the user gave keys, exactly like any other client
  * (see api.js). Views:
  *   #/                                  the list of streams (streams.js)
- *   #/stream/<name>?start=<ms>&end=<ms> one stream: timeline, thumbnails, player, downloads
- *                                       (stream.js, timeline.js, player.js, downloads.js)
+ *   #/stream/<name>?start=<ms>&end=<ms> one stream: timeline, thumbnails, player, downloads,
+ *                                       details (stream.js, timeline.js, player.js,
+ *                                       downloads.js, details.js)
  */
 
 import { setupCredentials } from './credentials.js';

@@ -2,6 +2,7 @@
  * previous stream's state when it changes. */
 
 import { api } from './api.js';
+import { clearDetails, loadEventConfigs, showStreamInfo } from './details.js';
 import { $, el, showError } from './dom.js';
 import { stopPlayer } from './player.js';
 import { S } from './state.js';
@@ -20,6 +21,7 @@ export function resetStream(name) {
   $('#track').replaceChildren();
   $('#axis').replaceChildren();
   $('#stream-status').textContent = '';
+  clearDetails();
   delete $('#thumbs').dataset.ready;
   delete $('#track').dataset.ready;
   delete $('#timeline').dataset.busy;
@@ -33,13 +35,15 @@ export async function showStream(name, query) {
   $('#crumbs').replaceChildren(el('a', { href: '#/', text: 'Streams' }), ' / ', name);
   if (S.stream !== name) resetStream(name);
   const signal = S.abort.signal;
+  loadEventConfigs(name, signal);  // meanwhile, each shown when it arrives; never an error
   try {
     // DescribeStream: a stream that does not exist is an error, not an empty timeline.
-    const [, summary] = await Promise.all([
+    const [description, summary] = await Promise.all([
       api('/describeStream', { StreamName: name }, { signal }),
       streamSummary(name),
     ]);
     if (S.stream !== name) return;
+    showStreamInfo(description.StreamInfo);
     if (summary.noRetention) {
       $('#stream-status').textContent = 'This stream keeps no data (retention 0): nothing to show.';
     }
