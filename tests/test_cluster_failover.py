@@ -230,9 +230,21 @@ def test_retention_frees_s3_objects(cluster, h264, monkeypatch):
     try:
         sweeper = Sweeper(store, blobs, interval_s=1, orphan_grace_s=60, shared=True,
                           clock=lambda: time.time() + 2 * 3600)
-        # a pass runs when this sweeper gets the cluster's sweeping lease between the nodes'
-        wait_until(lambda: sweeper.sweep() is not None and objects() == 0, timeout=30,
+        # a pass runs when this sweeper gets the cluster's sweeping lease between the nodes';
+        # a node killed by an earlier test while sweeping holds it for up to 60 s
+        wait_until(lambda: sweeper.sweep() is not None and objects() == 0, timeout=90,
                    what="the expired fragments' S3 objects to go")
     finally:
         store.close()
     assert listed(cluster.client("kinesis-video-archived-media"), "expiring") == []
+
+
+def test_event_configurations_are_seen_by_every_node(cluster):
+    cluster.nodes[0].client("kinesisvideo").create_stream(StreamName="configured",
+                                                          DataRetentionInHours=1)
+    config = {"Status": "ENABLED", "DestinationConfig": {"Uri": "https://hooks.example/kvs"}}
+    cluster.nodes[0].client("kinesisvideo").update_notification_configuration(
+        StreamName="configured", NotificationConfiguration=config)
+    for node in cluster.nodes[1:]:
+        assert node.client("kinesisvideo").describe_notification_configuration(
+            StreamName="configured")["NotificationConfiguration"] == config
