@@ -20,7 +20,8 @@ from functools import lru_cache
 
 from kvslite.errors import RESOURCE_NOT_FOUND, ApiError
 from kvslite.media import mkv, remux
-from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
+from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS, video_track
+from kvslite.media.nal import REFERENCE, PictureRole, length_size, picture_role
 from kvslite.store.files import FileBlobStore
 from kvslite.store.metadata import (Clock, Fragment, Lease, MetadataStore, Stream,
                                     StreamNotActive)
@@ -48,16 +49,29 @@ class FrameEntry:
     offset_ms: int  # presentation time relative to the fragment's start
     payload_offset: int
     size: int
+    role: PictureRole = REFERENCE  # whether later pictures need this one (media/nal.py)
+
+
+# The flags byte: bit 0 keyframe, bit 1 disposable, bits 2-4 the H.265 temporal id. Index
+# rows written before the picture role was recorded have bit 1 clear: a reference.
+_DISPOSABLE, _TID_SHIFT = 2, 2
 
 
 def pack_frames(entries: list[FrameEntry]) -> bytes:
-    return b"".join(_FRAME.pack(e.track, e.keyframe, e.offset_ms, e.payload_offset, e.size)
+    return b"".join(_FRAME.pack(e.track, _flags(e), e.offset_ms, e.payload_offset, e.size)
                     for e in entries)
 
 
+def _flags(e: FrameEntry) -> int:
+    return (int(e.keyframe) | (_DISPOSABLE if e.role.disposable else 0)
+            | (max(0, min(7, e.role.temporal_id)) << _TID_SHIFT))
+
+
 def unpack_frames(data: bytes) -> list[FrameEntry]:
-    return [FrameEntry(track, bool(key), offset, start, size)
-            for track, key, offset, start, size in _FRAME.iter_unpack(data)]
+    return [FrameEntry(track, bool(flags & 1), offset, start, size,
+                       PictureRole(bool(flags & _DISPOSABLE), flags >> _TID_SHIFT)
+                       if flags > 1 else REFERENCE)
+            for track, flags, offset, start, size in _FRAME.iter_unpack(data)]
 
 
 def stream_dir(stream: Stream) -> str:
@@ -114,10 +128,11 @@ class Archive:
         if existing is not None:
             return existing, False
         server_ms = self._never_before_previous(stream, server_ms)
+        roles = self._picture_roles(header_id, cluster, data, offsets)
         entries = [
             FrameEntry(f.track_number, f.keyframe, to_ms(f.timecode) - producer_ms, offset,
-                       f.payload_size)
-            for f, offset in zip(cluster.frames, offsets)
+                       f.payload_size, role)
+            for f, offset, role in zip(cluster.frames, offsets, roles)
         ]
         key = f"{stream_dir(stream)}/{producer_ms}-{secrets.token_hex(4)}.mkv"
         try:
@@ -138,6 +153,17 @@ class Archive:
         if not created:
             self.blobs.delete(key)  # a resend raced its original, which won
         return fragment, created
+
+    def _picture_roles(self, header_id: int, cluster: mkv.Cluster, data: bytes,
+                       offsets: list[int]) -> list[PictureRole]:
+        """Each frame's picture role, from its first slice header (video track only)."""
+        video = video_track(self.tracks(header_id))
+        size = length_size(video.codec_id, video.codec_private) if video else None
+        if size is None:
+            return [REFERENCE] * len(cluster.frames)
+        return [picture_role(video.codec_id, size, data[o:o + f.payload_size])
+                if f.track_number == video.number else REFERENCE
+                for f, o in zip(cluster.frames, offsets)]
 
     def _never_before_previous(self, stream: Stream, server_ms: int) -> int:
         """`server_ms`, or the stream's previous fragment's if that is later.

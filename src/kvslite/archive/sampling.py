@@ -3,7 +3,8 @@
 For sample time t the image is the last frame with timestamp <= t in the
 fragment whose span [start, start + duration) contains t. Each fragment a page
 needs is read once, up to its last needed frame, and decoded once, in parallel
-across fragments; images are encoded in the same worker.
+across fragments, leaving out the disposable pictures no wanted one depends on;
+images are encoded in the same worker.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from dataclasses import asdict, dataclass
 
 from kvslite import metrics
 from kvslite.archive.fragments import Archive, FragmentGone, FrameEntry, unpack_frames
+from kvslite.archive.image_cache import ImageCache, ImageKey
 from kvslite.errors import CLIENT_LIMIT_EXCEEDED, ApiError, invalid
 from kvslite.media.decode import DecodeError, decode_wanted
 from kvslite.media.images import encode_image
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS, video_track
+from kvslite.media.nal import skippable
 from kvslite.store.metadata import Clock, Fragment
 
 log = logging.getLogger("kvslite.images")
@@ -53,6 +56,15 @@ class ImageRequest:
 
     def sample_time(self, index: int) -> int:
         return self.start_ms + index * self.interval_ms
+
+
+def needed_frames(frames: list[FrameEntry], wanted: set[int]) -> list[FrameEntry]:
+    """The frames (in decode order, up to the last wanted) a decode of the `wanted` pts
+    must be fed: all but the disposable pictures nobody asked for, which no wanted picture
+    depends on (media/nal.py). The images are bit-identical to a full decode's."""
+    top_layer = max(e.role.temporal_id for e in frames if e.offset_ms in wanted)
+    return [e for e in frames
+            if e.offset_ms in wanted or not skippable(e.role, top_layer)]
 
 
 def check_sampling_interval(interval_ms: int, minimum_ms: int) -> None:
@@ -87,8 +99,10 @@ class _Group:
 
 class ImageSampler:
     def __init__(self, archive: Archive, *, workers: int | None = None,
-                 max_requests: int = 8, page_bytes: int = 16 << 20):
+                 max_requests: int = 8, page_bytes: int = 16 << 20,
+                 cache: ImageCache | None = None):
         self.archive = archive
+        self.cache = cache  # rendered images, so none is made twice (None: no cache)
         self.workers = workers or os.cpu_count() or 2
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kvslite-decode")
         self.slots = threading.BoundedSemaphore(max_requests)
@@ -192,21 +206,50 @@ class ImageSampler:
         return [e for e in unpack_frames(fragment.frames) if e.track == track.number]
 
     def _render(self, request: ImageRequest, group: _Group, threads: int) -> dict[int, Image]:
-        """Decode one fragment once and encode every image it serves."""
+        """The images one fragment serves: from the cache, else decoded (once) and encoded."""
         fragment = group.fragment
         if any(frame is None for _, frame in group.samples):
             return {}  # no video track in this fragment: MEDIA_ERROR
+        keys = {frame.offset_ms: self._key(request, fragment, frame.offset_ms)
+                for _, frame in group.samples}
+        encoded = {} if self.cache is None else {
+            offset: image for offset, key in keys.items()
+            if (image := self.cache.get(key)) is not None}
+        missing = set(keys) - set(encoded)
+        if missing:
+            try:
+                made = self._decode_and_encode(request, fragment, missing, threads)
+            except FragmentGone:  # retention removed it after the page was planned
+                return {index: Image(request.sample_time(index), error="NO_MEDIA")
+                        for index, _ in group.samples}
+            if made is None:
+                return {}  # MEDIA_ERROR (logged)
+            encoded.update(made)
+            if self.cache is not None:
+                for offset, image in made.items():
+                    self.cache.put(keys[offset], image)
+        return {index: Image(request.sample_time(index), content=encoded[frame.offset_ms])
+                for index, frame in group.samples}
+
+    @staticmethod
+    def _key(request: ImageRequest, fragment: Fragment, offset_ms: int) -> ImageKey:
+        return ImageKey(request.stream_arn, fragment.number, offset_ms, request.image_format,
+                        request.quality, request.width, request.height)
+
+    def _decode_and_encode(self, request: ImageRequest, fragment: Fragment, wanted: set[int],
+                           threads: int):
+        """{offset: image bytes} for the `wanted` frame times of one fragment; None if it
+        cannot be decoded. Raises FragmentGone if retention removed it meanwhile."""
         try:
             track = video_track(self.archive.tracks(fragment.header_id))
             frames = self._video_frames(fragment)
-            wanted = {frame.offset_ms for _, frame in group.samples}
             last = max(i for i, e in enumerate(frames) if e.offset_ms in wanted)
             needed = frames[last].payload_offset + frames[last].size
             blob = self.archive.cluster_bytes(fragment, needed)
             if len(blob) < needed:
                 raise OSError(f"stored fragment is truncated ({len(blob)} < {needed} bytes)")
             packets = [(e.offset_ms, blob[e.payload_offset:e.payload_offset + e.size])
-                       for e in frames[: last + 1]]
+                       for e in needed_frames(frames[: last + 1], wanted)]
             started = time.monotonic()
             decoded = decode_wanted(track.codec_id, track.codec_private, packets, wanted,
                                     threads=threads)
@@ -216,17 +259,15 @@ class ImageSampler:
                 for offset, frame in decoded.items()
             }
             metrics.DECODE_SECONDS.observe(time.monotonic() - started)
-        except FragmentGone:  # retention removed it after the page was planned
-            return {index: Image(request.sample_time(index), error="NO_MEDIA")
-                    for index, _ in group.samples}
+        except FragmentGone:
+            raise
         except (DecodeError, OSError, ValueError) as e:
             log.warning("fragment %s cannot be decoded: %s", fragment.number, e)
-            return {}
+            return None
         except Exception:  # a bug must not fail the whole page; the log keeps the trace
             log.exception("rendering fragment %s failed", fragment.number)
-            return {}
-        return {index: Image(request.sample_time(index), content=encoded[frame.offset_ms])
-                for index, frame in group.samples}
+            return None
+        return encoded
 
 
 def _covering(fragments: list[Fragment], starts: list[int], t: int) -> Fragment | None:
