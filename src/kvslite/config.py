@@ -23,6 +23,7 @@ class Settings:
     allow_anonymous: bool = False
     min_sampling_interval_ms: int = 3000
     max_image_requests: int = 8  # GetImages in flight; more are refused, not queued
+    image_cache_mb: int = 64  # rendered images kept for repeated requests; 0: none
     max_clock_skew_s: int = 900  # SigV4: how far X-Amz-Date may be from the server clock
     max_request_body_bytes: int = 1 << 20  # JSON APIs; PutMedia streams and has its own limits
     header_timeout_s: float = 10.0  # a request head must be complete this soon

@@ -25,6 +25,9 @@ LEASES_LOST = Counter("kvslite_leases_lost",
                       "Uploads or reads whose per-stream slot expired and was taken over")
 SWEEPER_LAG = Gauge("kvslite_sweeper_lag_seconds",
                     "Age past retention of the oldest fragment the last sweep found expired")
+IMAGE_CACHE = Counter("kvslite_image_cache", "Rendered-image cache lookups, by result",
+                      ["result"])
+IMAGE_CACHE_BYTES = Gauge("kvslite_image_cache_bytes", "Bytes of images in the cache")
 DELIVERIES = Counter("kvslite_deliveries",
                      "Image-generation and notification deliveries, by kind and result "
                      "(delivered, retried, dropped: outbox full or nothing left to do)",

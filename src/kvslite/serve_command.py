@@ -55,6 +55,10 @@ def as_typed(path: Path) -> str:
 @_option("--max-image-requests", "MAX_IMAGE_REQUESTS", default=Settings.max_image_requests,
          show_default=True, type=click.IntRange(1, 1000),
          help="GetImages requests served at once; more get ClientLimitExceededException.")
+@_option("--image-cache-mb", "IMAGE_CACHE_MB", default=Settings.image_cache_mb,
+         show_default=True, type=click.IntRange(min=0),
+         help="Memory for rendered images, so a repeated GetImages (the viewer's thumbnails, "
+              "several clients, image generation) makes none twice; 0 turns it off.")
 @_option("--sweep-interval-s", "SWEEP_INTERVAL_S", default=Settings.sweep_interval_s,
          show_default=True, type=click.FloatRange(min=0, min_open=True),
          help="How often fragments past retention, deleted streams and orphan media files "

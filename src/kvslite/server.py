@@ -16,6 +16,7 @@ from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.delivery import Deliverer
 from kvslite.archive.events import EventConfigs
 from kvslite.archive.fragments import Archive
+from kvslite.archive.image_cache import ImageCache
 from kvslite.archive.leases import Leases
 from kvslite.archive.retention import Sweeper
 from kvslite.archive.sampling import ImageSampler
@@ -121,7 +122,8 @@ def build(settings: Settings) -> Server:
     control = ControlPlane(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
-    sampler = ImageSampler(archive, max_requests=settings.max_image_requests)
+    cache = ImageCache(settings.image_cache_mb << 20) if settings.image_cache_mb else None
+    sampler = ImageSampler(archive, max_requests=settings.max_image_requests, cache=cache)
     event_configs = EventConfigs(metadata, region=settings.region,
                                  min_sampling_interval_ms=settings.min_sampling_interval_ms,
                                  queue_limit=settings.delivery_queue_limit)
