@@ -14,6 +14,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from postgres_server import postgres_url  # noqa: F401 - the PostgreSQL server fixture
+from seaweed_server import seaweed  # noqa: F401 - one SeaweedFS for the whole session
 
 REGION = "us-east-1"
 

@@ -26,7 +26,7 @@ from botocore.stub import Stubber
 from kvslite.errors import OutOfSpace
 from kvslite.store.files import FileBlobStore
 from kvslite.store.s3 import S3BlobStore, parse_s3_url
-from seaweed_server import REGION, seaweed  # noqa: F401  (the session fixture)
+from seaweed_server import REGION
 
 PAGE = 4
 

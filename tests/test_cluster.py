@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from kvs_media import PutMediaConnection, put_mkv
 from postgres_server import fresh_database
-from seaweed_server import REGION, seaweed  # noqa: F401 - the SeaweedFS fixture
+from seaweed_server import REGION
 
 from kvslite.media import synthetic
 
@@ -23,7 +23,7 @@ START_MS = int(time.time() * 1000) - 120_000
 
 
 @pytest.fixture(scope="module")
-def cluster(postgres_url, seaweed, tmp_path_factory):  # noqa: F811
+def cluster(postgres_url, seaweed, tmp_path_factory):
     """Two nodes on one fresh database and one fresh bucket."""
     from conftest import ServerProcess
 

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import ServerProcess
 from kvs_media import persisted_numbers, put_mkv, wait_until
-from seaweed_server import REGION, seaweed  # noqa: F401 - the SeaweedFS fixture
+from seaweed_server import REGION
 
 from kvslite.media import mkv, synthetic
 
@@ -78,7 +78,7 @@ NOTIFY = [("AWS_KINESISVIDEO_NOTIFICATION", ""), ("event", "ring"), ("camera", "
 
 
 @pytest.fixture(scope="module")
-def world(seaweed, tmp_path_factory):  # noqa: F811
+def world(seaweed, tmp_path_factory):
     bucket = "kvs-images"
     s3 = seaweed.client()
     s3.create_bucket(Bucket=bucket)
