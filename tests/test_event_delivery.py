@@ -186,7 +186,8 @@ def test_tagged_fragments_get_the_images_get_images_gives(world, h264):
             SamplingInterval=500, Format="JPEG", FormatConfig={"JPEGQuality": "70"},
             WidthPixels=160, HeightPixels=120)
         for image in page["Images"]:
-            expected[round(image["TimeStamp"].timestamp() * 1000)] = base64.b64decode(image["ImageContent"])
+            at_ms = round(image["TimeStamp"].timestamp() * 1000)
+            expected[at_ms] = base64.b64decode(image["ImageContent"])
     assert sorted(expected) == [START_MS, START_MS + 500, START_MS + 2000, START_MS + 2500]
     for key in stored:
         match = KEY.match(key)
