@@ -1,7 +1,8 @@
 """GetImages benchmark: kvslite next to `ffmpeg -vf fps` and an in-process PyAV decode floor.
 
-Default mode, against a real `python -m kvslite serve --min-sampling-interval-ms 1` (free
-loopback port, temporary data dir; all traffic on 127.0.0.1):
+Default mode, against a real `python -m kvslite serve --min-sampling-interval-ms 1
+--image-cache-mb 0` (no rendered-image cache, so every round renders; free loopback port,
+temporary data dir; all traffic on 127.0.0.1):
   archive  5 min of 1280x720 25 fps H.264 (libx264 veryfast, 2-s closed GOPs, 2 B-frames, one
            slice per frame, ABR 3 Mbit/s capped by VBV; synthetic.render_frame content at 1/4
            size, noise added, upscaled 4x), one KVS-style MKV (a cluster per GOP, absolute ms
@@ -26,8 +27,19 @@ Rerun:  .venv/bin/python benchmarks/getimages.py [--repeat 2] [--out FILE] [--ca
 
 from __future__ import annotations
 
-import argparse, base64, bisect, hashlib, json, os, platform, shutil, socket, subprocess
-import tempfile, threading, time
+import argparse
+import base64
+import bisect
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -236,7 +248,8 @@ def run_default(args, root: Path) -> dict:
         print(f"{name} every {n} s: {r}", flush=True)
 
     load0 = os.getloadavg()
-    with Server(root, "--min-sampling-interval-ms", "1") as server:
+    # no rendered-image cache: every round must render, not repeat the first one's images
+    with Server(root, "--min-sampling-interval-ms", "1", "--image-cache-mb", "0") as server:
         with open(path, "rb") as f:
             up = ingest(server, iter(lambda: f.read(1 << 20), b""))
         for rep in range(args.repeat):

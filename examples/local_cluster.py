@@ -181,6 +181,9 @@ defaults
     log global
     option httplog
     option dontlognull
+    # No MSG_MORE on sends: without this a PutMedia fragment's last bytes, and its ack, can
+    # sit in the kernel for 200 ms waiting for more data to fill a segment.
+    option http-no-delay
     # A request on a node that just died (connection refused, not yet marked down) is
     # retried on another node: no new request waits for the health check.
     retries 3
