@@ -302,3 +302,29 @@ def test_a_full_outbox_drops_new_events_visibly(world, h264, tmp_path):
         assert 'kvslite_deliveries_total{kind="notification",result="delivered"} 1.0' in text
     finally:
         server.stop()
+
+
+def test_event_tags_are_read_within_aws_limits():
+    from kvslite.archive.events import events_in
+
+    pairs = [(f"k{i}", f"v{i}") for i in range(12)]
+    found = events_in([("AWS_KINESISVIDEO_IMAGE_GENERATION", ""),
+                       ("AWS_KINESISVIDEO_IMAGE_PREFIX", "p" * 257), ("AWS_OTHER", "x"),
+                       ("n" * 129, "too long a name"), ("long", "v" * 257), *pairs])
+    assert found == {"image-generation": {"prefix": "", "metadata": dict(pairs[:10])}}
+    assert events_in([("AWS_KINESISVIDEO_NOTIFICATION", ""), ("a", "b")]) == \
+        {"notification": {"metadata": {"a": "b"}}}
+    assert events_in([("AWS_KINESISVIDEO_END_OF_FRAGMENT", "")]) == {}
+
+
+def test_s3_metadata_keeps_what_s3_takes():
+    from kvslite.archive.delivery import s3_metadata
+
+    aws = {"aws_kinesisvideo_fragment_number": "9" * 47}
+    custom = {"camera": "front", "ort": "Zürich", "bad name": "x", "big": "v" * 256,
+              **{f"k{i}": "v" * 256 for i in range(8)}}
+    metadata = s3_metadata(custom, aws)
+    assert metadata["camera"] == "front" and metadata["big"] == "v" * 256
+    assert "ort" not in metadata and "bad name" not in metadata  # not header-safe ASCII
+    assert sum(len(k) + len(v) for k, v in metadata.items()) <= 2048
+    assert aws.items() <= metadata.items()

@@ -45,6 +45,7 @@ MAX_BACKOFF_MS = 300_000
 WEBHOOK_TIMEOUT_S = 5.0  # well inside CLAIM_MS
 KEYS = uuid.UUID("6b767369-6d61-6765-7300-000000000000")  # namespace of RandomIDs
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
+S3_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
 
 
 def backoff_ms(attempts: int) -> int:
@@ -141,10 +142,10 @@ class Deliverer:
             quality=jpeg_quality(config.get("FormatConfig")),
             width=config.get("WidthPixels"), height=config.get("HeightPixels"))
         bucket, prefix = parse_s3_url(config["DestinationConfig"]["Uri"])
-        metadata = {**event.get("metadata", {}),
-                    "aws_kinesisvideo_fragment_number": fragment.number,
-                    "aws_kinesisvideo_producer_timestamp": str(fragment.producer_ms),
-                    "aws_kinesisvideo_server_timestamp": str(fragment.server_ms)}
+        metadata = s3_metadata(event.get("metadata", {}), {
+            "aws_kinesisvideo_fragment_number": fragment.number,
+            "aws_kinesisvideo_producer_timestamp": str(fragment.producer_ms),
+            "aws_kinesisvideo_server_timestamp": str(fragment.server_ms)})
         for image in self.sampler.render(request):
             if image.content is None:
                 continue  # NO_MEDIA / MEDIA_ERROR: GetImages would return no picture either
@@ -180,6 +181,21 @@ def image_name(image_prefix: str, account_id: str, stream: Stream, fragment: Fra
     parts = [image_prefix] if image_prefix else []
     parts += [account_id, stream.name, str(time_ms), str(random_id)]
     return "_".join(parts) + "." + EXTENSIONS[image_format]
+
+
+def s3_metadata(custom: dict[str, str], aws: dict[str, str]) -> dict[str, str]:
+    """AWS's metadata and as many custom pairs as S3 takes: HTTP-header-safe ASCII, within
+    S3's 2 KB of user metadata. A pair that cannot go is left out rather than making the
+    PutObject fail on every retry."""
+    metadata = dict(aws)
+    budget = S3_METADATA_BYTES - sum(len(k) + len(v) for k, v in aws.items())
+    for name, value in custom.items():
+        safe = name.isascii() and value.isascii() and name.replace("-", "").replace(
+            "_", "").isalnum() and value.isprintable()
+        if safe and len(name) + len(value) <= budget and name.lower() not in metadata:
+            metadata[name] = value
+            budget -= len(name) + len(value)
+    return metadata
 
 
 def notification_message(stream: Stream, fragment: Fragment, event: dict) -> dict:

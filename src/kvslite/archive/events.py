@@ -31,21 +31,30 @@ IMAGE_TAG = "AWS_KINESISVIDEO_IMAGE_GENERATION"
 IMAGE_PREFIX_TAG = "AWS_KINESISVIDEO_IMAGE_PREFIX"
 NOTIFICATION_TAG = "AWS_KINESISVIDEO_NOTIFICATION"
 MAX_CUSTOM_PAIRS = 10  # AWS: "up to 10 metadata items"; more are ignored
+MAX_NAME_BYTES, MAX_VALUE_BYTES, MAX_PREFIX_BYTES = 128, 256, 256
 DEFAULT_QUEUE_LIMIT = 10_000
 
 
 def events_in(tags: list[tuple[str, str]]) -> dict[str, dict]:
     """The events one Tags element asks for: kind -> {"prefix": ..., "metadata": {...}}.
-    Custom pairs are the tags whose names do not start with AWS (reserved)."""
+    Custom pairs are the tags whose names do not start with AWS (reserved), within AWS's
+    limits (10 pairs, names up to 128 bytes, values up to 256); others are ignored."""
     names = {name for name, _ in tags}
-    custom = dict([(n, v) for n, v in tags if n and not n.startswith("AWS")][:MAX_CUSTOM_PAIRS])
+    custom = dict([(n, v) for n, v in tags
+                   if n and not n.startswith("AWS") and _fits(n, MAX_NAME_BYTES)
+                   and _fits(v, MAX_VALUE_BYTES)][:MAX_CUSTOM_PAIRS])
     found = {}
     if IMAGE_TAG in names:
-        found[IMAGE_GENERATION] = {"prefix": dict(tags).get(IMAGE_PREFIX_TAG) or "",
+        prefix = dict(tags).get(IMAGE_PREFIX_TAG) or ""
+        found[IMAGE_GENERATION] = {"prefix": prefix if _fits(prefix, MAX_PREFIX_BYTES) else "",
                                    "metadata": custom}
     if NOTIFICATION_TAG in names:
         found[NOTIFICATION] = {"metadata": custom}
     return found
+
+
+def _fits(text: str, limit: int) -> bool:
+    return len(text.encode()) <= limit
 
 
 class EventConfigs:
