@@ -95,3 +95,21 @@ def test_get_images_png_equals_the_full_decode(video, module_servers):
     for image in images:
         pts = round(image["TimeStamp"].timestamp() * 1000) - start_ms
         assert base64.b64decode(image["ImageContent"]) == encode_image(full[pts], "PNG"), pts
+
+
+def nal_unit(header: bytes) -> bytes:
+    body = header + b"\x88\x84"
+    return len(body).to_bytes(4, "big") + body
+
+
+def test_a_frame_is_disposable_only_if_every_slice_is():
+    non_ref, ref = nal_unit(b"\x01"), nal_unit(b"\x21")  # H.264 slices, nal_ref_idc 0 / 1
+    sei = nal_unit(b"\x06")
+    assert nal.picture_role(nal.AVC, 4, sei + non_ref + non_ref).disposable
+    assert not nal.picture_role(nal.AVC, 4, non_ref + ref).disposable  # two fields, one kept
+    assert nal.picture_role(nal.AVC, 4, sei) == nal.REFERENCE  # no slice: taken as reference
+    trail_n, trail_r = nal_unit(b"\x00\x03"), nal_unit(b"\x02\x01")  # H.265, TemporalId 2 / 0
+    assert nal.picture_role(nal.HEVC, 4, trail_n) == nal.PictureRole(True, 2)
+    assert not nal.picture_role(nal.HEVC, 4, trail_n + trail_r).disposable
+    assert not nal.skippable(nal.PictureRole(True, 1), 2)  # a higher layer may use it
+    assert nal.skippable(nal.PictureRole(True, 2), 2)

@@ -161,7 +161,8 @@ class Archive:
         size = length_size(video.codec_id, video.codec_private) if video else None
         if size is None:
             return [REFERENCE] * len(cluster.frames)
-        return [picture_role(video.codec_id, size, data[o:o + f.payload_size])
+        view = memoryview(data)  # slices without copying each payload
+        return [picture_role(video.codec_id, size, view[o:o + f.payload_size])
                 if f.track_number == video.number else REFERENCE
                 for f, o in zip(cluster.frames, offsets)]
 

@@ -103,7 +103,7 @@ class ImageSampler:
                  cache: ImageCache | None = None):
         self.archive = archive
         self.cache = cache  # rendered images, so none is made twice (None: no cache)
-        self.workers = workers or os.cpu_count() or 2
+        self.workers = workers or len(os.sched_getaffinity(0)) or 2  # the cores we may use
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kvslite-decode")
         self.slots = threading.BoundedSemaphore(max_requests)
         self.page_bytes = page_bytes

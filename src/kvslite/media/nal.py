@@ -40,27 +40,30 @@ def length_size(codec_id: str, codec_private: bytes | None) -> int | None:
 
 
 def picture_role(codec_id: str, size: int | None, payload: bytes) -> PictureRole:
-    """The role of the picture in `payload`, judged by its first slice NAL unit."""
+    """The role of the picture in `payload`: disposable only if every slice in it is (a
+    frame may hold two fields, and only one of them be a reference)."""
     if size is None:
         return REFERENCE
+    disposable, temporal_id, slices = True, 0, 0
     at = 0
     while at + size < len(payload):
         length = int.from_bytes(payload[at:at + size], "big")
-        header = payload[at + size:at + size + 2]
+        header = bytes(payload[at + size:at + size + 2])
         at += size + length
         if not header or length == 0:
             break
         if codec_id == AVC:
-            nal_type = header[0] & 0x1F
-            if 1 <= nal_type <= 5:  # a slice
-                return PictureRole(disposable=(header[0] >> 5) & 3 == 0)
-        elif len(header) == 2:
+            if 1 <= header[0] & 0x1F <= 5:  # a slice
+                slices += 1
+                disposable &= (header[0] >> 5) & 3 == 0
+        elif len(header) == 2 and (header[0] >> 1) & 0x3F <= 31:  # a VCL NAL unit
             nal_type = (header[0] >> 1) & 0x3F
-            if nal_type <= 31:  # a VCL NAL unit
-                # the even types up to RSV_VCL_N14 are sub-layer non-reference pictures
-                return PictureRole(disposable=nal_type <= 14 and nal_type % 2 == 0,
-                                   temporal_id=(header[1] & 7) - 1)
-    return REFERENCE
+            slices += 1
+            # the even types up to RSV_VCL_N14 are sub-layer non-reference pictures
+            disposable &= nal_type <= 14 and nal_type % 2 == 0
+            temporal_id = (header[1] & 7) - 1
+    return PictureRole(disposable, temporal_id) if slices and disposable else \
+        PictureRole(False, temporal_id) if slices else REFERENCE
 
 
 def skippable(role: PictureRole, highest_wanted_temporal_id: int) -> bool:
