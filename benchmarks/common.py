@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,9 +31,10 @@ PROBLEM_WORDS = ("WARN", "ERROR", "Trace", "Exception")
 
 
 class Server:
-    """Use as a context manager; afterwards `problems` holds the log's warnings and errors."""
+    """Use as a context manager; afterwards `problems` holds the log's warnings and errors.
+    `env` adds environment variables (PYTHONPATH=... runs another kvslite checkout)."""
 
-    def __init__(self, root: Path, *args: str):
+    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -41,7 +43,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port), "--data-dir",
              str(root / "data"), *args],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def __enter__(self) -> "Server":
         for _ in range(400):  # up to ~20 s
@@ -83,6 +85,18 @@ class Server:
     def cpu_s(self) -> float:
         return process_cpu_s(self.proc.pid)
 
+    def pin(self, cpus: str) -> None:
+        """Run every thread of the server, and those it starts later, on `cpus` ("0", "0,1")."""
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(self.proc.pid)], check=True,
+                       capture_output=True, timeout=10)
+
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics as {'name{labels}': value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        return {name: float(value) for name, value in
+                (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds the process has used so far."""
@@ -90,8 +104,8 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def encode_h264(frames: Iterable[av.VideoFrame], fps: int, x264_params: str
-                ) -> tuple[bytes, list[tuple[int, bool, bytes]]]:
+def encode_h264(frames: Iterable[av.VideoFrame], fps: int, x264_params: str,
+                preset: str = "veryfast") -> tuple[bytes, list[tuple[int, bool, bytes]]]:
     """avcC + (pts ms from the first frame, keyframe, payload) in decode order.
 
     Muxing to Matroska in memory and demuxing again yields avcC and length-prefixed NAL
@@ -101,7 +115,7 @@ def encode_h264(frames: Iterable[av.VideoFrame], fps: int, x264_params: str
     buf = io.BytesIO()
     with av.open(buf, "w", format="matroska") as out:
         stream = out.add_stream("libx264", rate=fps,
-                                options={"preset": "veryfast", "x264-params": x264_params})
+                                options={"preset": preset, "x264-params": x264_params})
         stream.codec_context.thread_type = "FRAME"
         for i, frame in enumerate(frames):
             if i == 0:
