@@ -141,28 +141,22 @@ def _run(job, store, writer: Writer, results, args) -> None:
 
 
 def _in_process(factory, clock, job, barrier, results, writer_id, args) -> None:
-    writer = Writer(writer_id, True, barrier)
-    try:
-        store = factory(clock)
-    except BaseException:  # noqa: BLE001 - reported to the test
-        barrier.abort()
-        results.put((writer_id, False, traceback.format_exc()))
-        return
-    try:
-        _run(job, store, writer, results, args)
-    finally:
-        store.close()
+    _with_store(None, factory, clock, job, results, Writer(writer_id, True, barrier), args)
 
 
 def _in_thread(store, factory, clock, job, barrier, results, writer_id, args) -> None:
-    writer = Writer(writer_id, False, barrier)
+    _with_store(store, factory, clock, job, results, Writer(writer_id, False, barrier), args)
+
+
+def _with_store(store, factory, clock, job, results, writer: Writer, args) -> None:
+    """Run the job on `store`, or on an instance of its own opened here (and closed)."""
     own = store is None
     try:
         if own:
             store = factory(clock)
     except BaseException:  # noqa: BLE001 - reported to the test
-        barrier.abort()
-        results.put((writer_id, False, traceback.format_exc()))
+        writer.barrier.abort()
+        results.put((writer.id, False, traceback.format_exc()))
         return
     try:
         _run(job, store, writer, results, args)

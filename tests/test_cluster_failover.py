@@ -18,7 +18,7 @@ import pytest
 from engines import LIBFAKETIME, need
 from kvs_media import wait_until
 from local_cluster import LocalCluster
-from test_local_cluster import need_engines
+from test_local_cluster import three_nodes
 
 from kvslite.media import synthetic
 from kvslite.producer import Producer, VideoFormat
@@ -29,9 +29,7 @@ NUMBER = re.compile(rb"9\d{46}")  # a fragment number, as GetMedia's Tags carry 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    need_engines()
-    with LocalCluster(tmp_path_factory.mktemp("cluster"), nodes=3, node_args=[
-            "--sweep-interval-s", "0.5", "--min-sampling-interval-ms", "100"]) as started:
+    with three_nodes(tmp_path_factory) as started:
         yield started
 
 
@@ -232,8 +230,10 @@ def test_retention_frees_s3_objects(cluster, h264, monkeypatch):
                           clock=lambda: time.time() + 2 * 3600)
         # a pass runs when this sweeper gets the cluster's sweeping lease between the nodes';
         # a node killed by an earlier test while sweeping holds it for up to 60 s
-        wait_until(lambda: sweeper.sweep() is not None and objects() == 0, timeout=90,
-                   what="the expired fragments' S3 objects to go")
+        def swept() -> bool:
+            sweeper.sweep()
+            return objects() == 0
+        wait_until(swept, timeout=90, what="the expired fragments' S3 objects to go")
     finally:
         store.close()
     assert listed(cluster.client("kinesis-video-archived-media"), "expiring") == []

@@ -9,8 +9,9 @@ import json
 import re
 import signal
 import threading
-import urllib.request
 import time
+import urllib.request
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -19,6 +20,7 @@ from conftest import ServerProcess
 from kvs_media import persisted_numbers, put_mkv, wait_until
 from seaweed_server import REGION
 
+from kvslite.archive.delivery import KEYS
 from kvslite.media import mkv, synthetic
 
 START_MS = int(time.time() * 1000) - 600_000
@@ -29,21 +31,21 @@ KEY = re.compile(r"^(?P<uri>[^_]*?)(?:(?P<prefix>[^/_]+)_)?" + ACCOUNT +
 
 class Webhook:
     """An HTTP receiver: records each POST; answers 500 to the first `fail` of them, and
-    holds requests while `hold` is set."""
+    holds requests until `released` is set again."""
 
     def __init__(self):
         self.received: list[dict] = []
         self.started = 0  # POSTs begun, held or not
         self.fail = 0
-        self.hold = threading.Event()
+        self.released = threading.Event()  # cleared: requests wait in the handler
+        self.released.set()
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 hook.started += 1
-                while hook.hold.is_set():
-                    time.sleep(0.05)
+                hook.released.wait()
                 hook.received.append(json.loads(body))
                 status = 500 if hook.fail > 0 else 200
                 hook.fail -= 1
@@ -100,6 +102,11 @@ def image_config(bucket: str, prefix: str, **overrides) -> dict:
               "SamplingInterval": 500, "Format": "JPEG", "FormatConfig": {"JPEGQuality": "70"},
               "WidthPixels": 160, "HeightPixels": 120}
     return {**config, **overrides}
+
+
+def notify_to(kvs, stream: str, webhook: Webhook) -> None:
+    kvs.update_notification_configuration(StreamName=stream, NotificationConfiguration={
+        "Status": "ENABLED", "DestinationConfig": {"Uri": webhook.url}})
 
 
 def objects(s3, bucket: str, prefix: str) -> dict[str, dict]:
@@ -218,17 +225,19 @@ def test_disabled_or_untagged_produce_nothing(world, h264):
     put_mkv(server.port, "quiet", tagged_mkv(h264, START_MS, {0: [IMAGE], 1: [IMAGE]}))
     put_mkv(server.port, "after-quiet", tagged_mkv(h264, START_MS, {3: [IMAGE]}))
     # work is done in order: once the later stream's image is there, the earlier had its turn
-    wait_until(lambda: len(objects(s3, bucket, "after-quiet/")) == 1, timeout=30,
-               what="the enabled stream's image")
+    image = wait_until(lambda: list(objects(s3, bucket, "after-quiet/")), timeout=30,
+                       what="the enabled stream's image")
     assert objects(s3, bucket, "quiet/") == {}
+    # the first and only image is the tagged fragment's: the untagged ones made none
+    assert [int(KEY.match(key)["ms"]) for key in image] == [START_MS + 3000]
+    assert len(objects(s3, bucket, "after-quiet/")) == 1
 
 
 def test_notifications_are_retried_until_the_webhook_takes_them(world, h264):
     server, _, _, webhook = world
     kvs = server.client("kinesisvideo")
     kvs.create_stream(StreamName="ring", DataRetentionInHours=1)
-    kvs.update_notification_configuration(StreamName="ring", NotificationConfiguration={
-        "Status": "ENABLED", "DestinationConfig": {"Uri": webhook.url}})
+    notify_to(kvs, "ring", webhook)
     webhook.received.clear()
     webhook.fail = 2  # the first two POSTs get a 500
     acks = put_mkv(server.port, "ring", tagged_mkv(h264, START_MS, {1: [NOTIFY], 3: [NOTIFY]}))
@@ -253,13 +262,12 @@ def test_a_crash_mid_delivery_loses_nothing_and_duplicates_no_object(world, h264
     server, s3, bucket, webhook = world
     kvs = server.client("kinesisvideo")
     kvs.create_stream(StreamName="crash", DataRetentionInHours=1)
-    kvs.update_notification_configuration(StreamName="crash", NotificationConfiguration={
-        "Status": "ENABLED", "DestinationConfig": {"Uri": webhook.url}})
+    notify_to(kvs, "crash", webhook)
     kvs.update_image_generation_configuration(StreamName="crash", ImageGenerationConfiguration=
                                               image_config(bucket, "crash/"))
     webhook.received.clear()
     webhook.started = 0
-    webhook.hold.set()  # the first notification hangs in the webhook
+    webhook.released.clear()  # the first notification hangs in the webhook
     try:
         acks = put_mkv(server.port, "crash", tagged_mkv(h264, START_MS, {
             0: [NOTIFY, IMAGE], 1: [IMAGE], 2: [NOTIFY]}))
@@ -267,16 +275,20 @@ def test_a_crash_mid_delivery_loses_nothing_and_duplicates_no_object(world, h264
         wait_until(lambda: webhook.started >= 1, timeout=30, what="a delivery under way")
         server.stop(signal.SIGKILL)  # mid-delivery
     finally:
-        webhook.hold.clear()
+        webhook.released.set()
     server.start()
     # claims lapse and the work is done again: every notification arrives (at least once,
     # a repeat with its MessageId), every image exactly once under its own key
     wait_until(lambda: len(webhook.messages()) == 2, timeout=60, what="both notifications")
     assert sorted(m["FragmentNumber"] for m in webhook.messages().values()) == \
         [numbers[0], numbers[2]]
-    wait_until(lambda: len(objects(s3, bucket, "crash/")) == 4, timeout=60, what="4 images")
-    time.sleep(1)
-    assert len(objects(s3, bucket, "crash/")) == 4
+    # the keys are derived, not random: a repeated delivery overwrites, never adds
+    arn = kvs.describe_stream(StreamName="crash")["StreamInfo"]["StreamARN"]
+    tagged = ((numbers[0], START_MS), (numbers[1], START_MS + 1000))  # the IMAGE fragments
+    expected = {f"crash/door_{ACCOUNT}_crash_{ms}_{uuid.uuid5(KEYS, f'{arn}/{n}/{ms}')}.jpg"
+                for n, first in tagged for ms in (first, first + 500)}
+    wait_until(lambda: set(objects(s3, bucket, "crash/")) == expected, timeout=60,
+               what="the 4 images under their keys")
 
 
 def test_a_full_outbox_drops_new_events_visibly(world, h264, tmp_path):
@@ -285,16 +297,15 @@ def test_a_full_outbox_drops_new_events_visibly(world, h264, tmp_path):
     try:
         kvs = server.client("kinesisvideo")
         kvs.create_stream(StreamName="busy", DataRetentionInHours=1)
-        kvs.update_notification_configuration(StreamName="busy", NotificationConfiguration={
-            "Status": "ENABLED", "DestinationConfig": {"Uri": webhook.url}})
+        notify_to(kvs, "busy", webhook)
         webhook.received.clear()
-        webhook.hold.set()  # the first delivery stays in the outbox while the rest arrive
+        webhook.released.clear()  # the first delivery stays in the outbox meanwhile
         try:
             acks = put_mkv(server.port, "busy", tagged_mkv(h264, START_MS, {
                 0: [NOTIFY], 1: [NOTIFY], 2: [NOTIFY]}))
             assert len(persisted_numbers(acks)) == 4  # the acks never wait on deliveries
         finally:
-            webhook.hold.clear()
+            webhook.released.set()
         wait_until(lambda: len(webhook.messages()) == 1, timeout=30, what="one notification")
         with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
             text = response.read().decode()

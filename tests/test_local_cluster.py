@@ -32,11 +32,16 @@ def need_engines() -> None:
     need(haproxy_binary() is not None, "HAProxy (Debian's haproxy package)")
 
 
+def three_nodes(tmp_path_factory) -> LocalCluster:
+    """The cluster the cluster tests run on (a context manager), engines checked first."""
+    need_engines()
+    return LocalCluster(tmp_path_factory.mktemp("cluster"), nodes=3, node_args=[
+        "--sweep-interval-s", "0.5", "--min-sampling-interval-ms", "100"])
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    need_engines()
-    with LocalCluster(tmp_path_factory.mktemp("cluster"), nodes=3, node_args=[
-            "--sweep-interval-s", "0.5", "--min-sampling-interval-ms", "100"]) as started:
+    with three_nodes(tmp_path_factory) as started:
         yield started
 
 

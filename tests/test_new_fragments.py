@@ -35,8 +35,8 @@ def wait_while(reader, arn: str, action) -> tuple[bool, float]:
     seconds waited)."""
     async def go():
         seen = reader.new_fragments.seen(arn)
-        threading.Timer(0.2, action).start()
         t0 = time.monotonic()
+        threading.Thread(target=action).start()  # a commit before the wait is not missed
         woken = await reader.new_fragments.wait(arn, seen, PATIENCE_S)
         return woken, time.monotonic() - t0
     return asyncio.run(go())
@@ -88,9 +88,10 @@ def test_postgres_rolled_back_fragment_wakes_nobody(two_nodes):
     stream, header_id = new_stream(writer)
     listening(reader, stream.arn)
 
+    woken, _ = wait_while(reader, stream.arn, lambda: add(writer, stream.arn, header_id, 1000))
+    assert woken  # the original's notification is in; now its resend
+
     async def resend_only():
-        add(writer, stream.arn, header_id, 1000)
-        await asyncio.sleep(0.5)
         seen = reader.new_fragments.seen(stream.arn)
         add(writer, stream.arn, header_id, 1000)  # a resend: rolled back, nothing new
         return await reader.new_fragments.wait(stream.arn, seen, 1.0)

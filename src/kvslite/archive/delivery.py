@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
 
 from kvslite import metrics
+from kvslite.archive.background import BackgroundWorker
 from kvslite.archive.events import IMAGE_GENERATION, EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
@@ -53,52 +53,24 @@ def backoff_ms(attempts: int) -> int:
     return min(MAX_BACKOFF_MS, 1000 * 2 ** min(attempts, 20))
 
 
-class Deliverer:
+class Deliverer(BackgroundWorker):
+    name = "kvslite-delivery"
+
     def __init__(self, store: MetadataStore, archive: Archive, sampler: ImageSampler,
                  configs: EventConfigs, *, account_id: str, s3_endpoint_url: str | None = None,
                  interval_s: float = 1.0):
+        super().__init__(interval_s)  # wake(): a fragment just put work in the outbox
         self.store, self.archive, self.sampler, self.configs = store, archive, sampler, configs
         self.account_id = account_id
         self.s3_endpoint_url = s3_endpoint_url
         self._s3 = None  # made on first image delivery: standard AWS configuration
-        self.interval_s = interval_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # -- running in the background --------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kvslite-delivery", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Look at the outbox now (a fragment just put work there)."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once() == BATCH
-            except Exception:  # the store unreachable: try again at the next interval
-                log.exception("delivery pass failed")
-                busy = False
-            if not busy:
-                self._wake.wait(self.interval_s)
-                self._wake.clear()
-
-    def run_once(self) -> int:
-        """Claim and do one batch of due deliveries; returns how many were claimed."""
+    def run_pass(self) -> bool:
+        """Claim and do one batch of due deliveries; True if the batch was full."""
         claimed = self.store.claim_deliveries(BATCH, CLAIM_MS)
         for delivery in claimed:
             self._attempt(delivery)
-        return len(claimed)
+        return len(claimed) == BATCH
 
     def _attempt(self, delivery: Delivery) -> None:
         try:

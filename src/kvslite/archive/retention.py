@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvslite import metrics
+from kvslite.archive.background import BackgroundWorker
 from kvslite.archive.fragments import stream_dir
 from kvslite.store.files import FileBlobStore, is_temp
 from kvslite.store.metadata import MetadataStore, Stream
@@ -40,10 +40,13 @@ class SweepReport:
     orphans: list[str] = field(default_factory=list)  # blob keys no row referred to
 
 
-class Sweeper:
+class Sweeper(BackgroundWorker):
+    name = "kvslite-sweeper"
+
     def __init__(self, store: MetadataStore, blobs: FileBlobStore, *, interval_s: float,
                  orphan_grace_s: float, batch: int = 500, shared: bool = False,
                  clock: Callable[[], float] = time.time):
+        super().__init__(interval_s)  # wake(): sweep now, e.g. a stream was just deleted
         self.store = store
         # nodes sharing a database take turns: a pass runs under a cluster-wide lease, so two
         # nodes never do the same work and a dead node's turn passes on when its lease ends
@@ -51,38 +54,13 @@ class Sweeper:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4()}"
         self._lag_s = 0.0  # this pass: the furthest behind retention a stream was
         self.blobs = blobs
-        self.interval_s = interval_s
         self.orphan_grace_s = orphan_grace_s
         self.batch = batch
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # -- running in the background --------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kvslite-sweeper", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Sweep now (e.g. a stream was just deleted) instead of at the next interval."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sweep()
-            except Exception:  # a failing pass must not end the sweeper; the next retries
-                log.exception("sweep failed; retrying in %.0f s", self.interval_s)
-            self._wake.wait(self.interval_s)
-            self._wake.clear()
+    def run_pass(self) -> bool:
+        self.sweep()
+        return False
 
     # -- one pass -----------------------------------------------------------------------------
 
@@ -102,12 +80,12 @@ class Sweeper:
         report = SweepReport()
         self._lag_s = 0.0
         for stream in self.store.deleting_streams():
-            if self._stop.is_set():
+            if self.stopping:
                 return report
             if self._guarded(self.finish_deletion, stream):
                 report.streams_deleted += 1
         for stream in self._retained_streams():
-            if self._stop.is_set():
+            if self.stopping:
                 return report
             report.expired += self._guarded(self.expire, stream) or 0
         report.orphans = self._guarded(self.collect_orphans) or []
@@ -139,7 +117,7 @@ class Sweeper:
         """Remove the stream's fragments older than its retention; returns how many."""
         cutoff_ms = int(self.clock() * 1000) - stream.data_retention_hours * HOUR_MS
         removed = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             batch = self.store.fragments_received_before(stream.arn, cutoff_ms, self.batch)
             if not batch:
                 break

@@ -94,6 +94,7 @@ class _Group:
     """The samples one fragment serves, with the frame (index entry) each one shows."""
 
     fragment: Fragment
+    frames: list[FrameEntry]  # the fragment's video frames, in decode order
     samples: list[tuple[int, FrameEntry]]  # (sample index, frame shown)
 
 
@@ -195,7 +196,8 @@ class ImageSampler:
             if fragment.seq not in frames:
                 frames[fragment.seq] = self._video_frames(fragment)
             shown = _frame_shown(frames[fragment.seq], t - fragment.start_ms(request.clock))
-            group = groups.setdefault(fragment.seq, _Group(fragment, []))
+            group = groups.setdefault(fragment.seq,
+                                      _Group(fragment, frames[fragment.seq], []))
             group.samples.append((index, shown))
         return list(groups.values())
 
@@ -218,7 +220,7 @@ class ImageSampler:
         missing = set(keys) - set(encoded)
         if missing:
             try:
-                made = self._decode_and_encode(request, fragment, missing, threads)
+                made = self._decode_and_encode(request, group, missing, threads)
             except FragmentGone:  # retention removed it after the page was planned
                 return {index: Image(request.sample_time(index), error="NO_MEDIA")
                         for index, _ in group.samples}
@@ -236,13 +238,13 @@ class ImageSampler:
         return ImageKey(request.stream_arn, fragment.number, offset_ms, request.image_format,
                         request.quality, request.width, request.height)
 
-    def _decode_and_encode(self, request: ImageRequest, fragment: Fragment, wanted: set[int],
+    def _decode_and_encode(self, request: ImageRequest, group: _Group, wanted: set[int],
                            threads: int):
-        """{offset: image bytes} for the `wanted` frame times of one fragment; None if it
-        cannot be decoded. Raises FragmentGone if retention removed it meanwhile."""
+        """{offset: image bytes} for the `wanted` frame times of the group's fragment; None
+        if it cannot be decoded. Raises FragmentGone if retention removed it meanwhile."""
+        fragment, frames = group.fragment, group.frames
         try:
             track = video_track(self.archive.tracks(fragment.header_id))
-            frames = self._video_frames(fragment)
             last = max(i for i, e in enumerate(frames) if e.offset_ms in wanted)
             needed = frames[last].payload_offset + frames[last].size
             blob = self.archive.cluster_bytes(fragment, needed)
