@@ -20,6 +20,16 @@ from kvslite import metrics
 from kvslite.archive.control_plane import require_archive
 from kvslite.archive.sampling import check_sampling_interval, jpeg_quality
 from kvslite.errors import invalid
+from kvslite.media.limits import (
+    IMAGE_GENERATION_TAG,
+    IMAGE_PREFIX_TAG,
+    MAX_EVENT_NAME_BYTES,
+    MAX_EVENT_PAIRS,
+    MAX_EVENT_VALUE_BYTES,
+    MAX_IMAGE_PREFIX_BYTES,
+    NOTIFICATION_TAG,
+    RESERVED_TAG_PREFIX,
+)
 from kvslite.store.metadata import MetadataStore, Stream
 from kvslite.store.s3 import parse_s3_url
 
@@ -27,11 +37,6 @@ log = logging.getLogger("kvslite.events")
 
 IMAGE_GENERATION = "image-generation"
 NOTIFICATION = "notification"
-IMAGE_TAG = "AWS_KINESISVIDEO_IMAGE_GENERATION"
-IMAGE_PREFIX_TAG = "AWS_KINESISVIDEO_IMAGE_PREFIX"
-NOTIFICATION_TAG = "AWS_KINESISVIDEO_NOTIFICATION"
-MAX_CUSTOM_PAIRS = 10  # AWS: "up to 10 metadata items"; more are ignored
-MAX_NAME_BYTES, MAX_VALUE_BYTES, MAX_PREFIX_BYTES = 128, 256, 256
 DEFAULT_QUEUE_LIMIT = 10_000
 
 
@@ -41,13 +46,15 @@ def events_in(tags: list[tuple[str, str]]) -> dict[str, dict]:
     limits (10 pairs, names up to 128 bytes, values up to 256); others are ignored."""
     names = {name for name, _ in tags}
     custom = dict([(n, v) for n, v in tags
-                   if n and not n.startswith("AWS") and _fits(n, MAX_NAME_BYTES)
-                   and _fits(v, MAX_VALUE_BYTES)][:MAX_CUSTOM_PAIRS])
+                   if n and not n.startswith(RESERVED_TAG_PREFIX)
+                   and _fits(n, MAX_EVENT_NAME_BYTES) and _fits(v, MAX_EVENT_VALUE_BYTES)
+                   ][:MAX_EVENT_PAIRS])
     found = {}
-    if IMAGE_TAG in names:
+    if IMAGE_GENERATION_TAG in names:
         prefix = dict(tags).get(IMAGE_PREFIX_TAG) or ""
-        found[IMAGE_GENERATION] = {"prefix": prefix if _fits(prefix, MAX_PREFIX_BYTES) else "",
-                                   "metadata": custom}
+        if not _fits(prefix, MAX_IMAGE_PREFIX_BYTES):
+            prefix = ""
+        found[IMAGE_GENERATION] = {"prefix": prefix, "metadata": custom}
     if NOTIFICATION_TAG in names:
         found[NOTIFICATION] = {"metadata": custom}
     return found

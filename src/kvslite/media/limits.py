@@ -21,6 +21,17 @@ MAX_FRAGMENT_SPAN_MS = 3 * MAX_FRAGMENT_MS
 
 VIDEO_TRACK_TYPE = 1  # Matroska TrackType of video
 
+# Fragment events (the producer SDK's putKinesisVideoEventMetadata): the SimpleTags that ask
+# for images or a notification, and the limits on the custom name/value pairs they carry.
+IMAGE_GENERATION_TAG = "AWS_KINESISVIDEO_IMAGE_GENERATION"
+IMAGE_PREFIX_TAG = "AWS_KINESISVIDEO_IMAGE_PREFIX"
+NOTIFICATION_TAG = "AWS_KINESISVIDEO_NOTIFICATION"
+MAX_EVENT_PAIRS = 10
+MAX_EVENT_NAME_BYTES = 128
+MAX_EVENT_VALUE_BYTES = 256
+MAX_IMAGE_PREFIX_BYTES = 256
+RESERVED_TAG_PREFIX = "AWS"  # names and image prefixes starting so are the service's own
+
 
 def video_track(tracks):
     """The stream's video track (the first of type video), or None: frames are indexed,

@@ -13,19 +13,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from kvslite.media import mkv
+from kvslite.media.limits import (  # the SDK refuses events beyond these limits, as we do
+    IMAGE_GENERATION_TAG,
+    IMAGE_PREFIX_TAG,
+    MAX_EVENT_NAME_BYTES,
+    MAX_EVENT_PAIRS,
+    MAX_EVENT_VALUE_BYTES,
+    MAX_IMAGE_PREFIX_BYTES,
+    NOTIFICATION_TAG,
+    RESERVED_TAG_PREFIX,
+)
 
 from .errors import FragmentEventError
 
-NOTIFICATION_TAG = "AWS_KINESISVIDEO_NOTIFICATION"
-IMAGE_GENERATION_TAG = "AWS_KINESISVIDEO_IMAGE_GENERATION"
-IMAGE_PREFIX_TAG = "AWS_KINESISVIDEO_IMAGE_PREFIX"
-
-# The SDK's limits (it refuses the event otherwise).
-MAX_PAIRS = 10
-MAX_NAME_BYTES = 128
-MAX_VALUE_BYTES = 256
-MAX_IMAGE_PREFIX_BYTES = 256
-RESERVED_PREFIX = "AWS"  # names and image prefixes starting so are the service's own
 
 EVENT_TYPES = ("image-generation", "notification")  # as `kvslite put --event` names them
 
@@ -53,8 +53,8 @@ class FragmentEvent:
                                               "notification (or both)")
         if self.image_prefix is not None:
             _check_image_prefix(self.image_prefix, self.image_generation)
-        if len(self.metadata) > MAX_PAIRS:
-            raise FragmentEventError("metadata", f"at most {MAX_PAIRS} metadata pairs, got "
+        if len(self.metadata) > MAX_EVENT_PAIRS:
+            raise FragmentEventError("metadata", f"at most {MAX_EVENT_PAIRS} metadata pairs, got "
                                                  f"{len(self.metadata)}")
         for name, value in self.metadata.items():
             _check_pair(name, value)
@@ -88,9 +88,9 @@ def _check_image_prefix(prefix: str, image_generation: bool) -> None:
         raise FragmentEventError("image_prefix", f"image_prefix is {len(prefix.encode())} "
                                                  f"bytes long, more than "
                                                  f"{MAX_IMAGE_PREFIX_BYTES} (UTF-8)")
-    if prefix.startswith(RESERVED_PREFIX):
+    if prefix.startswith(RESERVED_TAG_PREFIX):
         raise FragmentEventError("image_prefix", f"image_prefix {prefix!r} starts with "
-                                                 f"{RESERVED_PREFIX!r}, which is reserved")
+                                                 f"{RESERVED_TAG_PREFIX!r}, which is reserved")
 
 
 def _check_pair(name: str, value: str) -> None:
@@ -98,16 +98,16 @@ def _check_pair(name: str, value: str) -> None:
         raise FragmentEventError("metadata", f"metadata names and values must be strings: "
                                              f"{name!r}: {value!r}")
     size = len(name.encode())
-    if not 1 <= size <= MAX_NAME_BYTES:
+    if not 1 <= size <= MAX_EVENT_NAME_BYTES:
         raise FragmentEventError("metadata", f"metadata name {name!r} is {size} bytes long, "
-                                             f"not 1 to {MAX_NAME_BYTES} (UTF-8)")
-    if name.startswith(RESERVED_PREFIX):
+                                             f"not 1 to {MAX_EVENT_NAME_BYTES} (UTF-8)")
+    if name.startswith(RESERVED_TAG_PREFIX):
         raise FragmentEventError("metadata", f"metadata name {name!r} starts with "
-                                             f"{RESERVED_PREFIX!r}, which is reserved")
-    if len(value.encode()) > MAX_VALUE_BYTES:
+                                             f"{RESERVED_TAG_PREFIX!r}, which is reserved")
+    if len(value.encode()) > MAX_EVENT_VALUE_BYTES:
         raise FragmentEventError("metadata", f"the value of metadata {name!r} is "
                                              f"{len(value.encode())} bytes long, more than "
-                                             f"{MAX_VALUE_BYTES} (UTF-8)")
+                                             f"{MAX_EVENT_VALUE_BYTES} (UTF-8)")
 
 
 EventChooser = Callable[[int, int], "FragmentEvent | None"]  # (index, timecode ms) -> event

@@ -218,12 +218,11 @@ class Producer:
         """PutMedia's URL; on a reconnect, asked for again (the endpoint may have moved),
         keeping the last one if the control plane cannot answer either."""
         if refresh and self._discovered_endpoint:
+            previous, self._data_endpoint = self._data_endpoint, None
             try:
-                self._data_endpoint = await asyncio.to_thread(
-                    lambda: self._call("get_data_endpoint", APIName="PUT_MEDIA",
-                                       **self._stream_params())["DataEndpoint"])
+                await asyncio.to_thread(self.data_endpoint)
             except ProducerError:
-                pass
+                self._data_endpoint = previous
         return (await asyncio.to_thread(self.data_endpoint)).rstrip("/") + "/putMedia"
 
     def _headers(self, url: str, producer_start_ms: int) -> list[tuple[str, str]]:
