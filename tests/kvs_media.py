@@ -35,12 +35,14 @@ class PutMediaConnection:
             headers["x-amzn-producer-start-timestamp"] = start_timestamp
         if expect_continue:
             headers["expect"] = "100-continue"
-        headers.update(extra_headers or {})
+        headers.update(extra_headers or {})  # a value of None leaves that header out
+        headers = {name: value for name, value in headers.items() if value is not None}
         head = "POST /putMedia HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.sock.sendall(head.encode() + b"\r\n")
         self.file = self.sock.makefile("rb")
         self.acks: queue.Queue = queue.Queue()
         self.status: int | None = None
+        self.headers: dict[str, str] = {}
         self.error_body = b""
         self.got_continue = False
         self.closed = threading.Event()
@@ -193,3 +195,34 @@ def sign_v4(method: str, path: str, headers: dict, *, key: str, secret: str,
     headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={key}/{scope}, "
                                 f"SignedHeaders={';'.join(names)}, Signature={signature}")
     return headers
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def producer_sdk_put_media(port: int, stream: str, data: bytes, *, key: str, secret: str,
+                           signed: dict | None = None, sent: dict | None = None):
+    """PutMedia as the C producer SDK (kvssink 3.5.0) sends it: Host without the port, and
+    connection, transfer-encoding, user-agent and its x-amzn-* headers signed over the empty
+    payload. `signed` changes what is signed, `sent` what goes on the wire (None: left
+    out). Returns (status, x-amzn-ErrorType, acks other than IDLE, error body)."""
+    headers = {"host": "127.0.0.1", "connection": "keep-alive", "transfer-encoding": "chunked",
+               "user-agent": "AWS-SDK-KVS-CPP-CLIENT/3.5.0",
+               "x-amzn-fragment-acknowledgment-required": "1",
+               "x-amzn-fragment-timecode-type": "ABSOLUTE",
+               "x-amzn-producer-start-timestamp": "1795756324.836",
+               "x-amzn-stream-name": stream, **(signed or {})}
+    signed_headers = sign_v4("POST", "/putMedia", headers, key=key, secret=secret,
+                             payload_hash=EMPTY_SHA256)
+    conn = PutMediaConnection(port, None, timecode_type=None, start_timestamp=None,
+                              extra_headers={**signed_headers, **(sent or {})})
+    try:
+        try:
+            conn.send(data)
+            conn.finish()
+        except OSError:
+            pass  # refused before the body went up: the status says why
+        acks = conn.all_acks()
+        return conn.status, conn.headers.get("x-amzn-errortype"), acks, conn.error_body
+    finally:
+        conn.close()

@@ -154,3 +154,72 @@ def test_producer_sdk_style_put_media_signs_the_empty_payload(secured):
     assert [a["EventType"] for a in acks] == ["RECEIVED", "PERSISTED"]
     status, acks, code = upload("wrong-secret")
     assert (status, code) == (403, "InvalidSignatureException")
+
+
+# -- hop-by-hop headers: what a load balancer in HTTP mode does to the producer SDK's ------
+
+def sdk_put_media_head(**changes) -> dict[str, list[str]]:
+    """The head of the producer SDK's PutMedia as verify() gets it: signed, then with
+    `changes` applied on the way (None: the header was removed)."""
+    from kvs_media import EMPTY_SHA256
+
+    headers = {"host": "127.0.0.1", "connection": "keep-alive", "transfer-encoding": "chunked",
+               "user-agent": "AWS-SDK-KVS-CPP-CLIENT/3.5.0",
+               "x-amzn-fragment-acknowledgment-required": "1",
+               "x-amzn-fragment-timecode-type": "ABSOLUTE",
+               "x-amzn-producer-start-timestamp": "1795756324.836",
+               "x-amzn-stream-name": "cam"}
+    signed = sign_v4("POST", "/putMedia", headers, key=KEY, secret=SECRET,
+                     payload_hash=EMPTY_SHA256)
+    arrived = {**signed, **changes}
+    return {name: [value] for name, value in arrived.items() if value is not None}
+
+
+def verify_put_media(headers: dict[str, list[str]]) -> None:
+    from kvslite.edge import sigv4
+
+    sigv4.verify(access_key_id=KEY, secret_access_key=SECRET, method="POST",
+                 path="/putMedia", query_string="", headers=headers, body=b"",
+                 max_skew_s=900, streaming=True)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"connection": None},  # HAProxy in HTTP mode consumes it
+    {"connection": "close"},  # nginx's own, by default
+    {"connection": None, "transfer-encoding": None, "content-length": "1234"},  # re-framed
+], ids=["as-sent", "connection-dropped", "connection-close", "re-framed"])
+def test_signed_hop_by_hop_headers_may_be_changed_by_a_proxy(changes):
+    verify_put_media(sdk_put_media_head(**changes))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"connection": None, "x-amzn-stream-name": "another-cam"},
+     "signature we calculated does not match"),
+    ({"connection": None, "x-amzn-fragment-timecode-type": "RELATIVE"},
+     "signature we calculated does not match"),
+    ({"connection": None, "user-agent": None},
+     "Signed headers are missing from the request: user-agent"),
+    ({"connection": None, "host": "127.0.0.1:4567"}, "signature we calculated does not match"),
+], ids=["stream", "timecode-type", "no-user-agent", "host"])
+def test_every_other_signed_header_is_checked_exactly(changes, message):
+    from kvslite.errors import ApiError
+
+    with pytest.raises(ApiError) as e:
+        verify_put_media(sdk_put_media_head(**changes))
+    assert (e.value.code, e.value.status) == ("InvalidSignatureException", 403)
+    assert message in e.value.message
+
+
+def test_put_media_whose_connection_header_a_proxy_dropped(secured, h264):
+    """The producer SDK's PutMedia with its signed `connection` header gone, over HTTP."""
+    from kvs_media import persisted_numbers, producer_sdk_put_media
+    from kvslite.media import synthetic
+
+    secured.client("kinesisvideo", key=KEY, secret=SECRET).create_stream(
+        StreamName="no-connection-header", DataRetentionInHours=1)
+    status, code, acks, body = producer_sdk_put_media(
+        secured.port, "no-connection-header", synthetic.to_mkv(h264, 1795756324836),
+        key=KEY, secret=SECRET, sent={"connection": None})
+    assert (status, code) == (200, None), body
+    assert len(persisted_numbers(acks)) == 4

@@ -4,12 +4,19 @@ The signature is recomputed over exactly the headers the client listed in
 `SignedHeaders`, with their values as received: boto3 signs `host` with the
 port, the KVS producer SDK without it and also signs `user-agent`, which
 botocore's signer would otherwise leave out.
+
+The producer SDK's PutMedia also signs `connection` and `transfer-encoding`. Those are
+hop-by-hop: a load balancer in HTTP mode consumes `Connection` (HAProxy drops its
+`keep-alive`/`close` tokens; nginx sends `close` of its own) and may re-frame the body.
+For those two alone, the values a client can have sent are tried as well as what
+arrived; every other signed header must arrive, exactly as signed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hmac
+import itertools
 import re
 from hashlib import sha256
 
@@ -32,6 +39,15 @@ _AUTH_RE = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
     r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})\s*$"
 )
+
+
+# Signed hop-by-hop headers a proxy may drop or rewrite -> the values a client sends:
+# `Connection` names the persistence it wants, and a request body of unknown length can
+# only be chunked. Any other hop-by-hop header (keep-alive: timeout=...) must arrive.
+HOP_BY_HOP_VALUES = {
+    "connection": ("keep-alive", "close"),
+    "transfer-encoding": ("chunked",),
+}
 
 
 class _ExactHeadersSigner(SigV4Auth):
@@ -103,27 +119,38 @@ def verify(
     signed_names = match["signed"].split(";")
     if "host" not in signed_names:
         raise _forbidden(INCOMPLETE_SIGNATURE, "'Host' must be a signed header")
-    missing = [name for name in signed_names if name not in headers]
+    missing = [name for name in signed_names
+               if name not in headers and name not in HOP_BY_HOP_VALUES]
     if missing:
         raise _forbidden(INVALID_SIGNATURE,
                          f"Signed headers are missing from the request: {', '.join(missing)}")
     _check_payload_hash(headers, body, streaming)
-    request = AWSRequest(
-        method=method,
-        url=f"http://signed-host{path}" + (f"?{query_string}" if query_string else ""),
-        headers={name: ",".join(headers[name]) for name in signed_names},
-        data=body,
-    )
-    request.context["timestamp"] = amz_date
     signer = _ExactHeadersSigner(Credentials(access_key_id, secret_access_key), service, region)
-    canonical = signer.canonical_request(request)
-    expected = signer.signature(signer.string_to_sign(request, canonical), request)
-    if not hmac.compare_digest(expected, match["signature"]):
-        raise _forbidden(
-            INVALID_SIGNATURE,
-            "The request signature we calculated does not match the signature you provided. "
-            "Check your AWS Secret Access Key and signing method.",
-        )
+    url = f"http://signed-host{path}" + (f"?{query_string}" if query_string else "")
+    for signed_headers in _header_candidates(headers, signed_names):
+        request = AWSRequest(method=method, url=url, headers=signed_headers, data=body)
+        request.context["timestamp"] = amz_date
+        canonical = signer.canonical_request(request)
+        expected = signer.signature(signer.string_to_sign(request, canonical), request)
+        if hmac.compare_digest(expected, match["signature"]):
+            return
+    raise _forbidden(
+        INVALID_SIGNATURE,
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method.",
+    )
+
+
+def _header_candidates(headers: dict[str, list[str]], signed_names: list[str]):
+    """The signed headers as received, then with each signed hop-by-hop header replaced by
+    the values a client can have sent for it (at most 3 x 2 = 6 tries in all)."""
+    choices = []
+    for name in signed_names:
+        received = [",".join(headers[name])] if name in headers else []
+        others = [v for v in HOP_BY_HOP_VALUES.get(name, ()) if v not in received]
+        choices.append(received + others)
+    for values in itertools.product(*choices):
+        yield dict(zip(signed_names, values))
 
 
 def _check_payload_hash(headers: dict[str, list[str]], body: bytes, streaming: bool) -> None:
