@@ -509,7 +509,7 @@ def test_phone_sized_screen(browser, server):
 
 def test_signed_requests_when_the_server_wants_credentials(browser, start_server, h264):
     """A server with keys and AWS's 3000 ms GetImages minimum: the page asks for the keys,
-    signs every call, and learns the minimum from the server's refusal."""
+    signs every call, and keeps to the minimum the server told it."""
     anonymous = start_server()  # record first, then restart the same archive with keys
     anonymous.client("kinesisvideo").create_stream(StreamName="locked", DataRetentionInHours=24)
     put_mkv(anonymous.port, "locked", synthetic.to_mkv(h264, START_MS))
@@ -560,6 +560,37 @@ def test_signed_requests_when_the_server_wants_credentials(browser, start_server
         context.close()
 
 
+def test_thumbnails_on_a_server_with_default_flags(browser, start_server, h264):
+    """A new user's server (`kvslite serve`, `kvslite demo`) keeps AWS's 3000 ms minimum
+    SamplingInterval. The page gets it from the server: every GetImages it sends keeps to
+    it, and a stream recorded twice, 96 s apart, shows thumbnails of both recordings."""
+    server = start_server()
+    server.client("kinesisvideo").create_stream(StreamName="front-door",
+                                                DataRetentionInHours=24)
+    for start, _ in SPANS:
+        put_mkv(server.port, "front-door", synthetic.to_mkv(h264, start))
+    context, page = new_page(browser)
+    intervals: list[int] = []
+    page.page.on("request", lambda r: intervals.append(r.post_data_json["SamplingInterval"])
+                 if r.url.endswith("/getImages") else None)
+    try:
+        page.page.goto(f"{server.endpoint}/#/stream/front-door")
+        page.page.wait_for_selector("#stream-view[data-ready]")
+        page.page.wait_for_selector("#timeline:not([data-busy])", state="attached")
+        page.shot("17-default-flags-timeline")
+        assert page.page.is_hidden("#error"), page.page.text_content("#error")
+        assert page.page.get_attribute("#thumbs", "data-ready") is not None
+        assert int(page.page.get_attribute("#thumbs", "data-interval")) >= 3000
+        shown = tiles(page)
+        images = [t["ts"] for t in shown if t["state"] == "image"]
+        assert all(in_media(ts) for ts in images)
+        assert all(any(start <= ts < end for ts in images) for start, end in SPANS)
+        assert intervals and min(intervals) >= 3000
+        assert not page.errors
+    finally:
+        context.close()
+
+
 # -- serving the files ------------------------------------------------------------------------
 
 def raw(server, method: str, path: str, headers: dict | None = None):
@@ -579,6 +610,9 @@ def test_files_are_served_with_types_caching_and_no_traversal(server):
     assert b"/web/app.js" in body and headers["cache-control"] == "no-cache"
     assert "default-src 'self'" in headers["content-security-policy"]
     assert raw(server, "GET", "/", {"if-none-match": headers["etag"]})[0] == 304
+
+    status, headers, body = raw(server, "GET", "/web/limits.js")  # this server's setting
+    assert status == 200 and b"export const MIN_SAMPLING_INTERVAL_MS = 1;\n" in body
 
     status, headers, _ = raw(server, "GET", "/web/app.js")
     assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"

@@ -153,7 +153,8 @@ def build(settings: Settings) -> Server:
                          event_configs=event_configs, on_deliveries=deliverer.wake)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
-                          *WebViewer().routes()],
+                          *WebViewer(min_sampling_interval_ms=settings.min_sampling_interval_ms
+                                     ).routes()],
                   max_media_connections=connections - max(2, connections // 10),
                   access_log=settings.access_log)
     return Server(settings, app, metadata, blobs, sweeper, deliverer, lock)

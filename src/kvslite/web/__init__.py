@@ -4,7 +4,8 @@ The viewer is plain HTML/CSS/JS under `static/`, talking to the same origin thro
 public KVS API, so serving it is Starlette's StaticFiles plus kvslite's headers: a
 Content-Security-Policy on the page, `nosniff` everywhere, and a year of caching for
 pinned third-party files. `/web/limits.js` hands the viewer the limits it shares with
-the server, so each number has one home.
+the server, so each number has one home, and this server's settings the viewer must
+respect (the smallest GetImages SamplingInterval), so it never has to guess them.
 """
 
 from __future__ import annotations
@@ -75,15 +76,18 @@ def _security_headers(*, html: bool) -> dict[str, str]:
     return headers
 
 
-def limits_module() -> str:
+def limits_module(min_sampling_interval_ms: int) -> str:
     """The limits the viewer shares with the server, as an ES module."""
-    return (f"// Served by kvslite from kvslite.media.limits; not a file on disk.\n"
-            f"export const MAX_FRAGMENT_SPAN_MS = {limits.MAX_FRAGMENT_SPAN_MS};\n")
+    return (f"// Served by kvslite from kvslite.media.limits and its settings; not a file "
+            f"on disk.\n"
+            f"export const MAX_FRAGMENT_SPAN_MS = {limits.MAX_FRAGMENT_SPAN_MS};\n"
+            f"export const MIN_SAMPLING_INTERVAL_MS = {int(min_sampling_interval_ms)};\n")
 
 
 class WebViewer:
-    def __init__(self, root: Path = STATIC):
+    def __init__(self, root: Path = STATIC, *, min_sampling_interval_ms: int):
         self.assets = _Assets(directory=root)
+        self.min_sampling_interval_ms = min_sampling_interval_ms  # --min-sampling-interval-ms
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/", self._index, methods=["GET", "HEAD"]),
@@ -96,5 +100,5 @@ class WebViewer:
 
     async def _limits(self, request: Request) -> Response:
         headers = {**_security_headers(html=False), "cache-control": REVALIDATE}
-        return Response(limits_module(), headers=headers,
+        return Response(limits_module(self.min_sampling_interval_ms), headers=headers,
                         media_type="text/javascript; charset=utf-8")

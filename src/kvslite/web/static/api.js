@@ -3,6 +3,7 @@
  * viewer needs helpers for: paged ListFragments and throttled, retried GetImages. */
 
 import { askForCredentials, loadCredentials } from './credentials.js';
+import { MIN_SAMPLING_INTERVAL_MS } from './limits.js';
 import { signRequest } from './sigv4.js';
 
 const AUTH_ERRORS = new Set(['MissingAuthenticationTokenException', 'UnrecognizedClientException',
@@ -67,36 +68,16 @@ export function limiter(n) {
 const imageSlots = limiter(3);  // the server sheds GetImages over its limit (default 8)
 
 /* The smallest SamplingInterval the server accepts: AWS's is 3000 ms; kvslite's is a server
- * setting. Start optimistic and learn it from the InvalidArgumentException. Importers see
- * each update: exports are live bindings. */
-const MIN_INTERVAL_KEY = 'kvslite.minSamplingIntervalMs';
-export let minSamplingInterval = Number(sessionStorage.getItem(MIN_INTERVAL_KEY)) || 1;
-
-function learnMinimumInterval(error, tried) {
-  if (error.code !== 'InvalidArgumentException' || !/SamplingInterval/i.test(error.message)) {
-    return null;
-  }
-  const match = /at least (\d+)/i.exec(error.message) || /minimum[^\d]*(\d+)/i.exec(error.message);
-  const minimum = match ? Number(match[1]) : 3000;
-  if (minimum <= tried) return null;
-  minSamplingInterval = minimum;
-  sessionStorage.setItem(MIN_INTERVAL_KEY, String(minimum));
-  return minimum;
-}
+ * setting, which the server hands the page in limits.js. */
+export const minSamplingInterval = MIN_SAMPLING_INTERVAL_MS;
 
 /** One GetImages call, retried when the server is busy (ClientLimitExceededException). */
-export async function getImages(params, { signal, adjustInterval = false } = {}) {
+export async function getImages(params, { signal } = {}) {
   for (let attempt = 0; ; attempt++) {
     try {
-      return { page: await imageSlots(() => api('/getImages', params, { signal })), params };
+      return await imageSlots(() => api('/getImages', params, { signal }));
     } catch (error) {
       if (error.name === 'AbortError') throw error;
-      const minimum = adjustInterval && !params.NextToken &&
-        learnMinimumInterval(error, params.SamplingInterval);
-      if (minimum) {
-        params = { ...params, SamplingInterval: minimum };
-        continue;
-      }
       if (error.code === 'ClientLimitExceededException' && attempt < 6) {
         await sleep(150 * 2 ** attempt, signal);
         continue;

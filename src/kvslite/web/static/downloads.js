@@ -110,7 +110,7 @@ async function saveImages(form, count, signal) {
   let token = null;
   const extension = format === 'PNG' ? 'png' : 'jpg';
   do {
-    const { page } = await getImages(token ? { ...params, NextToken: token } : params, { signal });
+    const page = await getImages(token ? { ...params, NextToken: token } : params, { signal });
     for (const image of page.Images || []) {
       seen++;
       const ts = Math.round(image.TimeStamp * 1000);

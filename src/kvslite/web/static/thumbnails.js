@@ -25,46 +25,31 @@ export async function loadThumbs(generation, fragmentsLoaded) {
   const signal = S.abort.signal;
   const current = () => generation === S.generation && S.stream === stream;
   const count = Math.max(1, Math.round(timelineWidth() / tileTarget()));
-  let interval = Math.max(minSamplingInterval, Math.floor((end - start) / count), 1);
-  let slots;
-  const makeSlots = () => {
-    slots = [];
-    for (let k = Math.floor(start / interval); k * interval < end; k++) {
-      const from = k * interval;
-      slots.push({ from, to: from + interval, center: from + Math.floor(interval / 2) });
-    }
-  };
-  makeSlots();
+  const interval = Math.max(minSamplingInterval, Math.floor((end - start) / count), 1);
+  const slots = [];
+  for (let k = Math.floor(start / interval); k * interval < end; k++) {
+    const from = k * interval;
+    slots.push({ from, to: from + interval, center: from + Math.floor(interval / 2) });
+  }
   delete thumbs.dataset.ready;
 
   const fresh = new Map();  // this call's answers, including those too recent to cache
   const missing = slots.filter((slot) => !S.thumbCache.has(String(slot.center)));
   if (missing.length) {
-    let params = {
+    const params = {
       StreamName: stream, ImageSelectorType: 'PRODUCER_TIMESTAMP',
       StartTimestamp: slots[0].center / 1000, EndTimestamp: slots.at(-1).center / 1000,
       SamplingInterval: interval, Format: 'JPEG', WidthPixels: TILE_PX, MaxResults: 100,
     };
     let token = null;
-    for (;;) {
-      const { page, params: used } = await getImages(
-        token ? { ...params, NextToken: token } : params, { signal, adjustInterval: true });
+    do {
+      const page = await getImages(token ? { ...params, NextToken: token } : params, { signal });
       if (!current()) return;
-      if (used.SamplingInterval !== interval) {
-        // The server's minimum is larger than we hoped: fewer, wider slots, asked again.
-        interval = used.SamplingInterval;
-        makeSlots();
-        params = { ...used, StartTimestamp: slots[0].center / 1000,
-          EndTimestamp: slots.at(-1).center / 1000 };
-        token = null;
-        continue;
-      }
       for (const image of page.Images || []) {
         fresh.set(String(toMs(image.TimeStamp)), cacheImage(image));
       }
       token = page.NextToken;
-      if (!token) break;
-    }
+    } while (token);
   }
 
   await fragmentsLoaded;
@@ -84,9 +69,9 @@ export async function loadThumbs(generation, fragmentsLoaded) {
     }
     snaps.push(getImages({
       StreamName: stream, ImageSelectorType: 'PRODUCER_TIMESTAMP', StartTimestamp: at / 1000,
-      EndTimestamp: at / 1000, SamplingInterval: Math.max(minSamplingInterval, 1),
+      EndTimestamp: at / 1000, SamplingInterval: minSamplingInterval,
       Format: 'JPEG', WidthPixels: TILE_PX,
-    }, { signal }).then(({ page }) => {
+    }, { signal }).then((page) => {
       const [image] = page.Images || [];
       if (image) {
         const entry = cacheImage(image);
