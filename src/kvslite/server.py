@@ -25,6 +25,7 @@ from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
 from kvslite.edge.connections import (default_max_connections, guarded_protocol,
                                       raise_descriptor_limit)
+from kvslite.edge.tls import https_protocol, server_context
 from kvslite.ops.archived_media import ArchivedMedia
 from kvslite.ops.clips import Clips
 from kvslite.ops.event_configs import EventConfigurations
@@ -169,10 +170,13 @@ class UvicornServer(uvicorn.Server):
         max_connections = settings.max_connections or default_max_connections()
         protocol = guarded_protocol(max_connections=max_connections,
                                     header_timeout_s=settings.header_timeout_s)
+        if settings.tls_enabled:  # TLS in kvslite's protocol, inside its limits (edge/tls.py)
+            protocol = https_protocol(protocol, server_context(settings.tls_cert,
+                                                               settings.tls_key))
         super().__init__(uvicorn.Config(
             server.app, host=settings.host, port=settings.port, lifespan="off",
             access_log=False, log_level="warning", timeout_graceful_shutdown=5,
-            http=protocol, ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key))
+            http=protocol))
         self.settings = settings
         self.on_exit = on_exit
 

@@ -9,6 +9,8 @@ error for every attempt. `GuardedH11Protocol` adds what a server on a network ne
 - at most `max_connections` are open at once: one more is answered `503` and closed at
   once, a fast refusal instead of a hang, and well before descriptors run out.
 
+Over HTTPS both hold from accept, so the TLS handshake is inside them (`edge/tls.py`).
+
 `RepeatFilter` keeps a flood of identical log lines (an accept loop failing, thousands
 of refused connections) to one line per interval with a count of what it suppressed.
 """
@@ -59,16 +61,43 @@ class GuardedH11Protocol(H11Protocol):
 
     header_timeout_s = 10.0
     max_connections = 1000
+    handshaking = False  # HTTPS: from accept until the TLS handshake ends
 
     def connection_made(self, transport) -> None:
-        if len(self.connections) >= self.max_connections:
-            self.transport = transport  # connection_lost expects it
-            transport.write(REFUSAL)
-            transport.close()
-            log.warning("refused a connection: %d open, the limit", len(self.connections))
+        if self.handshaking:  # HTTPS: the slot and the deadline were taken at accept
+            self.handshaking = False
+            super().connection_made(transport)
+            return
+        if self.at_connection_limit():
+            self.refuse(transport, REFUSAL)
             return
         super().connection_made(transport)
         self._await_request_head()
+
+    def at_connection_limit(self) -> bool:
+        return len(self.connections) >= self.max_connections
+
+    def refuse(self, transport, answer: bytes) -> None:
+        self.transport = transport  # connection_lost expects it
+        transport.write(answer)
+        transport.close()
+        log.warning("refused a connection: %d open, the limit", len(self.connections))
+
+    def begin_handshake(self, tcp) -> None:
+        """HTTPS: take a slot and start the head deadline at accept, so that the TLS
+        handshake counts against both like a request head still on its way."""
+        self.handshaking = True
+        self.connections.add(self)
+        self.transport = tcp  # what the deadline and a server shutdown close until then
+        self._await_request_head()
+
+    def handshake_ended(self) -> None:
+        """The TLS handshake is over; if it failed (or the deadline cut it off), the
+        connection is gone without a `connection_lost`: free its slot here."""
+        if self.handshaking:
+            self.handshaking = False
+            self._cancel_head_deadline()
+            self.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
