@@ -195,6 +195,26 @@ class S3BlobStore:
                 if item["LastModified"].timestamp() < cutoff:
                     yield name
 
+    def list_after(self, after: str, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` blobs whose keys sort after `after`, in key order, each with when it
+        was last written (epoch seconds, the server's clock): ListObjectsV2 from StartAfter,
+        so a listing resumes anywhere without walking what comes before."""
+        args = {"Bucket": self.bucket, "Prefix": self.prefix}
+        if after:
+            args["StartAfter"] = self._object_key(after)
+        page: list[tuple[str, float]] = []
+        while len(page) < limit:
+            response = self.client.list_objects_v2(
+                **args, MaxKeys=min(self.page_size, limit - len(page)))
+            for item in response.get("Contents", []):
+                name = item["Key"][len(self.prefix):]
+                if name and not name.endswith("/"):  # a "folder" marker is not a blob
+                    page.append((name, item["LastModified"].timestamp()))
+            if not response.get("IsTruncated"):
+                break
+            args["ContinuationToken"] = response["NextContinuationToken"]
+        return page[:limit]
+
     def _pages(self, prefix: str) -> Iterator[list[dict]]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
