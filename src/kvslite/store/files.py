@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import heapq
 import math
 import os
 import shutil
@@ -85,6 +86,45 @@ class FileBlobStore:
                 except FileNotFoundError:
                     continue  # deleted while we walked
 
+    def list_after(self, after: str, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` blobs (and temporary files) whose keys sort after `after`, in key
+        order, each with when it was last written (epoch seconds): one page of a listing
+        that resumes anywhere. Memory is bounded by `limit`, however many blobs there are."""
+        page: list[tuple[str, float]] = []
+        for key in self._keys_after(self.root, "", after, limit):
+            try:
+                page.append((key, (self.root / key).stat().st_mtime))
+            except FileNotFoundError:
+                continue  # deleted while we walked
+            if len(page) == limit:
+                break
+        return page
+
+    def _keys_after(self, directory: Path, prefix: str, after: str, chunk: int
+                    ) -> Iterator[str]:
+        """Keys under `directory` (each starting with `prefix`) that sort after `after`, in
+        order. A folder's entries are taken `chunk` at a time, the smallest not yet visited,
+        so a folder of a million files costs a scan per chunk, never a million names held."""
+        visited = ""  # the last entry of this folder already walked (as ordered below)
+        while True:
+            try:
+                with os.scandir(directory) as entries:
+                    ordered = (_ordered(prefix, entry) for entry in entries)
+                    page = heapq.nsmallest(chunk, (
+                        (name, is_dir) for name, is_dir in ordered
+                        if name > visited and _may_follow(name, is_dir, after)))
+            except (FileNotFoundError, NotADirectoryError):
+                return  # removed while we walked
+            for name, is_dir in page:
+                if is_dir:
+                    yield from self._keys_after(directory / name[len(prefix):-1], name,
+                                                after, chunk)
+                else:
+                    yield name
+            if len(page) < chunk:
+                return
+            visited = page[-1][0]
+
     def remove_temp_files(self) -> list[str]:
         """Remove every temporary file (call only when no write can be in flight)."""
         removed = [key for key in self.keys_older_than(-math.inf) if is_temp(key)]
@@ -103,3 +143,15 @@ class FileBlobStore:
 
 def is_temp(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith(".") and key.endswith(TEMP_SUFFIX)
+
+
+def _ordered(prefix: str, entry: os.DirEntry) -> tuple[str, bool]:
+    """A folder entry as its key ("a/b.mkv") or, for a folder, its keys' prefix ("a/b/"):
+    sorting these strings walks the folders in the order of their keys as strings."""
+    is_dir = entry.is_dir(follow_symlinks=False)
+    return prefix + entry.name + ("/" if is_dir else ""), is_dir
+
+
+def _may_follow(name: str, is_dir: bool, after: str) -> bool:
+    """Whether this key, or for a folder some key in it, sorts after `after`."""
+    return name > after or (is_dir and after.startswith(name))

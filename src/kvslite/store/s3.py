@@ -28,6 +28,9 @@ _FULL_CODES = frozenset({"InsufficientStorage", "XMinioStorageFull", "StorageFul
                          "QuotaExceeded", "NoSpaceLeft"})
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 MAX_DELETE_BATCH = 1000  # the most keys one DeleteObjects may name
+# keys per ListObjectsV2 request in list_after: boto3 holds ~2 KB per listed key while it
+# parses a response, so a page of 1000 keys is asked for in a few smaller ones
+LIST_AFTER_REQUEST = 250
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -194,6 +197,27 @@ class S3BlobStore:
                     continue  # a "folder" marker some tools make: not a blob
                 if item["LastModified"].timestamp() < cutoff:
                     yield name
+
+    def list_after(self, after: str, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` blobs whose keys sort after `after`, in key order, each with when it
+        was last written (epoch seconds, the server's clock): ListObjectsV2 from StartAfter,
+        so a listing resumes anywhere without walking what comes before. A page is asked for
+        in requests of at most LIST_AFTER_REQUEST keys, which bounds the memory it takes."""
+        args = {"Bucket": self.bucket, "Prefix": self.prefix}
+        if after:
+            args["StartAfter"] = self._object_key(after)
+        page: list[tuple[str, float]] = []
+        while len(page) < limit:
+            response = self.client.list_objects_v2(
+                **args, MaxKeys=min(self.page_size, LIST_AFTER_REQUEST, limit - len(page)))
+            for item in response.get("Contents", []):
+                name = item["Key"][len(self.prefix):]
+                if name and not name.endswith("/"):  # a "folder" marker is not a blob
+                    page.append((name, item["LastModified"].timestamp()))
+            if not response.get("IsTruncated"):
+                break
+            args["ContinuationToken"] = response["NextContinuationToken"]
+        return page[:limit]
 
     def _pages(self, prefix: str) -> Iterator[list[dict]]:
         paginator = self.client.get_paginator("list_objects_v2")
