@@ -111,18 +111,19 @@ class DeliveryScheduler(BackgroundWorker):
     def _failed(self, delivery: Delivery, error: Exception) -> None:
         reason = error.reason if isinstance(error, DeliveryError) else \
             f"{type(error).__name__}: {error}"
-        what = (f"{delivery.kind} for stream {stream_name(delivery.arn)}, fragment "
-                f"{delivery.fragment_number}")
+        # the stream is part of the message, so the log's repeat filter (which compares
+        # messages) quiets one stream's run of failures, never another stream's
+        what = f"{delivery.kind} for stream {stream_name(delivery.arn)}".replace("%", "%%")
         attempt = delivery.attempts + 1
         permanent = isinstance(error, DeliveryError) and error.permanent
         if permanent or attempt >= self.max_attempts:
-            log.warning("%s failed %s; dropped: %s", what,
+            log.warning(what + ", fragment %s failed %s; dropped: %s", delivery.fragment_number,
                         "permanently" if permanent else f"{attempt} times", reason)
             self.store.finish_delivery(delivery.id)
             metrics.DELIVERIES.labels(delivery.kind, "failed").inc()
             return
         delay = backoff_ms(delivery.attempts)
-        log.warning("%s failed (attempt %d of %d), retrying in %d s: %s", what, attempt,
-                    self.max_attempts, delay // 1000, reason)
+        log.warning(what + ", fragment %s failed (attempt %d of %d), retrying in %d s: %s",
+                    delivery.fragment_number, attempt, self.max_attempts, delay // 1000, reason)
         self.store.retry_delivery(delivery.id, delay, reason)
         metrics.DELIVERIES.labels(delivery.kind, "retried").inc()
