@@ -540,8 +540,8 @@ def test_deliveries_are_recorded_with_a_new_fragment_only(store):
 
 def test_a_delivery_is_claimed_by_one_worker_until_its_claim_lapses(clocked, store_factory,
                                                                      clock):
-    stream, header_id = new_stream(clocked)
-    for k in range(6):
+    for k in range(6):  # six destinations: one delivery each is claimable at once
+        stream, header_id = new_stream(clocked, f"cam{k}", k)
         add(clocked, stream.arn, header_id, 1000 * k, f"f{k}",
             deliveries=[("notification", "{}")])
     other = store_factory(clock)  # another node
@@ -572,6 +572,39 @@ def test_a_delivery_is_claimed_by_one_worker_until_its_claim_lapses(clocked, sto
         assert clocked.count_deliveries() == 5
     finally:
         other.close()
+
+
+def test_claims_are_fair_across_destinations(clocked, clock):
+    """A destination (a stream's deliveries of one kind) gets one delivery claimed at a
+    time, its oldest; none while parked after a failure; fresh work goes before retries."""
+    a, a_header = new_stream(clocked, "a", 1)
+    b, b_header = new_stream(clocked, "b", 2)
+    c, c_header = new_stream(clocked, "c", 3)
+    ids = {}
+    for k in range(3):
+        work = [("notification", "{}")] + ([("image-generation", "{}")] if k == 0 else [])
+        add(clocked, a.arn, a_header, 1000 * k, f"a{k}", deliveries=work)
+    add(clocked, b.arn, b_header, 0, "b0", deliveries=[("notification", "{}")])
+    for d in clocked.claim_deliveries(1000, 0):  # a zero claim: look without holding
+        ids.setdefault((d.arn, d.kind), d.id)
+
+    def heads(limit=10):
+        return [(d.arn, d.kind, d.attempts) for d in clocked.claim_deliveries(limit, 60_000)]
+    assert heads() == [(a.arn, "notification", 0), (a.arn, "image-generation", 0),
+                       (b.arn, "notification", 0)]  # one each, oldest destination first
+    assert heads() == []  # every destination busy
+    assert clocked.count_deliveries() == 5 and clocked.count_deliveries(a.arn) == 4
+    assert clocked.count_delivery_streams() == 2
+    clocked.retry_delivery(ids[(a.arn, "notification")], 5_000, "webhook timed out")
+    clocked.finish_delivery(ids[(b.arn, "notification")])
+    add(clocked, b.arn, b_header, 1000, "b1", deliveries=[("notification", "{}")])
+    assert heads() == [(b.arn, "notification", 0)]  # a's notifications are parked
+    clock.advance(5)
+    add(clocked, c.arn, c_header, 0, "c0", deliveries=[("notification", "{}")])
+    # a's failed delivery is due again, and still its destination's next; fresh work first
+    assert heads(1) == [(c.arn, "notification", 0)]
+    retried = clocked.claim_deliveries(10, 60_000)
+    assert [(d.id, d.attempts) for d in retried] == [(ids[(a.arn, "notification")], 1)]
 
 
 def test_configurations_are_kept_replaced_deleted_and_go_with_their_stream(store):

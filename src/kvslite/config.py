@@ -35,6 +35,8 @@ class Settings:
     sweep_interval_s: float = 60.0  # how often retention, deletion and orphans are swept
     orphan_grace_s: float = 3600.0  # media files without a row are removed after this long
     delivery_queue_limit: int = 10_000  # image/notification work waiting; more is dropped
+    delivery_stream_limit: int = 1000  # the same, for one stream
+    delivery_max_attempts: int = 10  # a delivery failing this often is dropped
 
     @property
     def auth_enabled(self) -> bool:

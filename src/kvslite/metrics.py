@@ -30,6 +30,7 @@ IMAGE_CACHE = Counter("kvslite_image_cache", "Rendered-image cache lookups, by r
 IMAGE_CACHE_BYTES = Gauge("kvslite_image_cache_bytes", "Bytes of images in the cache")
 DELIVERIES = Counter("kvslite_deliveries",
                      "Image-generation and notification deliveries, by kind and result "
-                     "(delivered, retried, dropped: outbox full or nothing left to do)",
+                     "(delivered, retried, dropped: outbox full or nothing left to do, "
+                     "failed: given up after its attempts or a permanent error)",
                      ["kind", "result"])
 ERRORS = Counter("kvslite_errors", "AWS-style errors answered, by code", ["code"])

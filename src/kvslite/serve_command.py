@@ -85,6 +85,14 @@ def as_typed(path: Path) -> str:
          default=Settings.delivery_queue_limit, show_default=True, type=click.IntRange(min=1),
          help="Image-generation and notification deliveries waiting at most; past it, new "
               "fragments' events are dropped and counted (kvslite_deliveries_total).")
+@_option("--delivery-stream-limit", "DELIVERY_STREAM_LIMIT",
+         default=Settings.delivery_stream_limit, show_default=True, type=click.IntRange(min=1),
+         help="The same for one stream: a stream whose destination fails drops its own new "
+              "events, never another stream's.")
+@_option("--delivery-max-attempts", "DELIVERY_MAX_ATTEMPTS",
+         default=Settings.delivery_max_attempts, show_default=True, type=click.IntRange(min=1),
+         help="A delivery that failed this many times (backoff 1 s doubling: about 8.5 "
+              "minutes for 10) is dropped, logged and counted.")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

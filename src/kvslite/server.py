@@ -127,10 +127,12 @@ def build(settings: Settings) -> Server:
     sampler = ImageSampler(archive, max_requests=settings.max_image_requests, cache=cache)
     event_configs = EventConfigs(metadata, region=settings.region,
                                  min_sampling_interval_ms=settings.min_sampling_interval_ms,
-                                 queue_limit=settings.delivery_queue_limit)
+                                 queue_limit=settings.delivery_queue_limit,
+                                 stream_limit=settings.delivery_stream_limit)
     deliverer = Deliverer(metadata, archive, sampler, event_configs,
                           account_id=settings.account_id,
-                          s3_endpoint_url=settings.s3_endpoint_url)
+                          s3_endpoint_url=settings.s3_endpoint_url,
+                          max_attempts=settings.delivery_max_attempts)
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
     providers = [

@@ -16,79 +16,53 @@ A notification is a POST of the SNS-shaped JSON to the configured http(s) webhoo
 once: a retry repeats the same MessageId, which consumers can deduplicate on.
 
 Work is claimed for CLAIM_MS (a node that dies mid-delivery loses its claim, and another
-node or its restart does the work), retried with backoff on failure, and dropped only when
-nothing is left to do: the stream or fragment is gone, or the configuration is off.
+node or its restart does the work) and scheduled fairly across streams, retried with backoff
+on failure and given up after a few attempts (see delivery_scheduler); it is dropped at once
+when nothing is left to do (the stream or fragment is gone, or the configuration is off) or
+S3 refuses it for good (no such bucket, access denied).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
 
-from kvslite import metrics
-from kvslite.archive.background import BackgroundWorker
+from kvslite.archive.delivery_errors import DeliveryError
+from kvslite.archive.delivery_scheduler import DEFAULT_MAX_ATTEMPTS, DeliveryScheduler
 from kvslite.archive.events import IMAGE_GENERATION, EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
 from kvslite.store.metadata import ACTIVE, Clock, Delivery, Fragment, MetadataStore, Stream
-from kvslite.store.s3 import make_client, parse_s3_url
+from kvslite.store.s3 import make_client, parse_s3_url, permanent_failure
 
 log = logging.getLogger("kvslite.delivery")
 
-CLAIM_MS = 15_000  # a claimed delivery must be done by then, or it is due again
-BATCH = 8
-MAX_BACKOFF_MS = 300_000
 WEBHOOK_TIMEOUT_S = 5.0  # well inside CLAIM_MS
+RENDERS = 2  # image deliveries rendering at once: GetImages clients keep the other slots
 KEYS = uuid.UUID("6b767369-6d61-6765-7300-000000000000")  # namespace of RandomIDs
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
 S3_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
 
 
-def backoff_ms(attempts: int) -> int:
-    """1 s, 2 s, 4 s ... up to 5 minutes: a delivery is retried until it succeeds."""
-    return min(MAX_BACKOFF_MS, 1000 * 2 ** min(attempts, 20))
-
-
-class Deliverer(BackgroundWorker):
-    name = "kvslite-delivery"
-
+class Deliverer(DeliveryScheduler):
     def __init__(self, store: MetadataStore, archive: Archive, sampler: ImageSampler,
                  configs: EventConfigs, *, account_id: str, s3_endpoint_url: str | None = None,
-                 interval_s: float = 1.0):
-        super().__init__(interval_s)  # wake(): a fragment just put work in the outbox
-        self.store, self.archive, self.sampler, self.configs = store, archive, sampler, configs
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, interval_s: float = 1.0):
+        super().__init__(store, max_attempts=max_attempts, interval_s=interval_s)
+        self.archive, self.sampler, self.configs = archive, sampler, configs
         self.account_id = account_id
         self.s3_endpoint_url = s3_endpoint_url
         self._s3 = None  # made on first image delivery: standard AWS configuration
-
-    def run_pass(self) -> bool:
-        """Claim and do one batch of due deliveries; True if the batch was full."""
-        claimed = self.store.claim_deliveries(BATCH, CLAIM_MS)
-        for delivery in claimed:
-            self._attempt(delivery)
-        return len(claimed) == BATCH
-
-    def _attempt(self, delivery: Delivery) -> None:
-        try:
-            result = self._deliver(delivery)
-        except Exception as e:  # noqa: BLE001 - any failure is retried later
-            delay = backoff_ms(delivery.attempts)
-            log.warning("%s for fragment %s failed (attempt %d), retrying in %d s: %s",
-                        delivery.kind, delivery.fragment_number, delivery.attempts + 1,
-                        delay // 1000, e)
-            self.store.retry_delivery(delivery.id, delay, repr(e))
-            metrics.DELIVERIES.labels(delivery.kind, "retried").inc()
-            return
-        self.store.finish_delivery(delivery.id)
-        metrics.DELIVERIES.labels(delivery.kind, result).inc()
+        self._renders = threading.BoundedSemaphore(RENDERS)
 
     # -- one delivery ---------------------------------------------------------------------
 
-    def _deliver(self, delivery: Delivery) -> str:
+    def deliver(self, delivery: Delivery) -> str:
         """Do it; "delivered", or "dropped" when there is nothing left to do."""
         stream = self.store.get_stream(arn=delivery.arn)
         fragment = self.archive.by_number(delivery.arn, delivery.fragment_number) \
@@ -118,13 +92,23 @@ class Deliverer(BackgroundWorker):
             "aws_kinesisvideo_fragment_number": fragment.number,
             "aws_kinesisvideo_producer_timestamp": str(fragment.producer_ms),
             "aws_kinesisvideo_server_timestamp": str(fragment.server_ms)})
-        for image in self.sampler.render(request):
+        with self._renders:
+            images = self.sampler.render(request)
+        for image in images:
             if image.content is None:
                 continue  # NO_MEDIA / MEDIA_ERROR: GetImages would return no picture either
             key = prefix + image_name(event.get("prefix", ""), self.account_id, stream,
                                       fragment, image.time_ms, config["Format"])
-            self.s3.put_object(Bucket=bucket, Key=key, Body=image.content, Metadata=metadata,
-                               ContentType=f"image/{config['Format'].lower()}")
+            try:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=image.content,
+                                   Metadata=metadata,
+                                   ContentType=f"image/{config['Format'].lower()}")
+            except Exception as e:
+                reason = permanent_failure(e)
+                if reason is None:
+                    raise
+                raise DeliveryError(f"S3 refused s3://{bucket}/{key}: {reason}",
+                                    permanent=True) from e
 
     @property
     def s3(self):

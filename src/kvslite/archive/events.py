@@ -38,6 +38,7 @@ log = logging.getLogger("kvslite.events")
 IMAGE_GENERATION = "image-generation"
 NOTIFICATION = "notification"
 DEFAULT_QUEUE_LIMIT = 10_000
+DEFAULT_STREAM_LIMIT = 1000
 
 
 def events_in(tags: list[tuple[str, str]]) -> dict[str, dict]:
@@ -69,11 +70,13 @@ class EventConfigs:
     API's JSON, and consulted when a tagged fragment is persisted."""
 
     def __init__(self, store: MetadataStore, *, region: str, min_sampling_interval_ms: int,
-                 queue_limit: int = DEFAULT_QUEUE_LIMIT):
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT,
+                 stream_limit: int = DEFAULT_STREAM_LIMIT):
         self.store = store
         self.region = region
         self.min_sampling_interval_ms = min_sampling_interval_ms
         self.queue_limit = queue_limit
+        self.stream_limit = stream_limit
 
     def describe(self, stream: Stream, kind: str) -> dict | None:
         stored = self.store.get_stream_config(stream.arn, kind)
@@ -124,12 +127,31 @@ class EventConfigs:
 
     def deliveries_for(self, stream: Stream, events: dict[str, dict]) -> list[tuple[str, str]]:
         """The outbox rows a fragment with `events` gets: those whose configuration is
-        ENABLED, unless the outbox is full (then counted and logged, never blocking)."""
+        ENABLED, unless the outbox has no room for the stream (then counted and logged,
+        never blocking)."""
         wanted = [(kind, json.dumps(event)) for kind, event in events.items()
                   if self.enabled(stream.arn, kind)]
-        if wanted and self.store.count_deliveries() >= self.queue_limit:
+        if wanted and not self._has_room(stream):
             metrics.DELIVERIES.labels("any", "dropped").inc(len(wanted))
-            log.warning("the delivery outbox holds %d items, its limit: %s's fragment events "
-                        "are dropped", self.queue_limit, stream.name)
             return []
         return wanted
+
+    def _has_room(self, stream: Stream) -> bool:
+        """Room for one more fragment's events of `stream`: below its own limit, and below
+        the total limit or, past it, below its fair share (the limit divided among the
+        streams waiting), up to twice the limit. A few failing destinations that fill the
+        outbox thus never crowd out the other streams' events."""
+        own = self.store.count_deliveries(stream.arn)
+        if own >= self.stream_limit:
+            log.warning("%s has %d deliveries waiting, its limit: its fragment events are "
+                        "dropped", stream.name, own)
+            return False
+        total = self.store.count_deliveries()
+        if total < self.queue_limit:
+            return True
+        streams = self.store.count_delivery_streams() + (0 if own else 1)
+        if own * streams < self.queue_limit and total < 2 * self.queue_limit:
+            return True
+        log.warning("the delivery outbox holds %d items, %s's share of its limit (%d): its "
+                    "fragment events are dropped", total, stream.name, self.queue_limit)
+        return False

@@ -238,12 +238,19 @@ class MetadataStore(Protocol):
     def put_stream_config(self, arn: str, kind: str, config: str | None) -> None:
         """Set (or with None, delete) the stream's configuration of `kind`."""
 
-    def count_deliveries(self) -> int:
-        """How many deliveries are waiting in the outbox."""
+    def count_deliveries(self, arn: str | None = None) -> int:
+        """How many deliveries are waiting in the outbox (with `arn`: for that stream)."""
+
+    def count_delivery_streams(self) -> int:
+        """How many streams have deliveries waiting."""
 
     def claim_deliveries(self, limit: int, claim_ms: int) -> list[Delivery]:
-        """Up to `limit` due deliveries, oldest first, claimed for `claim_ms`: no other
-        worker gets them until the claim lapses (a worker that died loses its claim)."""
+        """Up to `limit` due deliveries, claimed for `claim_ms`: no other worker gets them
+        until the claim lapses (a worker that died loses its claim). Fair across
+        destinations (a stream's deliveries of one kind): at most one per destination, none
+        for a destination with a delivery claimed or one waiting out its backoff after a
+        failure (parked), and each destination's oldest first; deliveries never attempted
+        before retries, then oldest first."""
 
     def finish_delivery(self, delivery_id: int) -> None:
         """Done: remove it from the outbox."""

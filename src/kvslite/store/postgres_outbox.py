@@ -9,6 +9,12 @@ from kvslite.store.metadata import Delivery
 from kvslite.store.postgres_db import NOW, PostgresDatabase
 
 _DELIVERY_COLUMNS = "id, arn, fragment_number, kind, event, attempts"
+# Each destination's (stream and kind's) oldest due delivery, for destinations that are
+# neither busy (a delivery claimed) nor parked (a failed one waiting out its backoff).
+NEXT_PER_DESTINATION = (
+    f"SELECT min(id) FROM deliveries WHERE due_ms <= {NOW} AND claimed_until_ms <= {NOW} "
+    f"AND (arn, kind) NOT IN (SELECT arn, kind FROM deliveries "
+    f"WHERE claimed_until_ms > {NOW} OR (attempts > 0 AND due_ms > {NOW})) GROUP BY arn, kind")
 
 
 class PostgresOutbox(PostgresDatabase):
@@ -36,18 +42,26 @@ class PostgresOutbox(PostgresDatabase):
                 "VALUES (%s, %s, %s, %s)",
                 [(arn, number, kind, event) for kind, event in deliveries])
 
-    def count_deliveries(self) -> int:
-        return self._rows("SELECT count(*) AS n FROM deliveries")[0]["n"]
+    def count_deliveries(self, arn: str | None = None) -> int:
+        if arn is None:
+            return self._rows("SELECT count(*) AS n FROM deliveries")[0]["n"]
+        return self._rows("SELECT count(*) AS n FROM deliveries WHERE arn = %s", (arn,))[0]["n"]
+
+    def count_delivery_streams(self) -> int:
+        return self._rows("SELECT count(DISTINCT arn) AS n FROM deliveries")[0]["n"]
 
     def claim_deliveries(self, limit: int, claim_ms: int) -> list[Delivery]:
+        # the due and claim conditions are repeated at the locking level: a row another
+        # node claimed meanwhile is rechecked there, after its lock is released
         with self._write() as conn:
             rows = conn.execute(
                 f"UPDATE deliveries SET claimed_until_ms = {NOW} + %(claim)s "
-                f"WHERE id IN (SELECT id FROM deliveries WHERE due_ms <= {NOW} "
-                f"AND claimed_until_ms <= {NOW} ORDER BY id LIMIT %(limit)s "
-                f"FOR UPDATE SKIP LOCKED) RETURNING {_DELIVERY_COLUMNS}",
+                f"WHERE id IN (SELECT id FROM deliveries WHERE id IN ({NEXT_PER_DESTINATION}) "
+                f"AND due_ms <= {NOW} AND claimed_until_ms <= {NOW} "
+                f"ORDER BY attempts, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_DELIVERY_COLUMNS}",
                 {"now": self._now_ms(), "claim": claim_ms, "limit": limit}).fetchall()
-        return sorted((Delivery(**row) for row in rows), key=lambda d: d.id)
+        return sorted((Delivery(**row) for row in rows), key=lambda d: (d.attempts, d.id))
 
     def finish_delivery(self, delivery_id: int) -> None:
         with self._write() as conn:

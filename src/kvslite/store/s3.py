@@ -27,6 +27,10 @@ from kvslite.errors import OutOfSpace
 _FULL_CODES = frozenset({"InsufficientStorage", "XMinioStorageFull", "StorageFull",
                          "QuotaExceeded", "NoSpaceLeft"})
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# 4xx answers that a later attempt may not get: throttling, timeouts, clock skew
+_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
+                              "TooManyRequests", "RequestLimitExceeded", "RequestTimeout",
+                              "RequestTimeTooSkewed", "RequestThrottled"})
 MAX_DELETE_BATCH = 1000  # the most keys one DeleteObjects may name
 # keys per ListObjectsV2 request in list_after: boto3 holds ~2 KB per listed key while it
 # parses a response, so a page of 1000 keys is asked for in a few smaller ones
@@ -71,6 +75,17 @@ def _code(e: ClientError) -> str:
 
 def _status(e: ClientError) -> int | None:
     return e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def permanent_failure(e: Exception) -> str | None:
+    """Why S3 will refuse a request however often it is repeated (a 4xx other than
+    throttling or a timeout: NoSuchBucket, AccessDenied...), else None."""
+    if not isinstance(e, ClientError):
+        return None
+    status = _status(e) or 0
+    if not 400 <= status < 500 or status in (408, 429) or _code(e) in _TRANSIENT_CODES:
+        return None
+    return f"{_code(e) or status} ({e.response.get('Error', {}).get('Message', '')})"
 
 
 def _is_full(e: ClientError) -> bool:

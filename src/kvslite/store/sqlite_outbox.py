@@ -6,6 +6,12 @@ from kvslite.store.metadata import Delivery
 from kvslite.store.sqlite_db import SqliteDatabase
 
 _DELIVERY_COLUMNS = "id, arn, fragment_number, kind, event, attempts"
+# Each destination's (stream and kind's) oldest due delivery, for destinations that are
+# neither busy (a delivery claimed) nor parked (a failed one waiting out its backoff).
+NEXT_PER_DESTINATION = (
+    "SELECT min(id) FROM deliveries WHERE due_ms <= :now AND claimed_until_ms <= :now "
+    "AND (arn, kind) NOT IN (SELECT arn, kind FROM deliveries WHERE claimed_until_ms > :now "
+    "OR (attempts > 0 AND due_ms > :now)) GROUP BY arn, kind")
 
 
 class SqliteOutbox(SqliteDatabase):
@@ -32,15 +38,22 @@ class SqliteOutbox(SqliteDatabase):
                          "VALUES (?, ?, ?, ?)",
                          [(arn, number, kind, event) for kind, event in deliveries])
 
-    def count_deliveries(self) -> int:
-        return self._connection().execute("SELECT count(*) FROM deliveries").fetchone()[0]
+    def count_deliveries(self, arn: str | None = None) -> int:
+        if arn is None:
+            return self._connection().execute("SELECT count(*) FROM deliveries").fetchone()[0]
+        return self._connection().execute(
+            "SELECT count(*) FROM deliveries WHERE arn = ?", (arn,)).fetchone()[0]
+
+    def count_delivery_streams(self) -> int:
+        return self._connection().execute(
+            "SELECT count(DISTINCT arn) FROM deliveries").fetchone()[0]
 
     def claim_deliveries(self, limit: int, claim_ms: int) -> list[Delivery]:
         now = self._now_ms()
         with self._write() as conn:  # BEGIN IMMEDIATE: one claimer at a time
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_ms <= ? "
-                f"AND claimed_until_ms <= ? ORDER BY id LIMIT ?", (now, now, limit)).fetchall()
+            rows = conn.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN "
+                                f"({NEXT_PER_DESTINATION}) ORDER BY attempts, id LIMIT :limit",
+                                {"now": now, "limit": limit}).fetchall()
             conn.executemany("UPDATE deliveries SET claimed_until_ms = ? WHERE id = ?",
                              [(now + claim_ms, row["id"]) for row in rows])
         return [Delivery(**dict(row)) for row in rows]
