@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvslite.webhook_policy import WebhookPolicy
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -35,6 +37,7 @@ class Settings:
     sweep_interval_s: float = 60.0  # how often retention, deletion and orphans are swept
     orphan_grace_s: float = 3600.0  # media files without a row are removed after this long
     delivery_queue_limit: int = 10_000  # image/notification work waiting; more is dropped
+    webhook_allow: str | None = None  # internal webhook destinations allowed (webhook_policy)
 
     @property
     def auth_enabled(self) -> bool:
@@ -94,6 +97,7 @@ class Settings:
         if self.sweep_interval_s <= 0 or self.orphan_grace_s < 0:
             raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
                              "negative")
+        WebhookPolicy.parse(self.webhook_allow)  # names the value it cannot read
 
 
 # Where clients (kvslite put / images, the producer) look for a server by default.

@@ -85,6 +85,10 @@ def as_typed(path: Path) -> str:
          default=Settings.delivery_queue_limit, show_default=True, type=click.IntRange(min=1),
          help="Image-generation and notification deliveries waiting at most; past it, new "
               "fragments' events are dropped and counted (kvslite_deliveries_total).")
+@_option("--webhook-allow", "WEBHOOK_ALLOW", default=None,
+         help="Internal addresses notifications may be POSTed to, comma-separated: loopback, "
+              "private, link-local, networks (10.1.0.0/16) or host names. [default: none; "
+              "only public addresses]")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

@@ -37,6 +37,7 @@ from kvslite.store.files import FileBlobStore
 from kvslite.store.metadata import MetadataStore
 from kvslite.store.urls import is_embedded, open_blob_store, open_metadata_store
 from kvslite.web import WebViewer
+from kvslite.webhook_policy import WebhookPolicy
 
 if TYPE_CHECKING:
     from kvslite.store.s3 import S3BlobStore
@@ -126,7 +127,8 @@ def build(settings: Settings) -> Server:
     sampler = ImageSampler(archive, max_requests=settings.max_image_requests, cache=cache)
     event_configs = EventConfigs(metadata, region=settings.region,
                                  min_sampling_interval_ms=settings.min_sampling_interval_ms,
-                                 queue_limit=settings.delivery_queue_limit)
+                                 queue_limit=settings.delivery_queue_limit,
+                                 webhook_policy=WebhookPolicy.parse(settings.webhook_allow))
     deliverer = Deliverer(metadata, archive, sampler, event_configs,
                           account_id=settings.account_id,
                           s3_endpoint_url=settings.s3_endpoint_url)

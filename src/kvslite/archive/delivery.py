@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 import uuid
 from datetime import datetime, timezone
 
@@ -34,6 +32,7 @@ from kvslite.archive.background import BackgroundWorker
 from kvslite.archive.events import IMAGE_GENERATION, EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
+from kvslite.archive.webhooks import post_json
 from kvslite.store.metadata import ACTIVE, Clock, Delivery, Fragment, MetadataStore, Stream
 from kvslite.store.s3 import make_client, parse_s3_url
 
@@ -135,15 +134,11 @@ class Deliverer(BackgroundWorker):
     def _post_notification(self, stream: Stream, fragment: Fragment, config: dict,
                            event: dict) -> None:
         body = json.dumps(notification_message(stream, fragment, event)).encode()
-        request = urllib.request.Request(
-            config["DestinationConfig"]["Uri"], data=body, method="POST",
-            headers={"Content-Type": "application/json", "x-amz-sns-message-type": "Notification",
-                     "User-Agent": "kvslite-notifications"})
-        try:
-            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
-                response.read()
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"the webhook answered {e.code}") from None
+        headers = {"Content-Type": "application/json", "x-amz-sns-message-type": "Notification",
+                   "User-Agent": "kvslite-notifications"}
+        # one deadline for the whole POST; refused destinations and redirects are permanent
+        post_json(config["DestinationConfig"]["Uri"], body, headers,
+                  self.configs.webhook_policy, deadline_s=WEBHOOK_TIMEOUT_S)
 
 
 def image_name(image_prefix: str, account_id: str, stream: Stream, fragment: Fragment,

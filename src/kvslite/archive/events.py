@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import urlsplit
 
 from kvslite import metrics
 from kvslite.archive.control_plane import require_archive
@@ -32,6 +31,7 @@ from kvslite.media.limits import (
 )
 from kvslite.store.metadata import MetadataStore, Stream
 from kvslite.store.s3 import parse_s3_url
+from kvslite.webhook_policy import WebhookPolicy
 
 log = logging.getLogger("kvslite.events")
 
@@ -69,11 +69,13 @@ class EventConfigs:
     API's JSON, and consulted when a tagged fragment is persisted."""
 
     def __init__(self, store: MetadataStore, *, region: str, min_sampling_interval_ms: int,
-                 queue_limit: int = DEFAULT_QUEUE_LIMIT):
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT,
+                 webhook_policy: WebhookPolicy = WebhookPolicy()):
         self.store = store
         self.region = region
         self.min_sampling_interval_ms = min_sampling_interval_ms
         self.queue_limit = queue_limit
+        self.webhook_policy = webhook_policy  # the delivery worker asks it too
 
     def describe(self, stream: Stream, kind: str) -> dict | None:
         stored = self.store.get_stream_config(stream.arn, kind)
@@ -104,17 +106,16 @@ class EventConfigs:
             raise invalid("FormatConfig (JPEGQuality) applies to the JPEG format only")
         jpeg_quality(config.get("FormatConfig"))
 
-    @staticmethod
-    def _check_notification(config: dict) -> None:
+    def _check_notification(self, config: dict) -> None:
         uri = config["DestinationConfig"]["Uri"]
         if uri.startswith("arn:"):
             raise invalid("kvslite delivers notifications to an http:// or https:// webhook "
                           "(a POST of the SNS-shaped message), not to an SNS topic; give the "
                           "webhook's URL as DestinationConfig.Uri")
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise invalid(f"DestinationConfig.Uri must be an http:// or https:// URL, got "
-                          f"{uri!r}")
+        try:  # a host name is checked when delivering, on the addresses it resolves to
+            self.webhook_policy.check_uri(uri)
+        except ValueError as e:
+            raise invalid(f"DestinationConfig.Uri {uri!r}: {e}") from None
 
     def enabled(self, stream_arn: str, kind: str) -> dict | None:
         """The configuration of `kind`, if ENABLED."""
