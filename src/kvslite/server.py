@@ -128,7 +128,8 @@ def build(settings: Settings) -> Server:
     event_configs = EventConfigs(metadata, region=settings.region,
                                  min_sampling_interval_ms=settings.min_sampling_interval_ms,
                                  queue_limit=settings.delivery_queue_limit,
-                                 webhook_policy=WebhookPolicy.parse(settings.webhook_allow))
+                                 webhook_policy=WebhookPolicy.parse(settings.webhook_allow),
+                                 media_url=settings.blobs_url)
     deliverer = Deliverer(metadata, archive, sampler, event_configs,
                           account_id=settings.account_id,
                           s3_endpoint_url=settings.s3_endpoint_url)

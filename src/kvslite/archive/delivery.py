@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 
 from kvslite import metrics
 from kvslite.archive.background import BackgroundWorker
+from kvslite.archive import events
 from kvslite.archive.events import IMAGE_GENERATION, EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
@@ -145,6 +146,7 @@ def image_name(image_prefix: str, account_id: str, stream: Stream, fragment: Fra
                time_ms: int, image_format: str) -> str:
     """AWS's object name for one generated image (see the module docstring)."""
     random_id = uuid.uuid5(KEYS, f"{stream.arn}/{fragment.number}/{time_ms}")
+    image_prefix = events.image_prefix(image_prefix)  # outbox rows from before the rules
     parts = [image_prefix] if image_prefix else []
     parts += [account_id, stream.name, str(time_ms), str(random_id)]
     return "_".join(parts) + "." + EXTENSIONS[image_format]
