@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -145,3 +147,28 @@ def test_an_answer_without_a_status_line_is_a_failure():
                       LOOPBACK)
     finally:
         listener.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the certificate")
+def test_https_connects_to_the_vetted_address_and_verifies_the_host_name(tmp_path,
+                                                                          monkeypatch):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    receiver = Receiver(tls=(cert, key))
+    by_name = WebhookPolicy.parse("localhost,loopback")
+    try:
+        with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED") as e:
+            post_json(receiver.url(host="localhost", scheme="https"), BODY, HEADERS, by_name)
+        assert not e.value.permanent
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust it from now on
+        assert post_json(receiver.url(host="localhost", scheme="https"), BODY, HEADERS,
+                         by_name) == 200
+        assert receiver.requests == [("POST", "/hook")]
+        # the certificate names localhost, not the address: checked against the Uri's host
+        with pytest.raises(DeliveryError, match="IP address mismatch"):
+            post_json(receiver.url(scheme="https"), BODY, HEADERS, by_name)
+    finally:
+        receiver.close()

@@ -4,9 +4,11 @@ connection ended."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class Receiver:
@@ -14,7 +16,8 @@ class Receiver:
     (method, path) of each request; `cut` is set when kvslite closed a connection before
     the answer was all sent, and `held_s` says how long that answer had been going."""
 
-    def __init__(self, answer: str = "ok", *, huge_bytes: int = 256 << 20):
+    def __init__(self, answer: str = "ok", *, huge_bytes: int = 256 << 20,
+                 tls: tuple[Path, Path] | None = None):
         self.answer = answer
         self.huge_bytes = huge_bytes
         self.requests: list[tuple[str, str]] = []
@@ -40,11 +43,15 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:  # HTTPS with this (certificate, key)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.server_address[1]
 
-    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+    def url(self, path: str = "/hook", host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
 
     def close(self) -> None:
         self.stop.set()

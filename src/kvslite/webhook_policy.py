@@ -150,8 +150,8 @@ class WebhookPolicy:
             return None
         shown = host if str(address) == host else f"{host} ({address})"
         article = "an" if kind[0] in "aeiou" else "a"
-        return (f"{shown} is {article} {kind} address; kvslite sends webhooks to loopback, private, "
-                f"link-local, multicast and unspecified addresses only where {SETTING} "
+        return (f"{shown} is {article} {kind} address; kvslite sends webhooks to loopback, "
+                f"private, link-local, multicast and unspecified addresses only where {SETTING} "
                 f"allows them (e.g. --webhook-allow {_example(kind, address)})")
 
     def check_uri(self, uri: str) -> WebhookTarget:
