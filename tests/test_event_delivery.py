@@ -88,7 +88,8 @@ def world(seaweed, tmp_path_factory):
            "AWS_DEFAULT_REGION": REGION}
     server = ServerProcess(tmp_path_factory.mktemp("events") / "data",
                            "--s3-endpoint-url", seaweed.endpoint_url,
-                           "--min-sampling-interval-ms", "100", env=env).start()
+                           "--min-sampling-interval-ms", "100",
+                           "--webhook-allow", "loopback", env=env).start()  # the Webhook's
     webhook = Webhook()
     yield server, s3, bucket, webhook
     server.stop()
@@ -293,7 +294,8 @@ def test_a_crash_mid_delivery_loses_nothing_and_duplicates_no_object(world, h264
 
 def test_a_full_outbox_drops_new_events_visibly(world, h264, tmp_path):
     _, _, _, webhook = world
-    server = ServerProcess(tmp_path / "data", "--delivery-queue-limit", "1").start()
+    server = ServerProcess(tmp_path / "data", "--delivery-queue-limit", "1",
+                           "--webhook-allow", "loopback").start()
     try:
         kvs = server.client("kinesisvideo")
         kvs.create_stream(StreamName="busy", DataRetentionInHours=1)

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvslite.webhook_policy import WebhookPolicy
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -37,6 +39,7 @@ class Settings:
     delivery_queue_limit: int = 10_000  # image/notification work waiting; more is dropped
     delivery_stream_limit: int = 1000  # the same, for one stream
     delivery_max_attempts: int = 10  # a delivery failing this often is dropped
+    webhook_allow: str | None = None  # internal webhook destinations allowed (webhook_policy)
 
     @property
     def auth_enabled(self) -> bool:
@@ -96,6 +99,7 @@ class Settings:
         if self.sweep_interval_s <= 0 or self.orphan_grace_s < 0:
             raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
                              "negative")
+        WebhookPolicy.parse(self.webhook_allow)  # names the value it cannot read
 
 
 # Where clients (kvslite put / images, the producer) look for a server by default.

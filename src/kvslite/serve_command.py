@@ -93,6 +93,10 @@ def as_typed(path: Path) -> str:
          default=Settings.delivery_max_attempts, show_default=True, type=click.IntRange(min=1),
          help="A delivery that failed this many times (backoff 1 s doubling: about 8.5 "
               "minutes for 10) is dropped, logged and counted.")
+@_option("--webhook-allow", "WEBHOOK_ALLOW", default=None,
+         help="Internal addresses notifications may be POSTed to, comma-separated: loopback, "
+              "private, link-local, networks (10.1.0.0/16) or host names. [default: none; "
+              "only public addresses]")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

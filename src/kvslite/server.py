@@ -38,6 +38,7 @@ from kvslite.store.files import FileBlobStore
 from kvslite.store.metadata import MetadataStore
 from kvslite.store.urls import is_embedded, open_blob_store, open_metadata_store
 from kvslite.web import WebViewer
+from kvslite.webhook_policy import WebhookPolicy
 
 if TYPE_CHECKING:
     from kvslite.store.s3 import S3BlobStore
@@ -128,7 +129,9 @@ def build(settings: Settings) -> Server:
     event_configs = EventConfigs(metadata, region=settings.region,
                                  min_sampling_interval_ms=settings.min_sampling_interval_ms,
                                  queue_limit=settings.delivery_queue_limit,
-                                 stream_limit=settings.delivery_stream_limit)
+                                 stream_limit=settings.delivery_stream_limit,
+                                 webhook_policy=WebhookPolicy.parse(settings.webhook_allow),
+                                 media_url=settings.blobs_url)
     deliverer = Deliverer(metadata, archive, sampler, event_configs,
                           account_id=settings.account_id,
                           s3_endpoint_url=settings.s3_endpoint_url,

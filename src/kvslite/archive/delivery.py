@@ -27,22 +27,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from datetime import datetime, timezone
 
+from kvslite.archive import events
 from kvslite.archive.delivery_errors import DeliveryError
 from kvslite.archive.delivery_scheduler import DEFAULT_MAX_ATTEMPTS, DeliveryScheduler
 from kvslite.archive.events import IMAGE_GENERATION, EventConfigs
 from kvslite.archive.fragments import Archive
 from kvslite.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
+from kvslite.archive.webhooks import post_json
 from kvslite.store.metadata import ACTIVE, Clock, Delivery, Fragment, MetadataStore, Stream
 from kvslite.store.s3 import make_client, parse_s3_url, permanent_failure
 
 log = logging.getLogger("kvslite.delivery")
 
-WEBHOOK_TIMEOUT_S = 5.0  # well inside CLAIM_MS
+WEBHOOK_DEADLINE_S = 5.0  # a whole POST: connect, send, answer; well inside CLAIM_MS
 RENDERS = 2  # image deliveries rendering at once: GetImages clients keep the other slots
 KEYS = uuid.UUID("6b767369-6d61-6765-7300-000000000000")  # namespace of RandomIDs
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
@@ -119,21 +119,18 @@ class Deliverer(DeliveryScheduler):
     def _post_notification(self, stream: Stream, fragment: Fragment, config: dict,
                            event: dict) -> None:
         body = json.dumps(notification_message(stream, fragment, event)).encode()
-        request = urllib.request.Request(
-            config["DestinationConfig"]["Uri"], data=body, method="POST",
-            headers={"Content-Type": "application/json", "x-amz-sns-message-type": "Notification",
-                     "User-Agent": "kvslite-notifications"})
-        try:
-            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
-                response.read()
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"the webhook answered {e.code}") from None
+        headers = {"Content-Type": "application/json", "x-amz-sns-message-type": "Notification",
+                   "User-Agent": "kvslite-notifications"}
+        # one deadline for the whole POST; refused destinations and redirects are permanent
+        post_json(config["DestinationConfig"]["Uri"], body, headers,
+                  self.configs.webhook_policy, deadline_s=WEBHOOK_DEADLINE_S)
 
 
 def image_name(image_prefix: str, account_id: str, stream: Stream, fragment: Fragment,
                time_ms: int, image_format: str) -> str:
     """AWS's object name for one generated image (see the module docstring)."""
     random_id = uuid.uuid5(KEYS, f"{stream.arn}/{fragment.number}/{time_ms}")
+    image_prefix = events.image_prefix(image_prefix)  # outbox rows from before the rules
     parts = [image_prefix] if image_prefix else []
     parts += [account_id, stream.name, str(time_ms), str(random_id)]
     return "_".join(parts) + "." + EXTENSIONS[image_format]

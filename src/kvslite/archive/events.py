@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import urlsplit
 
 from kvslite import metrics
 from kvslite.archive.control_plane import require_archive
@@ -26,12 +25,13 @@ from kvslite.media.limits import (
     MAX_EVENT_NAME_BYTES,
     MAX_EVENT_PAIRS,
     MAX_EVENT_VALUE_BYTES,
-    MAX_IMAGE_PREFIX_BYTES,
     NOTIFICATION_TAG,
     RESERVED_TAG_PREFIX,
+    clean_image_prefix,
 )
 from kvslite.store.metadata import MetadataStore, Stream
 from kvslite.store.s3 import parse_s3_url
+from kvslite.webhook_policy import WebhookPolicy
 
 log = logging.getLogger("kvslite.events")
 
@@ -52,13 +52,21 @@ def events_in(tags: list[tuple[str, str]]) -> dict[str, dict]:
                    ][:MAX_EVENT_PAIRS])
     found = {}
     if IMAGE_GENERATION_TAG in names:
-        prefix = dict(tags).get(IMAGE_PREFIX_TAG) or ""
-        if not _fits(prefix, MAX_IMAGE_PREFIX_BYTES):
-            prefix = ""
+        prefix = image_prefix(dict(tags).get(IMAGE_PREFIX_TAG) or "")
         found[IMAGE_GENERATION] = {"prefix": prefix, "metadata": custom}
     if NOTIFICATION_TAG in names:
         found[NOTIFICATION] = {"metadata": custom}
     return found
+
+
+def image_prefix(tagged: str) -> str:
+    """The producer's image prefix, cleaned; "" (images without one) when it breaks the rules
+    (kvslite.media.limits), rather than losing the images."""
+    try:
+        return clean_image_prefix(tagged)
+    except ValueError as e:
+        log.warning("image prefix %r is ignored: %s", tagged[:300], e)
+        return ""
 
 
 def _fits(text: str, limit: int) -> bool:
@@ -71,12 +79,18 @@ class EventConfigs:
 
     def __init__(self, store: MetadataStore, *, region: str, min_sampling_interval_ms: int,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT,
-                 stream_limit: int = DEFAULT_STREAM_LIMIT):
+                 stream_limit: int = DEFAULT_STREAM_LIMIT,
+                 webhook_policy: WebhookPolicy = WebhookPolicy(), media_url: str | None = None):
         self.store = store
         self.region = region
         self.min_sampling_interval_ms = min_sampling_interval_ms
         self.queue_limit = queue_limit
         self.stream_limit = stream_limit
+        self.webhook_policy = webhook_policy  # the delivery worker asks it too
+        # kvslite's own media (bucket, prefix), where no image may go: the orphan collector
+        # would delete it, and a prefix could reach a stream's folder
+        self.media_location = parse_s3_url(media_url) \
+            if media_url and media_url.startswith("s3://") else None
 
     def describe(self, stream: Stream, kind: str) -> dict | None:
         stored = self.store.get_stream_config(stream.arn, kind)
@@ -98,26 +112,36 @@ class EventConfigs:
             raise invalid(f"DestinationRegion {destination['DestinationRegion']} is not the "
                           f"stream's region ({self.region})")
         try:
-            parse_s3_url(destination["Uri"])
+            bucket, prefix = parse_s3_url(destination["Uri"])
         except ValueError:
             raise invalid(f"DestinationConfig.Uri must be s3://bucket/optional/prefix, got "
                           f"{destination['Uri']!r}") from None
+        if self._overlaps_media(bucket, prefix):
+            raise invalid(f"DestinationConfig.Uri {destination['Uri']!r} overlaps kvslite's own "
+                          f"media location (--media-url s3://{bucket}/"
+                          f"{self.media_location[1]}): give images a bucket or prefix apart")
         check_sampling_interval(config["SamplingInterval"], self.min_sampling_interval_ms)
         if config["Format"] == "PNG" and config.get("FormatConfig"):
             raise invalid("FormatConfig (JPEGQuality) applies to the JPEG format only")
         jpeg_quality(config.get("FormatConfig"))
 
-    @staticmethod
-    def _check_notification(config: dict) -> None:
+    def _overlaps_media(self, bucket: str, prefix: str) -> bool:
+        """Whether keys under s3://bucket/prefix and kvslite's media can be the same."""
+        if self.media_location is None or bucket != self.media_location[0]:
+            return False
+        media_prefix = self.media_location[1]
+        return prefix.startswith(media_prefix) or media_prefix.startswith(prefix)
+
+    def _check_notification(self, config: dict) -> None:
         uri = config["DestinationConfig"]["Uri"]
         if uri.startswith("arn:"):
             raise invalid("kvslite delivers notifications to an http:// or https:// webhook "
                           "(a POST of the SNS-shaped message), not to an SNS topic; give the "
                           "webhook's URL as DestinationConfig.Uri")
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise invalid(f"DestinationConfig.Uri must be an http:// or https:// URL, got "
-                          f"{uri!r}")
+        try:  # a host name is checked when delivering, on the addresses it resolves to
+            self.webhook_policy.check_uri(uri)
+        except ValueError as e:
+            raise invalid(f"DestinationConfig.Uri {uri!r}: {e}") from None
 
     def enabled(self, stream_arn: str, kind: str) -> dict | None:
         """The configuration of `kind`, if ENABLED."""

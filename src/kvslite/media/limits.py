@@ -6,6 +6,8 @@ readers rely on them to bound their lookups, and the web viewer gets them from h
 
 from __future__ import annotations
 
+import re
+
 MAX_FRAGMENT_MS = 20_000  # frames of one fragment span at most this (PutMedia ERROR 4002)
 MAX_FRAGMENT_BYTES = 50 * 1024 * 1024  # one fragment's cluster (ERROR 4001)
 MAX_TRACKS = 3  # tracks in a stream header (ERROR 4012)
@@ -31,6 +33,23 @@ MAX_EVENT_NAME_BYTES = 128
 MAX_EVENT_VALUE_BYTES = 256
 MAX_IMAGE_PREFIX_BYTES = 256
 RESERVED_TAG_PREFIX = "AWS"  # names and image prefixes starting so are the service's own
+# AWS documents only the image prefix's length. It becomes the start of an S3 object's name
+# (after the configured Uri's prefix), so it keeps to S3's safe characters for object names,
+# letters of any script included: letters, digits and ! - _ . * ' ( ). No "/" to reach another
+# folder, no "..", no spaces or control characters: no image lands outside the configured
+# prefix. Slashes and spaces around it are dropped ("doorbell/" is "doorbell").
+IMAGE_PREFIX_PUNCTUATION = frozenset("!-_.*'()")
+
+
+def clean_image_prefix(prefix: str) -> str:
+    """The image prefix (AWS_KINESISVIDEO_IMAGE_PREFIX) to use, "" for none; ValueError
+    saying why for one that cannot be."""
+    prefix = prefix.strip().strip("/")
+    if len(prefix.encode()) > MAX_IMAGE_PREFIX_BYTES:
+        raise ValueError(f"it is longer than {MAX_IMAGE_PREFIX_BYTES} bytes (UTF-8)")
+    if ".." in prefix or not all(c.isalnum() or c in IMAGE_PREFIX_PUNCTUATION for c in prefix):
+        raise ValueError("it may hold only letters, digits and ! - _ . * ' ( ), and no '..'")
+    return prefix
 
 
 def video_track(tracks):

@@ -22,6 +22,7 @@ from kvslite.media.limits import (  # the SDK refuses events beyond these limits
     MAX_IMAGE_PREFIX_BYTES,
     NOTIFICATION_TAG,
     RESERVED_TAG_PREFIX,
+    clean_image_prefix,
 )
 
 from .errors import FragmentEventError
@@ -91,6 +92,10 @@ def _check_image_prefix(prefix: str, image_generation: bool) -> None:
     if prefix.startswith(RESERVED_TAG_PREFIX):
         raise FragmentEventError("image_prefix", f"image_prefix {prefix!r} starts with "
                                                  f"{RESERVED_TAG_PREFIX!r}, which is reserved")
+    try:
+        clean_image_prefix(prefix)
+    except ValueError as e:
+        raise FragmentEventError("image_prefix", f"image_prefix {prefix!r}: {e}") from None
 
 
 def _check_pair(name: str, value: str) -> None:
