@@ -17,7 +17,7 @@ from kvs_media import put_mkv, wait_until
 from test_event_delivery import NOTIFY, START_MS, tagged_mkv
 from webhook_receiver import Receiver
 
-from kvslite.archive.delivery import WEBHOOK_TIMEOUT_S
+from kvslite.archive.delivery import WEBHOOK_DEADLINE_S
 
 INTERNAL = ["http://127.0.0.1:8080/hook", "http://[::1]/hook",
             "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook",
@@ -126,9 +126,9 @@ def test_a_trickling_receiver_is_cut_at_the_deadline(start_server, h264):
         kvs.create_stream(StreamName="trickle", DataRetentionInHours=1)
         notify_to(kvs, "trickle", receiver.url())
         put_mkv(server.port, "trickle", tagged_mkv(h264, START_MS, {1: [NOTIFY]}))
-        assert receiver.cut.wait(WEBHOOK_TIMEOUT_S + 10), "the server kept reading"
+        assert receiver.cut.wait(WEBHOOK_DEADLINE_S + 10), "the server kept reading"
         # cut within the deadline (the receiver notices at its next byte, 0.2 s later)
-        assert receiver.held_s <= WEBHOOK_TIMEOUT_S + 0.5
+        assert receiver.held_s <= WEBHOOK_DEADLINE_S + 0.5
     finally:
         receiver.close()
 
