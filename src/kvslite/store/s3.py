@@ -3,7 +3,9 @@
 The same interface as `FileBlobStore`, which the archive uses: slash-separated keys are
 object keys (under an optional prefix from the URL), a missing object reads as
 `FileNotFoundError`, and a `put` is durable when it returns, i.e. once PutObject has
-succeeded. S3 writes are atomic, so there are no temporary files and no folders to tidy.
+succeeded. S3 unreachable or failing (5xx) is `MediaUnavailable`, which clients see as a
+503 (PutMedia as ERROR 5001) without the bucket's name. S3 writes are atomic, so there
+are no temporary files and no folders to tidy.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from kvslite.errors import MediaUnavailable, OutOfSpace
 # Answers meaning the storage behind the bucket is full (or over quota): HTTP 507 from any
 # server, MinIO's XMinioStorageFull, Ceph RGW's QuotaExceeded. SeaweedFS says only
 # "500 InternalError" when its volumes are full, which cannot be told apart from other
-# failures, so that one propagates as it is.
+# failures, so that one is MediaUnavailable like any failure of the server.
 _FULL_CODES = frozenset({"InsufficientStorage", "XMinioStorageFull", "StorageFull",
                          "QuotaExceeded", "NoSpaceLeft"})
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
