@@ -71,8 +71,8 @@ main.add_command(serve)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the summary.")
 def put(stream: str, source: str, endpoint_url: str, region: str | None, create: bool,
         retention_hours: int, realtime: bool, start_timestamp: str | None, retries: int,
-        ack_timeout: float, event_types: str | None, meta: tuple[str, ...], image_prefix: str | None,
-        event_every: int | None, quiet: bool) -> None:
+        ack_timeout: float, event_types: str | None, meta: tuple[str, ...],
+        image_prefix: str | None, event_every: int | None, quiet: bool) -> None:
     """Upload SOURCE to STREAM with PutMedia, like a KVS producer.
 
     SOURCE is a file any FFmpeg demuxer reads (mp4, mkv, ts, ...) or a live URL (rtsp://,
