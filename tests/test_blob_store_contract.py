@@ -24,7 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from kvslite.errors import OutOfSpace
+from kvslite.errors import MediaUnavailable, OutOfSpace
 from kvslite.store.files import FileBlobStore
 from kvslite.store.s3 import S3BlobStore, parse_s3_url
 from seaweed_server import REGION
@@ -407,14 +407,16 @@ def test_s3_full_storage_is_out_of_space(code, status):
     stubber.assert_no_pending_responses()
 
 
-def test_s3_other_errors_propagate():
+def test_s3_server_errors_are_media_unavailable_and_others_propagate():
     store, stubber = stubbed_store()
     stubber.add_client_error("put_object", service_error_code="InternalError",
                              http_status_code=500)
     stubber.add_client_error("get_object", service_error_code="AccessDenied",
                              http_status_code=403)
-    with pytest.raises(ClientError) as put_error:
+    with pytest.raises(MediaUnavailable) as put_error:  # S3 failing: retry later (503)
         store.put("streams/s/f.mkv", b"data")
-    assert not isinstance(put_error.value, OutOfSpace)
-    with pytest.raises(ClientError):
+    assert put_error.value.status == 503
+    assert "s3://media" not in put_error.value.message  # the bucket stays in the log
+    assert isinstance(put_error.value.__cause__, ClientError)
+    with pytest.raises(ClientError):  # a refusal is about the request: as it is
         store.get("streams/s/f.mkv")

@@ -412,6 +412,24 @@ def test_renew_extends_a_live_lease_only(clocked, clock):
     assert clocked.acquire_lease(resource, "D", limit=1, ttl_ms=1000) is None
 
 
+def test_count_leases_counts_live_leases_only(clocked, clock):
+    """What a node that lost its lease reports: whether anyone holds the slot now."""
+    resource = "put-media:stream-z"
+    assert clocked.count_leases(resource) == 0
+    lease = clocked.acquire_lease(resource, "A", limit=1, ttl_ms=1000)
+    assert clocked.count_leases(resource) == 1
+    assert clocked.count_leases(resource + "-other") == 0
+    clock.advance(1.5)  # expired, its row still there: it counts for nothing
+    assert clocked.count_leases(resource) == 0
+    clocked.acquire_lease(resource, "B", limit=1, ttl_ms=1000)
+    assert clocked.count_leases(resource) == 1
+    assert not clocked.renew_lease(lease, 1000)
+
+
+def test_ping_answers_when_the_store_does(store):
+    store.ping(2.0)
+
+
 # -- 8. fencing --------------------------------------------------------------------------
 
 

@@ -55,6 +55,9 @@ main.add_command(serve)
 @click.option("--retries", default=8, show_default=True, type=click.IntRange(0, 1000),
               help="Reconnects in a row after a lost connection (resending what was not yet "
                    "acknowledged) before giving up; 0: none.")
+@click.option("--ack-timeout", default=30.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=1), help="A fragment with no acknowledgement for "
+              "this long means the connection is lost: reconnect and resend.")
 @click.option("--event", "event_types", default=None, metavar="TYPES",
               help="Mark fragments, comma-separated: image-generation (images generated into S3 "
                    "per the stream's ImageGenerationConfiguration), notification (a "
@@ -68,8 +71,8 @@ main.add_command(serve)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the summary.")
 def put(stream: str, source: str, endpoint_url: str, region: str | None, create: bool,
         retention_hours: int, realtime: bool, start_timestamp: str | None, retries: int,
-        event_types: str | None, meta: tuple[str, ...], image_prefix: str | None,
-        event_every: int | None, quiet: bool) -> None:
+        ack_timeout: float, event_types: str | None, meta: tuple[str, ...],
+        image_prefix: str | None, event_every: int | None, quiet: bool) -> None:
     """Upload SOURCE to STREAM with PutMedia, like a KVS producer.
 
     SOURCE is a file any FFmpeg demuxer reads (mp4, mkv, ts, ...) or a live URL (rtsp://,
@@ -94,7 +97,8 @@ def put(stream: str, source: str, endpoint_url: str, region: str | None, create:
             summary = kp.put_source(source, stream, endpoint_url=endpoint_url, region=region,
                                     create=create, retention_hours=retention_hours,
                                     realtime=realtime, start_timestamp=start_ms, stop=stop,
-                                    max_retries=retries, on_ack=progress.on_ack,
+                                    max_retries=retries, ack_timeout=ack_timeout,
+                                    on_ack=progress.on_ack,
                                     on_retry=progress.on_retry, on_source=progress.on_source,
                                     events=events)
         except kp.ProducerError as e:

@@ -82,3 +82,14 @@ class OutOfSpace(ApiError):
         super().__init__(INSUFFICIENT_STORAGE,
                          f"kvslite is out of disk space; free some and retry ({detail})",
                          status=507)
+
+
+class MediaUnavailable(ApiError):
+    """The media store (S3) cannot be reached or failed: 503, which a client can retry;
+    PutMedia answers it with ERROR 5001 ARCHIVAL_ERROR. The message names no endpoint,
+    bucket or prefix: those are the server's to log, not the client's to see."""
+
+    def __init__(self, detail: str):
+        super().__init__(SERVICE_UNAVAILABLE, "the media store is unavailable; retry later",
+                         status=503)
+        self.detail = detail  # what failed, for the server's log

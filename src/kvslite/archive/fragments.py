@@ -206,13 +206,14 @@ class Archive:
         except FileNotFoundError:
             raise FragmentGone(fragment) from None
 
-    def check_ready(self) -> None:
-        """Raise unless both stores answer (a read each; a missing probe key is an answer)."""
-        self.store.latest_fragment("kvslite:ready-probe")
-        try:
-            self.blobs.get("kvslite-ready-probe", 0, 1)
-        except FileNotFoundError:
-            pass
+    def check_ready(self, timeout_s: float) -> None:
+        """Raise unless the metadata store answers within about `timeout_s`: every
+        request needs it. The media store is checked on its own (check_media)."""
+        self.store.ping(timeout_s)
+
+    def check_media(self) -> None:
+        """Raise unless the media store answers (MediaUnavailable when S3 is down)."""
+        self.blobs.check()
 
     # -- finding fragments ----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from kvslite.archive.events import EventConfigs, events_in
 from kvslite.archive.fragments import Archive, fragment_duration_ms
 from kvslite import metrics
-from kvslite.errors import OutOfSpace
+from kvslite.errors import MediaUnavailable, OutOfSpace
 from kvslite.media import mkv
 from kvslite.media.limits import (
     MAX_FRAGMENT_BYTES,
@@ -220,10 +220,14 @@ class IngestSession:
                               cluster.timecode) from None
         except LeaseLost:
             metrics.LEASES_LOST.inc()
-            raise IngestError(4000, "this upload lost its slot on the stream (it stalled "
-                              "and another producer took over)", cluster.timecode) from None
+            raise IngestError(4000, "this upload lost its lease on the stream before the "
+                              "fragment was committed (the lease expired, or another "
+                              "upload holds it)", cluster.timecode) from None
         except OutOfSpace as e:
             raise IngestError(5001, f"the archive is out of disk space: {e}",
+                              cluster.timecode) from None
+        except MediaUnavailable as e:  # S3 down: archiving failed, not kvslite itself
+            raise IngestError(5001, f"the media store is unavailable: {e.detail}",
                               cluster.timecode) from None
         if created:
             self.persisted += 1

@@ -43,6 +43,20 @@ class Leases:
     def renew(self, lease: Lease) -> bool:
         return self.store.renew_lease(lease, LEASE_TTL_MS)
 
+    def why_lost(self, lease: Lease, unrenewed_s: float) -> str:
+        """Why a renewal failed, for the log: what became of the lease, and whether
+        another connection holds the slot now (when the store can say)."""
+        if unrenewed_s * 1000 < LEASE_TTL_MS:  # not expired: removed (a deleted stream)
+            return "this upload lost its lease on the stream: the lease was removed"
+        reason = (f"this upload lost its lease on the stream: it expired, not renewed for "
+                  f"{unrenewed_s:.0f} s (the node stalled or could not reach the database)")
+        try:
+            others = self.store.count_leases(lease.resource)
+        except Exception:  # the store is what failed: say what is known
+            return reason
+        return reason + ("; another upload holds it now" if others
+                         else "; no other upload holds it")
+
     def release(self, lease: Lease) -> None:
         """Free the slot. If the store cannot take the write (a full disk), the release is
         retried before the next acquire, so a reconnecting producer is not shut out until

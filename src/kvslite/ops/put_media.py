@@ -104,8 +104,9 @@ class _Upload:
             return
         if not await run_in_threadpool(self.leases.renew, self.session.lease):
             metrics.LEASES_LOST.inc()
-            raise IngestError(4000, "this upload lost its slot on the stream (it stalled "
-                              "and another producer took over)")
+            reason = await run_in_threadpool(self.leases.why_lost, self.session.lease,
+                                             time.monotonic() - self.renewed)
+            raise IngestError(4000, reason)
         self.renewed = time.monotonic()
 
     async def _run(self, receive, send) -> None:

@@ -4,6 +4,8 @@ The server answers 200 at once and then writes JSON acks (BUFFERING, RECEIVED, P
 ERROR, IDLE) while the body is still going up, so the body is sent and the acks are read
 concurrently on one h11 connection. The upload ends when every fragment has its final ack
 (PERSISTED, or RECEIVED for a stream that keeps no data); an ERROR ack raises AckError.
+A fragment left without any ack for `ack_timeout` seconds means the connection is lost (a
+frozen node still takes bytes into its socket buffers): ProducerError, and a failover.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class PutMediaUpload:
         self.received: set[int] = set()       # timecodes with a RECEIVED ack
         self.body_done = False
         self.all_acked = asyncio.Event()      # body done and nothing outstanding
-        self.last_progress = time.monotonic()  # for ack_timeout
+        self.last_ack_at = time.monotonic()  # for ack_timeout: the last ack but IDLE
         self.source_error: BaseException | None = None  # raised once the body is closed
         self.writer: asyncio.StreamWriter | None = None
         self.feed: FragmentFeed | None = None
@@ -132,7 +134,18 @@ class PutMediaUpload:
 
     async def _supervise(self, send: asyncio.Task, receive: asyncio.Task) -> None:
         """Wait for the body to go up, then for the final acks; raise the first failure."""
-        done, _ = await asyncio.wait({send, receive}, return_when=asyncio.FIRST_COMPLETED)
+        watchdog = asyncio.create_task(self._watch_acks())
+        try:
+            await self._supervise_with(send, receive, watchdog)
+        finally:
+            watchdog.cancel()
+
+    async def _supervise_with(self, send: asyncio.Task, receive: asyncio.Task,
+                              watchdog: asyncio.Task) -> None:
+        done, _ = await asyncio.wait({send, receive, watchdog},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if watchdog in done:
+            watchdog.result()  # raises: no ack in time
         if receive in done:
             receive.result()  # raises HttpError / AckError / connection errors
             if not send.done():
@@ -141,7 +154,23 @@ class PutMediaUpload:
         error = send.exception()
         if error is not None:
             await self._raise_send_error(error, receive)
-        await self._wait_for_final_acks(receive)
+        await self._wait_for_final_acks(receive, watchdog)
+
+    async def _watch_acks(self) -> None:
+        """Raise ProducerError once a fragment has waited `ack_timeout` seconds with no ack
+        at all coming back meanwhile: the node froze or the network dropped the
+        connection, whether or not the body is still going up."""
+        while True:
+            await asyncio.sleep(min(1.0, self.ack_timeout / 4))
+            if not self.outstanding:
+                continue
+            oldest_sent = min(self.sent_at[tc] for tc in self.outstanding)
+            waited = time.monotonic() - max(oldest_sent, self.last_ack_at)
+            if waited > self.ack_timeout:
+                raise ProducerError(f"no acknowledgement for {waited:.1f} s (ack timeout "
+                                    f"{self.ack_timeout:g} s); {len(self.outstanding)} "
+                                    f"fragment(s) not {self.final_event.lower()}: the "
+                                    f"connection is treated as lost")
 
     async def _raise_send_error(self, error: BaseException, receive: asyncio.Task) -> None:
         if isinstance(error, (OSError, h11.LocalProtocolError)):
@@ -155,21 +184,19 @@ class PutMediaUpload:
             raise ProducerError(f"connection lost while sending: {error!r}") from error
         raise error
 
-    async def _wait_for_final_acks(self, receive: asyncio.Task) -> None:
+    async def _wait_for_final_acks(self, receive: asyncio.Task, watchdog: asyncio.Task
+                                   ) -> None:
         while not self.all_acked.is_set():
             if receive.done():
                 receive.result()
                 self._response_ended()
                 return
+            if watchdog.done():
+                watchdog.result()  # raises: no ack in time
             waiter = asyncio.create_task(self.all_acked.wait())
-            await asyncio.wait({receive, waiter}, timeout=1.0,
+            await asyncio.wait({receive, waiter, watchdog},
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
-            if time.monotonic() - self.last_progress > self.ack_timeout and \
-                    not self.all_acked.is_set() and not receive.done():
-                raise ProducerError(f"no acknowledgement for {self.ack_timeout:.0f} s; "
-                                    f"{len(self.outstanding)} fragment(s) not "
-                                    f"{self.final_event.lower()}")
         # Everything is acknowledged; let the server end the response cleanly.
         try:
             await asyncio.wait_for(asyncio.shield(receive), 2)
@@ -208,13 +235,11 @@ class PutMediaUpload:
             self.writer.write(data)
             self.summary.bytes_sent += len(chunk.data)
             await self.writer.drain()
-            self.last_progress = time.monotonic()
             if is_cluster and self.on_sent is not None:
                 self.on_sent(len(chunk.data), self.summary)
         self.writer.write(self.conn.send(h11.EndOfMessage()))
         await self.writer.drain()
         self.body_done = True
-        self.last_progress = time.monotonic()
         if not self.outstanding:
             self.all_acked.set()
 
@@ -318,7 +343,7 @@ class PutMediaUpload:
     def _handle_ack(self, ack: Ack) -> None:
         s, now, tc = self.summary, time.monotonic(), ack.timecode
         if ack.event_type != "IDLE":
-            self.last_progress = now
+            self.last_ack_at = now
         if ack.event_type == "ERROR":
             raise AckError(ack)
         if ack.event_type in ("RECEIVED", "PERSISTED") and tc in self.sent_at:

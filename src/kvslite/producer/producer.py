@@ -36,7 +36,8 @@ class Producer:
 
     A dropped connection, or an error that another connection may not meet, is retried up
     to `max_retries` times in a row with backoff, resending every fragment not yet
-    acknowledged (see failover.py); 0 turns failover off.
+    acknowledged (see failover.py); 0 turns failover off. A fragment that gets no ack for
+    `ack_timeout` seconds counts as a dropped connection (a frozen node).
     """
 
     def __init__(self, stream_name: str | None = None, *, stream_arn: str | None = None,
@@ -274,7 +275,8 @@ class Producer:
 def put_source(source: str, stream: str, *, endpoint_url: str | None = None,
                region: str | None = None, credentials=None, create: bool = False,
                retention_hours: int = 24, realtime: bool = False, start_timestamp=None,
-               max_retries: int = MAX_RETRIES, **kwargs) -> PutSummary:
+               max_retries: int = MAX_RETRIES, ack_timeout: float = 30.0,
+               **kwargs) -> PutSummary:
     """Upload a video file or live URL (anything FFmpeg demuxes: mp4, mkv, ts, rtsp://,
     http://...) to `stream` (a name or an ARN), remuxing its first video stream (H.264 or
     H.265) without re-encoding; audio is skipped.
@@ -283,10 +285,11 @@ def put_source(source: str, stream: str, *, endpoint_url: str | None = None,
     time of the first keyframe. Default: now with `realtime` or for live sources; for a file
     sent faster than real time, now minus its duration (it "ends now"). `create` creates a
     missing stream with `retention_hours`. A lost connection is retried `max_retries` times
-    in a row (see Producer). Other keyword arguments go to Producer.put_async.
+    in a row (see Producer), as is a fragment without an ack for `ack_timeout` seconds.
+    Other keyword arguments go to Producer.put_async.
     """
     producer = Producer(stream, endpoint_url=endpoint_url, region=region, credentials=credentials,
-                        max_retries=max_retries)
+                        max_retries=max_retries, ack_timeout=ack_timeout)
     return producer.put_source(source, create=create, retention_hours=retention_hours,
                                realtime=realtime, start_timestamp=start_timestamp, **kwargs)
 

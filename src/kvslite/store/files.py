@@ -56,6 +56,11 @@ class FileBlobStore:
                 raise OutOfSpace(f"writing {key}: {e.strerror}") from e
             raise
 
+    def check(self) -> None:
+        """Raise unless the store's folder is there (a readiness probe)."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the media folder is missing")
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with open(self._path(key), "rb") as f:
             f.seek(offset)

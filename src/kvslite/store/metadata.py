@@ -228,6 +228,12 @@ class MetadataStore(Protocol):
 
     def release_lease(self, lease: Lease) -> None: ...
 
+    def count_leases(self, resource: str) -> int:
+        """How many live (unexpired) leases `resource` has."""
+
+    def ping(self, timeout_s: float) -> None:
+        """Raise unless the store answers a query within about `timeout_s` (readiness)."""
+
     # -- server secrets --------------------------------------------------------------
 
     # -- event configurations and the delivery outbox -----------------------------------

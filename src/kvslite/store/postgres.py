@@ -337,6 +337,11 @@ class PostgresMetadataStore(PostgresOutbox):
             conn.execute("DELETE FROM leases WHERE resource = %s AND holder = %s "
                          "AND epoch = %s", (lease.resource, lease.holder, lease.epoch))
 
+    def count_leases(self, resource: str) -> int:
+        return self._rows(f"SELECT count(*) AS n FROM leases WHERE resource = %(resource)s "
+                          f"AND expires_ms > {NOW}",
+                          {"resource": resource, "now": self._now_ms()})[0]["n"]
+
     # -- secrets ---------------------------------------------------------------------
 
     def secret(self, name: str) -> bytes:

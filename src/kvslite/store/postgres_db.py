@@ -51,6 +51,15 @@ class PostgresDatabase:
             self._listener.stop()
         self._pool.close()
 
+    def ping(self, timeout_s: float) -> None:
+        """Raise unless the database answers within about `timeout_s`. A connection of its
+        own, not the pool's: a pool waits out its own timeout (30 s) for a connection when
+        the server is gone, and a readiness check must answer sooner than that."""
+        seconds = max(2, round(timeout_s))  # libpq's connect_timeout: whole seconds, >= 2
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=seconds,
+                             options=f"-c statement_timeout={seconds * 1000}") as conn:
+            conn.execute("SELECT 1").fetchone()
+
     def _start_listening(self) -> None:
         self._listener = FragmentListener(self.url, self.new_fragments)
         self._listener.start()

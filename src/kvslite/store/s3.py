@@ -3,7 +3,9 @@
 The same interface as `FileBlobStore`, which the archive uses: slash-separated keys are
 object keys (under an optional prefix from the URL), a missing object reads as
 `FileNotFoundError`, and a `put` is durable when it returns, i.e. once PutObject has
-succeeded. S3 writes are atomic, so there are no temporary files and no folders to tidy.
+succeeded. S3 unreachable or failing (5xx) is `MediaUnavailable`, which clients see as a
+503 (PutMedia as ERROR 5001) without the bucket's name. S3 writes are atomic, so there
+are no temporary files and no folders to tidy.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ import errno
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from kvslite.errors import OutOfSpace
+from kvslite.errors import MediaUnavailable, OutOfSpace
 
 # Answers meaning the storage behind the bucket is full (or over quota): HTTP 507 from any
 # server, MinIO's XMinioStorageFull, Ceph RGW's QuotaExceeded. SeaweedFS says only
 # "500 InternalError" when its volumes are full, which cannot be told apart from other
-# failures, so that one propagates as it is.
+# failures, so that one is MediaUnavailable like any failure of the server.
 _FULL_CODES = frozenset({"InsufficientStorage", "XMinioStorageFull", "StorageFull",
                          "QuotaExceeded", "NoSpaceLeft"})
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -35,6 +38,7 @@ MAX_DELETE_BATCH = 1000  # the most keys one DeleteObjects may name
 # keys per ListObjectsV2 request in list_after: boto3 holds ~2 KB per listed key while it
 # parses a response, so a page of 1000 keys is asked for in a few smaller ones
 LIST_AFTER_REQUEST = 250
+PROBE_TIMEOUT_S = 1.0  # a readiness probe's connect and read timeouts: one attempt each
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -48,21 +52,23 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, f"{prefix}/" if prefix else ""
 
 
-def make_client(endpoint_url: str | None = None, *, max_pool_connections: int = 32):
+def make_client(endpoint_url: str | None = None, *, max_pool_connections: int = 32,
+                retries: int = 5, timeout_s: float | None = None):
     """An S3 client from boto3's standard configuration (environment, profiles,
     AWS_ENDPOINT_URL_S3, ...); `endpoint_url` overrides it for an S3-compatible server.
 
     A custom endpoint (given, or from AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL) is addressed
     path-style (http://host/bucket/key), which every S3-compatible server understands;
     AWS itself keeps botocore's default (virtual-hosted) unless a profile says otherwise.
+    `retries` is the attempts a call gets; `timeout_s`, when given, bounds connect and read.
     """
     custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
         or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "max_attempts": retries},
         max_pool_connections=max_pool_connections,  # parallel ranged reads share the pool
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=timeout_s or 10,
+        read_timeout=timeout_s or 60,
         tcp_keepalive=True,
         **({"s3": {"addressing_style": "path"}} if custom else {}),
     )
@@ -96,6 +102,21 @@ def _is_missing(e: ClientError) -> bool:
     return _code(e) in _MISSING_CODES
 
 
+@contextmanager
+def _unavailable_as_error(what: str):
+    """S3 unreachable (no connection, timeouts) or failing (5xx) as MediaUnavailable;
+    answers about the request itself (a missing key, a full store) pass unchanged."""
+    try:
+        yield
+    except BotoCoreError as e:
+        raise MediaUnavailable(f"{what}: {e}") from e
+    except ClientError as e:
+        status = _status(e) or 0
+        if status >= 500 and not _is_full(e):
+            raise MediaUnavailable(f"{what}: {e}") from e
+        raise
+
+
 class S3BlobStore:
     """Blobs as objects in `s3://bucket/optional/prefix`, addressed by slash-separated
     keys (kept as given, below the prefix). Thread-safe: one boto3 client, shared."""
@@ -105,6 +126,8 @@ class S3BlobStore:
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)
         self.client = client if client is not None else make_client(endpoint_url)
+        self._endpoint_url = endpoint_url
+        self._probe_client = None  # one quick attempt, for readiness probes
         if not 1 <= page_size <= MAX_DELETE_BATCH:
             raise ValueError(f"page_size must be 1..{MAX_DELETE_BATCH}: {page_size}")
         self.page_size = page_size  # keys per ListObjectsV2 page (and DeleteObjects batch)
@@ -138,7 +161,8 @@ class S3BlobStore:
         """Store `data` under `key` (replacing it); durable once this returns."""
         obj = self._object_key(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=obj, Body=bytes(data))
+            with _unavailable_as_error(f"writing {key} to {self.url}"):
+                self.client.put_object(Bucket=self.bucket, Key=obj, Body=bytes(data))
         except ClientError as e:
             if _is_full(e):
                 raise OutOfSpace(f"writing {key} to {self.url}: {e}") from e
@@ -179,15 +203,17 @@ class S3BlobStore:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError(f"negative offset or length: {offset}, {length}")
         obj = self._object_key(key)
+        args = {"Bucket": self.bucket, "Key": obj}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            args["Range"] = f"bytes={offset}-{end}"
+        what = f"reading {key} from {self.url}"
         try:
-            if length == 0:  # no Range can ask for nothing: just check it is there
-                self.client.head_object(Bucket=self.bucket, Key=obj)
-                return b""
-            args = {"Bucket": self.bucket, "Key": obj}
-            if offset or length is not None:
-                end = "" if length is None else str(offset + length - 1)
-                args["Range"] = f"bytes={offset}-{end}"
-            response = self.client.get_object(**args)
+            with _unavailable_as_error(what):
+                if length == 0:  # no Range can ask for nothing: just check it is there
+                    self.client.head_object(Bucket=self.bucket, Key=obj)
+                    return b""
+                response = self.client.get_object(**args)
         except ClientError as e:
             if _is_missing(e):
                 raise FileNotFoundError(errno.ENOENT, f"no blob {key} in {self.url}",
@@ -195,12 +221,21 @@ class S3BlobStore:
             if _status(e) == 416 or _code(e) == "InvalidRange":
                 return b""  # offset at or past the end (or an empty object)
             raise
-        with response["Body"] as body:
+        with _unavailable_as_error(what), response["Body"] as body:
             data = body.read()
         if "Range" in args and not response.get("ContentRange"):
             # a server that ignored the Range sent the whole object: cut it here
             data = data[offset:] if length is None else data[offset:offset + length]
         return data
+
+    def check(self) -> None:
+        """Raise MediaUnavailable unless the bucket answers at once (one quick attempt: a
+        readiness probe must not wait out the retries a fragment write gets)."""
+        if self._probe_client is None:
+            self._probe_client = make_client(self._endpoint_url, max_pool_connections=2,
+                                             retries=1, timeout_s=PROBE_TIMEOUT_S)
+        with _unavailable_as_error(f"checking {self.url}"):
+            self._probe_client.head_bucket(Bucket=self.bucket)
 
     def keys_older_than(self, seconds: float) -> Iterator[str]:
         """Keys of blobs last written more than `seconds` ago (by the server's clock)."""

@@ -330,6 +330,11 @@ class SqliteMetadataStore(SqliteOutbox):
             conn.execute("DELETE FROM leases WHERE resource = ? AND holder = ? AND epoch = ?",
                          (lease.resource, lease.holder, lease.epoch))
 
+    def count_leases(self, resource: str) -> int:
+        return self._connection().execute(
+            "SELECT count(*) FROM leases WHERE resource = ? AND expires_ms > ?",
+            (resource, self._now_ms())).fetchone()[0]
+
     # -- secrets ---------------------------------------------------------------------
 
     def secret(self, name: str) -> bytes:

@@ -83,6 +83,10 @@ class SqliteDatabase:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def ping(self, timeout_s: float) -> None:
+        """A local file answers at once, or raises (missing, unreadable)."""
+        self._connection().execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+
     def _migrate(self) -> None:
         conn = self._connection()
         for version, migration in enumerate(MIGRATIONS, start=1):
