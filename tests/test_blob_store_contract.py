@@ -11,8 +11,10 @@ every listing below crosses several pages and every delete_prefix several batche
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -25,7 +27,9 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from kvslite.errors import MediaUnavailable, OutOfSpace
+from kvslite.store.blobs import BlobStore, new_fragment_key, stream_folder
 from kvslite.store.files import FileBlobStore
+from kvslite.store.metadata import Stream
 from kvslite.store.s3 import S3BlobStore, parse_s3_url
 from seaweed_server import REGION
 
@@ -84,6 +88,42 @@ def backend(request, tmp_path, monkeypatch) -> Backend:
 
 def listed(store, seconds: float = 0) -> list[str]:
     return sorted(store.keys_older_than(seconds))
+
+
+# -- the protocol and the key layout ------------------------------------------------------
+
+PROTOCOL = ["check", "delete", "delete_prefix", "get", "keys_older_than", "list_after", "put",
+            "remove_temp_files"]
+
+
+def test_the_protocol_names_what_the_archive_uses():
+    assert sorted(name for name, value in vars(BlobStore).items()
+                  if callable(value) and not name.startswith("_")) == PROTOCOL
+
+
+@pytest.mark.parametrize("store_class", [FileBlobStore, S3BlobStore])
+def test_every_store_fills_the_protocol(store_class, tmp_path):
+    """Every method of BlobStore, with its parameters (names, kinds, defaults) and types."""
+    for name in PROTOCOL:
+        assert str(inspect.signature(getattr(store_class, name))) == \
+            str(inspect.signature(getattr(BlobStore, name))), name
+    store = FileBlobStore(tmp_path) if store_class is FileBlobStore else stubbed_store()[0]
+    assert isinstance(store, BlobStore)
+
+
+def test_blob_keys_are_laid_out_by_stream():
+    """A stream's blobs share a folder named by its ARN's creation time and its name, so a
+    stream recreated under the same name never shares one; a fragment's key is its
+    producer time and a random part."""
+    stream = Stream(name="cam.1", arn="arn:aws:kinesisvideo:us-west-2:123:stream/cam.1/"
+                    "1700000000123", version="v", creation_time=1_700_000_000.123,
+                    data_retention_hours=1, kms_key_id="")
+    assert stream_folder(stream) == "streams/1700000000123-cam.1"
+    keys = {new_fragment_key(stream, 1_700_000_000_456) for _ in range(20)}
+    assert len(keys) == 20
+    for key in keys:
+        assert re.fullmatch(r"streams/1700000000123-cam\.1/1700000000456-[0-9a-f]{8}\.mkv",
+                            key), key
 
 
 # -- put / get ----------------------------------------------------------------------------
@@ -252,7 +292,6 @@ def test_no_temp_files_and_empty_dirs_are_harmless(backend):
     store.put("streams/t/b.mkv", b"b")
     store.delete("streams/t/b.mkv")
     assert store.remove_temp_files() == []
-    assert store.remove_empty_dirs() is None
     assert listed(store) == ["streams/s/a.mkv"]
     assert store.get("streams/s/a.mkv") == b"a"
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import uvicorn
 
@@ -34,14 +34,11 @@ from kvslite.ops.health import Health
 from kvslite.ops.kinesisvideo import KinesisVideo
 from kvslite.ops.put_media import PutMedia
 from kvslite.ops.streaming_sessions import StreamingSessions
-from kvslite.store.files import FileBlobStore
+from kvslite.store.blobs import BlobStore
 from kvslite.store.metadata import MetadataStore
 from kvslite.store.urls import is_embedded, open_blob_store, open_metadata_store
 from kvslite.web import WebViewer
 from kvslite.webhook_policy import WebhookPolicy
-
-if TYPE_CHECKING:
-    from kvslite.store.s3 import S3BlobStore
 
 log = logging.getLogger("kvslite")
 
@@ -59,7 +56,7 @@ class Server:
     settings: Settings
     app: EdgeApp
     metadata: MetadataStore
-    blobs: FileBlobStore | S3BlobStore
+    blobs: BlobStore
     sweeper: Sweeper
     deliverer: Deliverer
     lock: IO | None  # the data directory's, when a store lives in it

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import struct
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from kvslite.errors import RESOURCE_NOT_FOUND, ApiError
 from kvslite.media import mkv, remux
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS, video_track
 from kvslite.media.nal import REFERENCE, PictureRole, length_size, picture_role
-from kvslite.store.files import FileBlobStore
+from kvslite.store.blobs import BlobStore, new_fragment_key
 from kvslite.store.metadata import (Clock, Fragment, Lease, MetadataStore, Stream,
                                     StreamNotActive)
 
@@ -74,11 +73,6 @@ def unpack_frames(data: bytes) -> list[FrameEntry]:
             for track, flags, offset, start, size in _FRAME.iter_unpack(data)]
 
 
-def stream_dir(stream: Stream) -> str:
-    """Blob folder of a stream; the creation time keeps a recreated name apart."""
-    return f"streams/{stream.arn.rsplit('/', 1)[1]}-{stream.name}"
-
-
 def fragment_duration_ms(frames: list[mkv.Frame], start_ms: int, to_ms, default_ms: int) -> int:
     """Span from the fragment start to the end of its last-shown frame.
 
@@ -100,7 +94,7 @@ class Archive:
     and files hold what stays inside the stores.
     """
 
-    def __init__(self, store: MetadataStore, blobs: FileBlobStore):
+    def __init__(self, store: MetadataStore, blobs: BlobStore):
         self.store = store
         self.blobs = blobs
         self._headers: dict[int, bytes] = {}  # headers never change once saved
@@ -134,7 +128,7 @@ class Archive:
                        f.payload_size, role)
             for f, offset, role in zip(cluster.frames, offsets, roles)
         ]
-        key = f"{stream_dir(stream)}/{producer_ms}-{secrets.token_hex(4)}.mkv"
+        key = new_fragment_key(stream, producer_ms)
         try:
             self.blobs.put(key, data)
         except FileNotFoundError:  # the sweeper removed a deleted stream's folder meanwhile

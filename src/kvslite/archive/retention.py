@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 
 from kvslite import metrics
 from kvslite.archive.background import BackgroundWorker
-from kvslite.archive.fragments import stream_dir
-from kvslite.store.files import FileBlobStore, is_temp
+from kvslite.store.blobs import BlobStore, stream_folder
 from kvslite.store.metadata import Lease, MetadataStore, Stream
 
 log = logging.getLogger("kvslite.retention")
@@ -52,7 +51,7 @@ class SweepReport:
 class Sweeper(BackgroundWorker):
     name = "kvslite-sweeper"
 
-    def __init__(self, store: MetadataStore, blobs: FileBlobStore, *, interval_s: float,
+    def __init__(self, store: MetadataStore, blobs: BlobStore, *, interval_s: float,
                  orphan_grace_s: float, batch: int = 500, shared: bool = False,
                  orphan_batch: int = ORPHAN_BATCH, lease_ttl_s: float | None = None,
                  clock: Callable[[], float] = time.time):
@@ -178,7 +177,7 @@ class Sweeper(BackgroundWorker):
             for fragment in batch:
                 self.blobs.delete(fragment.blob_key)
             self.store.delete_fragments(stream.arn, [f.seq for f in batch])
-        self.blobs.delete_prefix(stream_dir(stream))
+        self.blobs.delete_prefix(stream_folder(stream))
         self.store.purge_stream(stream.arn)
         log.info("stream %s (%s) deleted", stream.name, stream.arn)
         return True
@@ -191,7 +190,7 @@ class Sweeper(BackgroundWorker):
         page = self.blobs.list_after(self._orphan_cursor, self.orphan_batch)
         written_before = time.time() - self.orphan_grace_s  # the blob store's clock, not ours
         old = [key for key, written in page if written < written_before]
-        referenced = self.store.referenced_blobs([k for k in old if not is_temp(k)])
+        referenced = self.store.referenced_blobs(old)
         removed = [key for key in old if key not in referenced]
         for key in removed:
             self.blobs.delete(key, prune=True)  # and its folder, if that is left empty

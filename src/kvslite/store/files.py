@@ -1,4 +1,4 @@
-"""Media blobs on the local filesystem: the embedded default blob store."""
+"""Media blobs on the local filesystem: the embedded default BlobStore (store/blobs.py)."""
 
 from __future__ import annotations
 
@@ -132,21 +132,13 @@ class FileBlobStore:
 
     def remove_temp_files(self) -> list[str]:
         """Remove every temporary file (call only when no write can be in flight)."""
-        removed = [key for key in self.keys_older_than(-math.inf) if is_temp(key)]
+        removed = [key for key in self.keys_older_than(-math.inf) if _is_temp(key)]
         for key in removed:
             self.delete(key)
         return removed
 
-    def remove_empty_dirs(self) -> None:
-        for directory, subdirs, names in os.walk(self.root, topdown=False):
-            if Path(directory) != self.root and not subdirs and not names:
-                try:
-                    os.rmdir(directory)
-                except OSError:
-                    pass  # a file arrived meanwhile
 
-
-def is_temp(key: str) -> bool:
+def _is_temp(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith(".") and key.endswith(TEMP_SUFFIX)
 
 

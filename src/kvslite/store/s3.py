@@ -1,11 +1,11 @@
 """Media blobs in an S3 bucket (AWS or any S3-compatible server: SeaweedFS, MinIO, ...).
 
-The same interface as `FileBlobStore`, which the archive uses: slash-separated keys are
-object keys (under an optional prefix from the URL), a missing object reads as
+The BlobStore contract (store/blobs.py), as the file store fills it: slash-separated keys
+are object keys (under an optional prefix from the URL), a missing object reads as
 `FileNotFoundError`, and a `put` is durable when it returns, i.e. once PutObject has
 succeeded. S3 unreachable or failing (5xx) is `MediaUnavailable`, which clients see as a
-503 (PutMedia as ERROR 5001) without the bucket's name. S3 writes are atomic, so there
-are no temporary files and no folders to tidy.
+503 (PutMedia as ERROR 5001) without the bucket's name. S3 writes are atomic, so a crash
+leaves no temporary files, and there are no folders to prune.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -127,7 +128,7 @@ class S3BlobStore:
         self.bucket, self.prefix = parse_s3_url(url)
         self.client = client if client is not None else make_client(endpoint_url)
         self._endpoint_url = endpoint_url
-        self._probe_client = None  # one quick attempt, for readiness probes
+        self._probe_client: Any | None = None  # one quick attempt, for readiness probes
         if not 1 <= page_size <= MAX_DELETE_BATCH:
             raise ValueError(f"page_size must be 1..{MAX_DELETE_BATCH}: {page_size}")
         self.page_size = page_size  # keys per ListObjectsV2 page (and DeleteObjects batch)
@@ -169,7 +170,7 @@ class S3BlobStore:
             raise
 
     def delete(self, key: str, *, prune: bool = False) -> None:
-        """Remove a blob; a missing one is fine. `prune` means nothing: S3 has no folders."""
+        """Remove a blob; a missing one is fine. S3 has no folders, so nothing to prune."""
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
         except ClientError as e:
@@ -275,11 +276,6 @@ class S3BlobStore:
                                        PaginationConfig={"PageSize": self.page_size}):
             yield page.get("Contents", [])
 
-    # -- housekeeping the file store needs and S3 does not ------------------------------
-
     def remove_temp_files(self) -> list[str]:
-        """S3 writes are atomic: there are never temporary files."""
+        """Nothing to remove: a PutObject interrupted by a crash leaves no object."""
         return []
-
-    def remove_empty_dirs(self) -> None:
-        """S3 has no folders to leave empty."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from kvslite.store.blobs import BlobStore
+
 
 class BadStoreUrl(ValueError):
     """A database or media URL kvslite cannot use."""
@@ -30,7 +32,7 @@ def open_metadata_store(url: str):
     raise BadStoreUrl(f"--database-url must be sqlite:///path or postgresql://..., got {url!r}")
 
 
-def open_blob_store(url: str, *, s3_endpoint_url: str | None = None):
+def open_blob_store(url: str, *, s3_endpoint_url: str | None = None) -> BlobStore:
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from kvslite.store.files import FileBlobStore
