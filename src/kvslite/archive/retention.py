@@ -1,21 +1,25 @@
 """Forgetting on schedule: the background sweeper.
 
-Each pass, in bounded batches so ingest and reads never wait long:
-- retention: fragments received longer ago than their stream's DataRetentionInHours
-  (on the server clock, as AWS measures it) lose their row, then their media;
-- deletion: streams marked DELETING lose their fragments, media and rows, then the
-  stream row itself; a pass after a crash simply carries on where the last one stopped;
-- orphans: media files no row refers to (a crash between writing a blob and committing
-  its row), and temporary files, older than a grace period, are removed and reported.
-  Each pass checks the next `orphan_batch` keys of the media store in key order, going on
-  where the last pass stopped and from the start again after the last key, so a pass
-  costs the same time and memory with a thousand blobs or millions.
+A pass does, in this order:
+- deletion: each stream marked DELETING loses its fragments, `batch` at a time (media,
+  then rows: readers already see the stream as gone, and a crash between leaves rows the
+  next pass deletes again), then whatever else is left in its media folder, then the
+  stream row with its tags and headers. A pass after a crash carries on where the last
+  one stopped.
+- retention: each stream's fragments received longer ago than its DataRetentionInHours
+  (on the server clock, as AWS measures it) go, `batch` at a time, the oldest first: rows,
+  then media, so a reader never finds a row without media except in the moment between
+  (and takes a vanished blob for a deleted fragment, FragmentGone).
+- orphans: of the next `orphan_batch` keys of the media store (in its order, going on
+  where the last pass stopped and from the start again after the last key), those no row
+  refers to and written longer ago than a grace period are removed and reported: blobs
+  whose row a crash kept from being committed, and leftovers of interrupted writes.
+  Deletion and retention go on until nothing is left (or the pass must stop); the orphan
+  collector checks one batch a pass, so it costs the same with a thousand blobs or millions.
 
-In a cluster a pass runs under a cluster-wide lease, renewed between batches; a pass that
-loses it (a stalled node) stops at the next batch, so two nodes never sweep at once.
-
-Rows go before media, so a reader never finds a row without media except in the moment
-between; readers treat a vanished blob as a deleted fragment (FragmentGone).
+Each batch is a short transaction, so ingest and reads never wait long. In a cluster a
+pass runs under a cluster-wide lease, renewed between batches; a pass that loses it (a
+stalled node) stops at the next batch, so two nodes never sweep at once.
 """
 
 from __future__ import annotations

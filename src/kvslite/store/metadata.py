@@ -236,6 +236,9 @@ class MetadataStore(Protocol):
 
     # -- server secrets --------------------------------------------------------------
 
+    def secret(self, name: str) -> bytes:
+        """A random server secret, created on first use and shared by every node."""
+
     # -- event configurations and the delivery outbox -----------------------------------
 
     def get_stream_config(self, arn: str, kind: str) -> str | None:
@@ -263,8 +266,5 @@ class MetadataStore(Protocol):
 
     def retry_delivery(self, delivery_id: int, delay_ms: int, error: str) -> None:
         """Failed: due again in `delay_ms`, one attempt more, the claim released."""
-
-    def secret(self, name: str) -> bytes:
-        """A random server secret, created on first use and shared by every node."""
 
     def close(self) -> None: ...
