@@ -107,20 +107,6 @@ class EncodedVideo:
         """PTS in ms (relative to the first frame) of presentation-order frame i."""
         return _pts_ms(i, self.fps)
 
-    def frame_index(self, pts_ms: int) -> int:
-        """The source frame index (as drawn in the picture) of the frame with this PTS."""
-        return self.start_index + round(pts_ms * self.fps / 1000)
-
-    def frame_at(self, t_ms: float) -> int | None:
-        """Presentation-order number of the frame on screen at t_ms (the last one with
-        pts <= t_ms), or None before the first frame or from duration_ms on."""
-        if t_ms < 0 or t_ms >= self.duration_ms:
-            return None
-        i = int(t_ms * self.fps // 1000) + 1
-        while self.pts_ms(i) > t_ms:
-            i -= 1
-        return i
-
     @property
     def duration_ms(self) -> int:
         return self.pts_ms(len(self.packets))
