@@ -29,7 +29,8 @@ class Settings:
     max_clock_skew_s: int = 900  # SigV4: how far X-Amz-Date may be from the server clock
     max_request_body_bytes: int = 1 << 20  # JSON APIs; PutMedia streams and has its own limits
     header_timeout_s: float = 10.0  # a request head must be complete this soon
-    fragment_deadline_s: float = 60.0  # PutMedia: a fragment must complete this soon
+    # PutMedia: a fragment must complete this soon; 3x the longest one, sent in real time
+    fragment_deadline_s: float = 60.0
     max_connections: int | None = None  # None: what the descriptor limit allows
     access_log: bool = False  # one line per request on the kvslite.access logger
     tls_cert: Path | None = None  # with tls_key: serve HTTPS

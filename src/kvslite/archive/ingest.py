@@ -49,7 +49,6 @@ ERROR_NAMES = {
 }
 
 
-FRAGMENT_DEADLINE_MS = 60_000  # default: 3x the longest fragment, sent in real time
 MAX_TRACK_NUMBER = 255  # the frame index keeps track numbers in one byte; KVS uses 1-3
 MAX_TIMECODE_SCALE_NS = 1_000_000_000  # coarser than 1 s per tick is not video
 
@@ -70,7 +69,7 @@ class IngestError(Exception):
 class IngestSession:
     def __init__(self, archive: Archive, stream: Stream, *, timecode_type: str,
                  producer_start_ms: int | None, lease: Lease | None = None,
-                 fragment_deadline_ms: int = FRAGMENT_DEADLINE_MS, now=time.time,
+                 fragment_deadline_ms: int, now=time.time,
                  event_configs: EventConfigs | None = None,
                  on_deliveries: Callable[[], None] = lambda: None):
         self.archive = archive

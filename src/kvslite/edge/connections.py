@@ -65,8 +65,9 @@ def default_max_connections() -> int:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a request-head deadline and a connection cap."""
 
-    header_timeout_s = 10.0
-    max_connections = 1000
+    # set by guarded_protocol from the Settings, which hold their defaults
+    header_timeout_s: float
+    max_connections: int
     handshaking = False  # HTTPS: from accept until the TLS handshake ends
 
     def connection_made(self, transport) -> None:

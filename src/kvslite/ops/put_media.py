@@ -22,7 +22,7 @@ from kvslite import metrics
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.events import EventConfigs
 from kvslite.archive.fragments import Archive
-from kvslite.archive.ingest import FRAGMENT_DEADLINE_MS, IngestError, IngestSession, error_ack
+from kvslite.archive.ingest import IngestError, IngestSession, error_ack
 from kvslite.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
 from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid
 
@@ -35,7 +35,7 @@ MAX_CONNECTION_S = 45 * 60  # AWS's maximum PutMedia connection duration
 
 class PutMedia:
     def __init__(self, control: ControlPlane, archive: Archive, leases: Leases, *,
-                 fragment_deadline_s: float = FRAGMENT_DEADLINE_MS / 1000,
+                 fragment_deadline_s: float,
                  event_configs: EventConfigs | None = None,
                  on_deliveries: Callable[[], None] = lambda: None):
         self.control = control
