@@ -6,13 +6,14 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvslite.clients import DEFAULT_HOST, DEFAULT_PORT
 from kvslite.webhook_policy import WebhookPolicy
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 4567
+    host: str = DEFAULT_HOST  # where the clients look by default (kvslite.clients)
+    port: int = DEFAULT_PORT
     data_dir: Path = Path("./kvslite-data")
     database_url: str | None = None  # sqlite:///... | postgresql://...; default: in data_dir
     media_url: str | None = None  # file:///... | s3://bucket/prefix; default: data_dir/media
@@ -101,10 +102,6 @@ class Settings:
             raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
                              "negative")
         WebhookPolicy.parse(self.webhook_allow)  # names the value it cannot read
-
-
-# Where clients (kvslite put / images, the producer) look for a server by default.
-DEFAULT_ENDPOINT_URL = Settings().endpoint_url
 
 
 def is_loopback(host: str) -> bool:
