@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
+from starlette.types import ASGIApp
 
 from kvslite.config import Settings
 from kvslite.edge import model, sigv4
@@ -115,9 +116,10 @@ class EdgeApp:
         )
 
 
-def _pipeline(router: Router, max_media_connections: int | None, access_log: bool):
+def _pipeline(router: Router, max_media_connections: int | None,
+              access_log: bool) -> ASGIApp:
     """The router inside the edge's steps (edge/middleware.py), the first step outermost."""
-    app = MediaAdmission(router, max_media_connections)
+    app: ASGIApp = MediaAdmission(router, max_media_connections)
     app = EdgeHeaders(ErrorResponses(app, error_response))
     if access_log:
         app = AccessLog(app)
