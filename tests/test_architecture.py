@@ -65,3 +65,27 @@ def test_every_raised_error_code_is_a_named_constant():
     assert literal == []
     codes = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
     assert codes == errors.MODELED | errors.UNMODELED
+
+
+def _literal_arguments(call: str, keyword: str | None = None):
+    """Where `call(...)` gets a number (0, "none yet", aside) typed at the call site: as its
+    first argument, or as `keyword=`."""
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name != call:
+                continue
+            values = ([k.value for k in node.keywords if k.arg == keyword] if keyword
+                      else node.args[:1])
+            if any(isinstance(v, ast.Constant) and isinstance(v.value, int) and v.value
+                   for v in values):
+                yield f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_putmedia_error_ids_and_track_types_are_named_once():
+    """ErrorIds come from kvslite.media.error_ids (which the producer's failover reads too)
+    and track types from kvslite.media.limits, never a number typed at the call site."""
+    assert list(_literal_arguments("IngestError")) == []
+    assert list(_literal_arguments("Track", keyword="track_type")) == []

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -115,6 +116,34 @@ def test_demo_serves_images_and_stops_on_ctrl_c(demo):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 0
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+
+def test_demo_raises_the_descriptor_limit_as_serve_does(tmp_path):
+    """The connection cap derives from the open-file limit: the demo's server raises a low
+    soft limit before it builds, as `kvslite serve` does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    expected = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if min(soft, 256) >= expected:
+        pytest.skip("the hard open-file limit leaves nothing to raise")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvslite", "demo", "--port", str(free_port()), "--data-dir",
+         str(tmp_path / "data"), "--out", str(tmp_path / "images"), "--seconds", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    watchdog = threading.Timer(60, proc.kill)  # a hung demo fails the test, never hangs it
+    watchdog.start()
+    try:
+        first = proc.stdout.readline()  # printed once the server is built and started
+        assert first.startswith("kvslite demo: server at"), first
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
+    open_files = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert open_files.split()[3] == str(expected), open_files
 
 
 def test_demo_video_is_one_continuous_clock():

@@ -44,7 +44,7 @@ def stream(server, video):
 def kvslite_images(server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "KVSLITE_ENDPOINT_URL": server.endpoint}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        env.pop(name, None)  # exercise the dummy-credential fallback
+        env.pop(name, None)  # no credentials anywhere: requests go unsigned
     env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     return subprocess.run([sys.executable, "-m", "kvslite", "images", *args],
                           capture_output=True, text=True, env=env, timeout=timeout)
@@ -248,3 +248,27 @@ def test_fetch_images_from_python(tmp_path):
     assert first["StartTimestamp"] == datetime(2026, 11, 27, 6, 24, 51, 496000, timezone.utc)
     assert (first["Format"], first["WidthPixels"], first["SamplingInterval"]) == ("PNG", 64, 3000)
     assert "FormatConfig" not in first and "HeightPixels" not in first
+
+
+def test_without_credentials_both_clients_go_unsigned(start_server, monkeypatch, tmp_path):
+    """One credential policy for the image fetcher and the producer (kvslite.clients): with
+    no credentials anywhere their requests go unsigned, so a server that requires SigV4
+    refuses both for the missing signature, not for a made-up key."""
+    from kvslite.producer import HttpError, Producer
+
+    server = start_server("--access-key-id", "AKIDEXAMPLE", "--secret-access-key", "secret")
+    server.client("kinesisvideo").create_stream(StreamName="signed-only")
+    got = kvslite_images(server, "signed-only", "--start", "-1m", "--end", "now",
+                         "--out", str(tmp_path / "out"), "-q")
+    assert got.returncode == 1, got.stderr
+    assert "error: GetDataEndpoint failed: MissingAuthenticationTokenException" in got.stderr
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(HttpError) as refused:
+        Producer("signed-only", endpoint_url=server.endpoint).data_endpoint()
+    assert refused.value.code == "MissingAuthenticationTokenException"

@@ -17,13 +17,25 @@ from typing import NoReturn
 import click
 
 from kvslite import __version__
-from kvslite.config import DEFAULT_ENDPOINT_URL, Settings
+from kvslite.clients import DEFAULT_ENDPOINT_URL
+from kvslite.config import Settings
 from kvslite.serve_command import as_typed, serve
 
 
 def _exit_aborted() -> NoReturn:
     click.echo("aborted", err=True)
     sys.exit(130)
+
+
+def _endpoint_options(command):
+    """--endpoint-url and --region, as the client commands (put, images) take them."""
+    command = click.option(
+        "--region", default=None,
+        help="Signing region [default: the AWS configuration's, else us-east-1].")(command)
+    return click.option(
+        "--endpoint-url", envvar="KVSLITE_ENDPOINT_URL", show_envvar=True,
+        default=DEFAULT_ENDPOINT_URL, show_default=True,
+        help="Control-plane URL: kvslite, or https://kinesisvideo.REGION.amazonaws.com.")(command)
 
 
 @click.group()
@@ -38,11 +50,7 @@ main.add_command(serve)
 @main.command()
 @click.argument("stream")
 @click.argument("source")
-@click.option("--endpoint-url", envvar="KVSLITE_ENDPOINT_URL", show_envvar=True,
-              default=DEFAULT_ENDPOINT_URL, show_default=True,
-              help="Control-plane URL: kvslite, or https://kinesisvideo.REGION.amazonaws.com.")
-@click.option("--region", default=None,
-              help="Signing region [default: the AWS configuration's, else us-east-1].")
+@_endpoint_options
 @click.option("--create", is_flag=True, help="Create the stream if it does not exist.")
 @click.option("--retention-hours", default=24, show_default=True, type=click.IntRange(0, 87600),
               help="Data retention of a stream made by --create.")
@@ -270,11 +278,7 @@ def _exit_put_failed(error) -> NoReturn:
 @click.option("--out", "out_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the images (created if missing).")
-@click.option("--endpoint-url", envvar="KVSLITE_ENDPOINT_URL", show_envvar=True,
-              default=DEFAULT_ENDPOINT_URL, show_default=True,
-              help="Control-plane URL: kvslite, or https://kinesisvideo.REGION.amazonaws.com.")
-@click.option("--region", default=None,
-              help="Signing region [default: the AWS configuration's, else us-east-1].")
+@_endpoint_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, only the summary.")
 def images(stream: str, start: str, end: str, every: str | None, image_format: str,
            quality: int | None, width: int | None, height: int | None, selector: str,
@@ -284,8 +288,8 @@ def images(stream: str, start: str, end: str, every: str | None, image_format: s
 
     One file per sample time, named by its UTC timestamp (2026-11-27T06-24-51.496Z.jpg) in
     --out. The data endpoint comes from GetDataEndpoint (APIName GET_IMAGES), so this works
-    against AWS too; credentials come from the usual AWS chain (dummy ones for a non-AWS
-    endpoint when none are configured). Samples without media (NO_MEDIA, MEDIA_ERROR) are
+    against AWS too; requests are signed with SigV4 from the usual AWS credential chain
+    (unsigned if there are none). Samples without media (NO_MEDIA, MEDIA_ERROR) are
     counted at the end and do not fail the command; an API error exits 1.
 
     \b

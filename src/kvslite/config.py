@@ -6,13 +6,14 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvslite.clients import DEFAULT_HOST, DEFAULT_PORT
 from kvslite.webhook_policy import WebhookPolicy
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 4567
+    host: str = DEFAULT_HOST  # where the clients look by default (kvslite.clients)
+    port: int = DEFAULT_PORT
     data_dir: Path = Path("./kvslite-data")
     database_url: str | None = None  # sqlite:///... | postgresql://...; default: in data_dir
     media_url: str | None = None  # file:///... | s3://bucket/prefix; default: data_dir/media
@@ -29,7 +30,8 @@ class Settings:
     max_clock_skew_s: int = 900  # SigV4: how far X-Amz-Date may be from the server clock
     max_request_body_bytes: int = 1 << 20  # JSON APIs; PutMedia streams and has its own limits
     header_timeout_s: float = 10.0  # a request head must be complete this soon
-    fragment_deadline_s: float = 60.0  # PutMedia: a fragment must complete this soon
+    # PutMedia: a fragment must complete this soon; 3x the longest one, sent in real time
+    fragment_deadline_s: float = 60.0
     max_connections: int | None = None  # None: what the descriptor limit allows
     access_log: bool = False  # one line per request on the kvslite.access logger
     tls_cert: Path | None = None  # with tls_key: serve HTTPS
@@ -100,10 +102,6 @@ class Settings:
             raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
                              "negative")
         WebhookPolicy.parse(self.webhook_allow)  # names the value it cannot read
-
-
-# Where clients (kvslite put / images, the producer) look for a server by default.
-DEFAULT_ENDPOINT_URL = Settings().endpoint_url
 
 
 def is_loopback(host: str) -> bool:

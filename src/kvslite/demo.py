@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import math
 import os
 import socket
@@ -218,22 +217,20 @@ def run(*, port: int = Settings.port, data_dir: Path = Settings.data_dir,
         out_dir: Path = Path("./demo-images"), seconds: int = 60,
         host: str = Settings.host) -> int:
     """The whole demo; returns the exit code (0 after Ctrl-C once serving)."""
-    from kvslite.server import DataDirInUse, build
+    from kvslite.server import DataDirInUse, configure_logging, running
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("warning")
     settings = Settings(host=host, port=port, data_dir=Path(data_dir))
     sock = _listen(settings)
     if sock is None:
         return 2
-    server = None
     try:
-        server = build(settings)
-        server.start()
-        click.echo(f"kvslite demo: server at {settings.endpoint_url}, "
-                   f"data in {settings.data_dir.resolve()}")
-        video = _encode_and_report(seconds)
-        outcome = _serve_during_demo(server, sock, settings.endpoint_url, video, Path(out_dir))
+        with running(settings) as server:
+            click.echo(f"kvslite demo: server at {settings.endpoint_url}, "
+                       f"data in {settings.data_dir.resolve()}")
+            video = _encode_and_report(seconds)
+            outcome = _serve_during_demo(server, sock, settings.endpoint_url, video,
+                                         Path(out_dir))
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         return 130
@@ -242,8 +239,6 @@ def run(*, port: int = Settings.port, data_dir: Path = Settings.data_dir,
         return 2
     finally:
         sock.close()
-        if server is not None:
-            server.close()
     return _exit_code(outcome)
 
 

@@ -18,28 +18,30 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from kvslite.config import DEFAULT_ENDPOINT_URL
+from kvslite.clients import (
+    DEFAULT_ENDPOINT_URL,
+    boto3_client,
+    credentials_and_region,
+    duration_ms,
+    format_time,
+    parse_time,
+    to_datetime,
+    to_epoch_ms,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT_URL", "FetchError", "Summary", "archived_media_client", "fetch_images",
     "file_name", "format_time", "parse_interval", "parse_time", "sample_count", "to_datetime",
 ]
 
-DUMMY_CREDENTIALS = ("kvslite", "kvslite")
 FORMATS = {"jpeg": ("JPEG", ".jpg"), "jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
 SELECTORS = {"producer": "PRODUCER_TIMESTAMP", "server": "SERVER_TIMESTAMP"}
 RETRYABLE = {"ClientLimitExceededException", "ThrottlingException"}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
 
 
 class FetchError(Exception):
@@ -52,92 +54,18 @@ class FetchError(Exception):
 
 # ----------------------------------------------------------------------------- times
 
-def _duration_ms(text: str) -> int | None:
-    """'10m', '90s', '1h30m', '500ms' -> ms; None if `text` is not a duration."""
-    text = text.strip().lower()
-    if not text:
-        return None
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNIT_MS[m.group(2)]
-        pos = m.end()
-    return round(total) if pos == len(text) and pos else None
-
-
-def parse_time(text: str, now_ms: int | None = None) -> int:
-    """A time on the command line -> epoch ms.
-
-    Accepts ISO 8601 with or without a zone (none means UTC; `2026-11-27`, `2026-11-27T06:24`,
-    `2026-11-27T06:24:51.496+01:00`, the file-name form `2026-11-27T06-24-51.496Z`), epoch
-    seconds (`1764224691.5`), `now`, and times relative to now: `-10m`, `-90s`, `-2h`, `-1d`,
-    `-500ms`, `-1h30m`, `now-5m` (a leading `+` counts forward)."""
-    if now_ms is None:
-        now_ms = round(time.time() * 1000)
-    raw = text
-    text = text.strip()
-    low = text.lower()
-    if low == "now":
-        return now_ms
-    rel = low[3:].strip() if low.startswith("now") else low
-    if rel[:1] in ("-", "+"):
-        amount = _duration_ms(rel[1:])
-        if amount is not None:
-            return now_ms - amount if rel[0] == "-" else now_ms + amount
-        raise ValueError(f"not a relative time: {raw!r} (use e.g. -10m, -90s, -2h, -1d)")
-    try:
-        return round(float(text) * 1000)
-    except ValueError:
-        pass
-    iso = text
-    # The file-name form: 2026-11-27T06-24-51.496Z -> 2026-11-27T06:24:51.496Z
-    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2}[T ])(\d{2})-(\d{2})(?:-(\d{2}(?:\.\d+)?))?(.*)", iso)
-    if m:
-        iso = f"{m.group(1)}{m.group(2)}:{m.group(3)}" + \
-            (f":{m.group(4)}" if m.group(4) else "") + m.group(5)
-    try:
-        when = datetime.fromisoformat(iso.replace("z", "Z"))
-    except ValueError:
-        raise ValueError(f"not a time: {raw!r} (use ISO 8601, epoch seconds, now, or a "
-                         f"relative time such as -10m)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return round((when - _EPOCH) / timedelta(milliseconds=1))
-
-
 def parse_interval(text: str | int) -> int:
     """A sampling interval -> ms: `3s`, `500ms`, `1m`, `1.5s`, or plain milliseconds."""
     if isinstance(text, int):
         ms = text
     else:
         stripped = text.strip().lower()
-        ms = int(stripped) if stripped.isdigit() else _duration_ms(stripped)
+        ms = int(stripped) if stripped.isdigit() else duration_ms(stripped)
         if ms is None:
             raise ValueError(f"not an interval: {text!r} (use e.g. 3s, 500ms, 1m or plain ms)")
     if ms < 1:
         raise ValueError(f"the interval must be at least 1 ms, got {text!r}")
     return ms
-
-
-def to_datetime(ms: int) -> datetime:
-    """Epoch ms -> an aware UTC datetime, exact to the millisecond."""
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def _to_ms(value) -> int:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return round((value - _EPOCH) / timedelta(milliseconds=1))
-    if isinstance(value, str):
-        return parse_time(value)
-    return int(value)
-
-
-def format_time(ms: int) -> str:
-    """Epoch ms -> `2026-11-27T06:24:51.496Z`."""
-    return to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def file_name(ms: int, extension: str = ".jpg") -> str:
@@ -152,13 +80,6 @@ def sample_count(start_ms: int, end_ms: int, interval_ms: int) -> int:
 
 # ----------------------------------------------------------------------------- clients
 
-def _is_aws(url: str | None) -> bool:
-    if url is None:
-        return True
-    host = (urlsplit(url).hostname or "").lower()
-    return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
-
-
 def _stream_params(stream: str) -> dict:
     return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
 
@@ -169,23 +90,21 @@ def archived_media_client(stream: str, *, endpoint_url: str | None = DEFAULT_END
 
     Its endpoint is the DataEndpoint that `kinesisvideo.get_data_endpoint(APIName=
     "GET_IMAGES")` returns from `endpoint_url` (the control plane: kvslite, or AWS's when
-    None or an amazonaws.com URL). Credentials come from the usual boto3 chain; for an
-    endpoint that is not AWS's, dummy ones are used when none are configured."""
+    None or an amazonaws.com URL). Credentials come from the usual boto3 chain; with none,
+    requests go unsigned (kvslite.clients says why)."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
     session = session or boto3.Session()
-    region = region or session.region_name or "us-east-1"
-    kwargs: dict = {"region_name": region}
-    try:
-        have_credentials = session.get_credentials() is not None
-    except BotoCoreError:
-        have_credentials = False
-    if not have_credentials and not _is_aws(endpoint_url):
-        kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = DUMMY_CREDENTIALS
+    credentials, region = credentials_and_region(None, region, session)
     config = config or Config(read_timeout=300, retries={"max_attempts": 3, "mode": "standard"})
-    control = session.client("kinesisvideo", endpoint_url=endpoint_url, config=config, **kwargs)
+
+    def client(service: str, endpoint: str | None):
+        return boto3_client(service, endpoint_url=endpoint, credentials=credentials,
+                            region=region, config=config, session=session)
+
+    control = client("kinesisvideo", endpoint_url)
     try:
         endpoint = control.get_data_endpoint(APIName="GET_IMAGES",
                                              **_stream_params(stream))["DataEndpoint"]
@@ -196,8 +115,7 @@ def archived_media_client(stream: str, *, endpoint_url: str | None = DEFAULT_END
                          f"running?") from None
     except BotoCoreError as e:
         raise FetchError(f"GetDataEndpoint failed: {e}") from None
-    return session.client("kinesis-video-archived-media", endpoint_url=endpoint, config=config,
-                          **kwargs)
+    return client("kinesis-video-archived-media", endpoint)
 
 
 def _client_error(operation: str, e) -> FetchError:
@@ -251,7 +169,7 @@ def fetch_images(client, stream: str, start, end, out_dir, *, interval_ms: int |
 
     `client` is a `kinesis-video-archived-media` client (see archived_media_client).
     `selector`: producer | server (or PRODUCER_TIMESTAMP | SERVER_TIMESTAMP)."""
-    start_ms, end_ms = _to_ms(start), _to_ms(end)
+    start_ms, end_ms = to_epoch_ms(start), to_epoch_ms(end)
     if start_ms > end_ms:
         raise FetchError(f"the start ({format_time(start_ms)}) is after the end "
                          f"({format_time(end_ms)})")
@@ -351,7 +269,7 @@ def _total_from_step(images: list, start_ms: int, end_ms: int) -> int | None:
     sample times, and with it how many samples to expect (None if it cannot tell yet)."""
     if len(images) < 2:
         return None
-    step = _to_ms(images[1]["TimeStamp"]) - _to_ms(images[0]["TimeStamp"])
+    step = to_epoch_ms(images[1]["TimeStamp"]) - to_epoch_ms(images[0]["TimeStamp"])
     return sample_count(start_ms, end_ms, step) if step > 0 else None
 
 
@@ -364,7 +282,7 @@ def _progress_bar(stream: str, total: int | None, *, shown: bool):
 
 
 def _save(image: dict, out: Path, extension: str, summary: Summary) -> None:
-    ms = _to_ms(image["TimeStamp"])
+    ms = to_epoch_ms(image["TimeStamp"])
     summary.samples += 1
     error = image.get("Error")
     content = image.get("ImageContent")

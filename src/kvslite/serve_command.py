@@ -3,8 +3,6 @@ the defaults `kvslite.config.Settings` declares."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import click
@@ -105,12 +103,9 @@ def as_typed(path: Path) -> str:
 def serve(log_level: str, **options) -> None:
     """Run the server: on embedded defaults (SQLite + files under --data-dir), or as one
     node of a cluster (--database-url postgresql://..., --media-url s3://...)."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from kvslite.edge.connections import RepeatFilter
+    from kvslite.server import configure_logging
 
-    for handler in logging.getLogger().handlers:  # a flood of one line logs once per 10 s
-        handler.addFilter(RepeatFilter())
+    configure_logging(log_level)
     settings = Settings(**options)
     try:
         settings.check()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -23,8 +25,12 @@ from kvslite.archive.sampling import ImageSampler
 from kvslite.archive.sessions import SessionTokens
 from kvslite.config import Settings
 from kvslite.edge.app import EdgeApp
-from kvslite.edge.connections import (default_max_connections, guarded_protocol,
-                                      raise_descriptor_limit)
+from kvslite.edge.connections import (
+    RepeatFilter,
+    default_max_connections,
+    guarded_protocol,
+    raise_descriptor_limit,
+)
 from kvslite.edge.tls import https_protocol, server_context
 from kvslite.ops.archived_media import ArchivedMedia
 from kvslite.ops.clips import Clips
@@ -60,6 +66,7 @@ class Server:
     sweeper: Sweeper
     deliverer: Deliverer
     lock: IO | None  # the data directory's, when a store lives in it
+    max_connections: int  # --max-connections, or what the descriptor limit allows
 
     def start(self) -> None:
         """Background work: temporary files left by a crash go, then the sweeper runs."""
@@ -160,7 +167,7 @@ def build(settings: Settings) -> Server:
                                      ).routes()],
                   max_media_connections=connections - max(2, connections // 10),
                   access_log=settings.access_log)
-    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock)
+    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections)
 
 
 class UvicornServer(uvicorn.Server):
@@ -169,8 +176,7 @@ class UvicornServer(uvicorn.Server):
 
     def __init__(self, server: Server, *, on_exit: Callable[[], None] | None = None):
         settings = server.settings
-        max_connections = settings.max_connections or default_max_connections()
-        protocol = guarded_protocol(max_connections=max_connections,
+        protocol = guarded_protocol(max_connections=server.max_connections,
                                     header_timeout_s=settings.header_timeout_s)
         if settings.tls_enabled:  # TLS in kvslite's protocol, inside its limits (edge/tls.py)
             protocol = https_protocol(protocol, server_context(settings.tls_cert,
@@ -199,14 +205,30 @@ class UvicornServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; uvicorn drains open connections first."""
+def configure_logging(level: str) -> None:
+    """Log lines on stderr, a flood of one line once per 10 s (`serve` and `demo` alike)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
+
+
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[Server]:
+    """The server built, within the descriptor limit's reach, its background work started;
+    closed on the way out. Serve it with UvicornServer."""
     settings.check()
-    raise_descriptor_limit()
+    raise_descriptor_limit()  # before build: the connection cap derives from it
     server = build(settings)
     try:
         server.start()
-        UvicornServer(server).run()
+        yield server
     finally:
         server.close()
         log.info("kvslite stopped")
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; uvicorn drains open connections first."""
+    with running(settings) as server:
+        UvicornServer(server).run()

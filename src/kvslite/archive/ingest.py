@@ -16,7 +16,9 @@ from kvslite.archive.events import EventConfigs, events_in
 from kvslite.archive.fragments import Archive, fragment_duration_ms
 from kvslite import metrics
 from kvslite.errors import MediaUnavailable, OutOfSpace
+from kvslite.media import error_ids as ids
 from kvslite.media import mkv
+from kvslite.media.error_ids import ERROR_NAMES
 from kvslite.media.limits import (
     MAX_FRAGMENT_BYTES,
     MAX_FRAGMENT_FRAMES,
@@ -29,32 +31,13 @@ from kvslite.store.metadata import Lease, LeaseLost, Stream, StreamNotActive
 
 log = logging.getLogger("kvslite.ingest")
 
-# PutMedia ErrorIds, as the AWS PutMedia reference and the producer SDK name them.
-ERROR_NAMES = {
-    4000: "STREAM_READ_ERROR",
-    4001: "MAX_FRAGMENT_SIZE_REACHED",
-    4002: "MAX_FRAGMENT_DURATION_REACHED",
-    4003: "MAX_CONNECTION_DURATION_REACHED",
-    4004: "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS",
-    4005: "MORE_THAN_ALLOWED_TRACKS_FOUND",
-    4006: "INVALID_MKV_DATA",
-    4007: "INVALID_PRODUCER_TIMESTAMP",
-    4008: "STREAM_NOT_ACTIVE",
-    4009: "FRAGMENT_METADATA_LIMIT_REACHED",
-    4010: "TRACK_NUMBER_MISMATCH",
-    4011: "FRAMES_MISSING_FOR_TRACK",
-    4012: "MORE_THAN_ALLOWED_TRACKS_FOUND",
-    5000: "INTERNAL_ERROR",
-    5001: "ARCHIVAL_ERROR",
-}
-
-
-FRAGMENT_DEADLINE_MS = 60_000  # default: 3x the longest fragment, sent in real time
 MAX_TRACK_NUMBER = 255  # the frame index keeps track numbers in one byte; KVS uses 1-3
 MAX_TIMECODE_SCALE_NS = 1_000_000_000  # coarser than 1 s per tick is not video
 
 # MkvError reasons that have their own PutMedia ErrorId; anything else is INVALID_MKV_DATA.
-_MKV_ERROR_IDS = {"too_large": 4001, "unknown_track": 4010, "too_many_frames": 4009}
+_MKV_ERROR_IDS = {"too_large": ids.MAX_FRAGMENT_SIZE_REACHED,
+                  "unknown_track": ids.TRACK_NUMBER_MISMATCH,
+                  "too_many_frames": ids.FRAGMENT_METADATA_LIMIT_REACHED}
 
 
 class IngestError(Exception):
@@ -70,7 +53,7 @@ class IngestError(Exception):
 class IngestSession:
     def __init__(self, archive: Archive, stream: Stream, *, timecode_type: str,
                  producer_start_ms: int | None, lease: Lease | None = None,
-                 fragment_deadline_ms: int = FRAGMENT_DEADLINE_MS, now=time.time,
+                 fragment_deadline_ms: int, now=time.time,
                  event_configs: EventConfigs | None = None,
                  on_deliveries: Callable[[], None] = lambda: None):
         self.archive = archive
@@ -127,7 +110,7 @@ class IngestSession:
             for event in events:
                 acks += self._handle(event, arrived_ms)
             if bad_input is not None:
-                raise IngestError(_MKV_ERROR_IDS.get(bad_input.reason, 4006),
+                raise IngestError(_MKV_ERROR_IDS.get(bad_input.reason, ids.INVALID_MKV_DATA),
                                   f"invalid MKV: {bad_input}")
         except IngestError as error:
             error.acks = acks + error.acks
@@ -141,7 +124,7 @@ class IngestSession:
         now_ms = int(self.now() * 1000) if now_ms is None else now_ms
         if self.received > self.received_at_progress and \
                 now_ms - self.progress_ms > self.fragment_deadline_ms:
-            raise IngestError(4000, f"no fragment completed in "
+            raise IngestError(ids.STREAM_READ_ERROR, f"no fragment completed in "
                               f"{self.fragment_deadline_ms / 1000:g} s while data kept "
                               f"arriving: the upload is too slow")
 
@@ -168,22 +151,25 @@ class IngestSession:
 
     def _accept_header(self, header: mkv.StreamHeader) -> None:
         if not header.tracks:
-            raise IngestError(4006, "the MKV header has no tracks")
+            raise IngestError(ids.INVALID_MKV_DATA, "the MKV header has no tracks")
         if len(header.tracks) > MAX_TRACKS:
-            raise IngestError(4012, f"{len(header.tracks)} tracks; at most {MAX_TRACKS}")
+            raise IngestError(ids.TOO_MANY_TRACKS,
+                              f"{len(header.tracks)} tracks; at most {MAX_TRACKS}")
         numbers = [t.number for t in header.tracks]
         if max(numbers) > MAX_TRACK_NUMBER:
-            raise IngestError(4006, f"track number {max(numbers)} is out of range "
+            raise IngestError(ids.INVALID_MKV_DATA, f"track number {max(numbers)} is out of range "
                               f"(1-{MAX_TRACK_NUMBER})")
         if not 1 <= header.timecode_scale_ns <= MAX_TIMECODE_SCALE_NS:
-            raise IngestError(4006, f"TimecodeScale {header.timecode_scale_ns} ns is out of "
+            raise IngestError(ids.INVALID_MKV_DATA,
+                              f"TimecodeScale {header.timecode_scale_ns} ns is out of "
                               f"range (1 ns to 1 s)")
         self.header = header
         try:
             self.header_id = (self.archive.save_header(self.stream, header)
                               if self.keeps_data else 0)
         except OutOfSpace as e:
-            raise IngestError(5001, f"the archive is out of disk space: {e}") from None
+            raise IngestError(ids.ARCHIVAL_ERROR,
+                              f"the archive is out of disk space: {e}") from None
         self.last_timecode = None  # a new segment starts its own timeline
 
     def _to_ms(self, timecode: int) -> int:
@@ -192,7 +178,8 @@ class IngestSession:
 
     def _accept_cluster(self, cluster: mkv.Cluster, server_ms: int) -> list[dict]:
         if self.header is None:
-            raise IngestError(4006, "a Cluster arrived before the EBML header and Tracks",
+            raise IngestError(ids.INVALID_MKV_DATA,
+                              "a Cluster arrived before the EBML header and Tracks",
                               cluster.timecode)
         if not cluster.frames:
             return []
@@ -216,18 +203,19 @@ class IngestSession:
                                                  self._to_ms, default_ms),
                 to_ms=self._to_ms, fence=self.lease, deliveries=deliveries)
         except StreamNotActive:
-            raise IngestError(4008, f"stream {self.stream.name} was deleted",
+            raise IngestError(ids.STREAM_NOT_ACTIVE, f"stream {self.stream.name} was deleted",
                               cluster.timecode) from None
         except LeaseLost:
             metrics.LEASES_LOST.inc()
-            raise IngestError(4000, "this upload lost its lease on the stream before the "
+            raise IngestError(ids.STREAM_READ_ERROR,
+                              "this upload lost its lease on the stream before the "
                               "fragment was committed (the lease expired, or another "
                               "upload holds it)", cluster.timecode) from None
         except OutOfSpace as e:
-            raise IngestError(5001, f"the archive is out of disk space: {e}",
+            raise IngestError(ids.ARCHIVAL_ERROR, f"the archive is out of disk space: {e}",
                               cluster.timecode) from None
         except MediaUnavailable as e:  # S3 down: archiving failed, not kvslite itself
-            raise IngestError(5001, f"the media store is unavailable: {e.detail}",
+            raise IngestError(ids.ARCHIVAL_ERROR, f"the media store is unavailable: {e.detail}",
                               cluster.timecode) from None
         if created:
             self.persisted += 1
@@ -244,31 +232,38 @@ class IngestSession:
     def _check(self, cluster: mkv.Cluster) -> None:
         timecode = cluster.timecode
         if self.last_timecode is not None and timecode < self.last_timecode:
-            raise IngestError(4004, f"cluster timecode {timecode} is before the previous "
+            raise IngestError(ids.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
+                              f"cluster timecode {timecode} is before the previous "
                               f"one ({self.last_timecode})", timecode)
         known = {t.number for t in self.header.tracks}
         stray = {f.track_number for f in cluster.frames} - known
         if stray:
-            raise IngestError(4010, f"frames for track(s) {sorted(stray)} not in the header",
+            raise IngestError(ids.TRACK_NUMBER_MISMATCH,
+                              f"frames for track(s) {sorted(stray)} not in the header",
                               timecode)
         video = video_track(self.header.tracks)
         if video is not None:
             first = next((f for f in cluster.frames if f.track_number == video.number), None)
             if first is None:
-                raise IngestError(4011, "a fragment has no frames for the video track",
+                raise IngestError(ids.FRAMES_MISSING_FOR_TRACK,
+                                  "a fragment has no frames for the video track",
                                   timecode)
             if not first.keyframe:
-                raise IngestError(4006, "a fragment must start with a keyframe", timecode)
+                raise IngestError(ids.INVALID_MKV_DATA,
+                                  "a fragment must start with a keyframe", timecode)
         start_ms = self._to_ms(timecode)
         times = [self._to_ms(f.timecode) for f in cluster.frames]
         if max(times) - start_ms > MAX_FRAGMENT_MS:
-            raise IngestError(4002, f"fragment spans {max(times) - start_ms} ms; at most "
+            raise IngestError(ids.MAX_FRAGMENT_DURATION_REACHED,
+                              f"fragment spans {max(times) - start_ms} ms; at most "
                               f"{MAX_FRAGMENT_MS}", timecode)
         if start_ms - min(times) > MAX_FRAGMENT_MS:  # frames long before their cluster
-            raise IngestError(4006, f"a frame is {start_ms - min(times)} ms before its "
+            raise IngestError(ids.INVALID_MKV_DATA,
+                              f"a frame is {start_ms - min(times)} ms before its "
                               f"cluster's timecode", timecode)
         if start_ms > self.now() * 1000 + MAX_FUTURE_MS:
-            raise IngestError(4007, f"producer timestamp {start_ms / 1000:.3f} is in the "
+            raise IngestError(ids.INVALID_PRODUCER_TIMESTAMP,
+                              f"producer timestamp {start_ms / 1000:.3f} is in the "
                               "future", timecode)
 
 
@@ -284,5 +279,5 @@ def error_ack(error: IngestError) -> dict:
     if error.timecode is not None:
         ack["FragmentTimecode"] = error.timecode
     ack["ErrorId"] = error.error_id
-    ack["ErrorCode"] = ERROR_NAMES.get(error.error_id, "INTERNAL_ERROR")
+    ack["ErrorCode"] = ERROR_NAMES.get(error.error_id, ERROR_NAMES[ids.INTERNAL_ERROR])
     return ack

@@ -11,6 +11,12 @@ error for every attempt. `GuardedH11Protocol` adds what a server on a network ne
 
 Over HTTPS both hold from accept, so the TLS handshake is inside them (`edge/tls.py`).
 
+uvicorn has no public seam for either: `limit_concurrency` answers 503 only once a request
+head has arrived, and `timeout_keep_alive` starts after a response, so neither bounds a
+connection that never completes its head or its TLS handshake. Hence a subclass of its
+h11 protocol, whose private attributes may change in any minor release: pyproject pins
+uvicorn below the next minor the suite has not run on (tests/test_dependencies.py).
+
 `RepeatFilter` keeps a flood of identical log lines (an accept loop failing, thousands
 of refused connections) to one line per interval with a count of what it suppressed.
 """
@@ -59,8 +65,9 @@ def default_max_connections() -> int:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a request-head deadline and a connection cap."""
 
-    header_timeout_s = 10.0
-    max_connections = 1000
+    # set by guarded_protocol from the Settings, which hold their defaults
+    header_timeout_s: float
+    max_connections: int
     handshaking = False  # HTTPS: from accept until the TLS handshake ends
 
     def connection_made(self, transport) -> None:

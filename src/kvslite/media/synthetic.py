@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
+from .limits import VIDEO_TRACK_TYPE
 from .mkv import Cluster, Frame, StreamHeader, Track, write_cluster, write_header, write_tags
 
 CODECS = {  # codec name -> (encoder, decoder, Matroska CodecID)
@@ -185,7 +186,7 @@ def encode_video(codec: str = "h264", *, width: int = 320, height: int = 240, fp
 
 
 def stream_header(video: EncodedVideo) -> StreamHeader:
-    track = Track(number=1, uid=1, track_type=1, codec_id=video.codec_id,
+    track = Track(number=1, uid=1, track_type=VIDEO_TRACK_TYPE, codec_id=video.codec_id,
                   codec_private=video.codec_private, name="kvslite synthetic",
                   width=video.width, height=video.height, sampling_frequency=None, channels=None,
                   default_duration_ns=round(1e9 / video.fps))

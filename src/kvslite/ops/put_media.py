@@ -22,9 +22,10 @@ from kvslite import metrics
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.events import EventConfigs
 from kvslite.archive.fragments import Archive
-from kvslite.archive.ingest import FRAGMENT_DEADLINE_MS, IngestError, IngestSession, error_ack
+from kvslite.archive.ingest import IngestError, IngestSession, error_ack
 from kvslite.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
 from kvslite.errors import CONNECTION_LIMIT_EXCEEDED, ApiError, invalid
+from kvslite.media import error_ids as ids
 
 log = logging.getLogger("kvslite.putmedia")
 
@@ -35,7 +36,7 @@ MAX_CONNECTION_S = 45 * 60  # AWS's maximum PutMedia connection duration
 
 class PutMedia:
     def __init__(self, control: ControlPlane, archive: Archive, leases: Leases, *,
-                 fragment_deadline_s: float = FRAGMENT_DEADLINE_MS / 1000,
+                 fragment_deadline_s: float,
                  event_configs: EventConfigs | None = None,
                  on_deliveries: Callable[[], None] = lambda: None):
         self.control = control
@@ -106,7 +107,7 @@ class _Upload:
             metrics.LEASES_LOST.inc()
             reason = await run_in_threadpool(self.leases.why_lost, self.session.lease,
                                              time.monotonic() - self.renewed)
-            raise IngestError(4000, reason)
+            raise IngestError(ids.STREAM_READ_ERROR, reason)
         self.renewed = time.monotonic()
 
     async def _run(self, receive, send) -> None:
@@ -130,7 +131,8 @@ class _Upload:
                 self.session.check_progress()
                 now = time.monotonic()
                 if now - started > MAX_CONNECTION_S:
-                    raise IngestError(4003, "the connection reached its maximum duration")
+                    raise IngestError(ids.MAX_CONNECTION_DURATION_REACHED,
+                                      "the connection reached its maximum duration")
                 if not done:
                     if now - last_data > IDLE_CLOSE_AFTER_S:
                         log.info("closing PutMedia after %.0f s without data", now - last_data)
@@ -158,7 +160,7 @@ class _Upload:
             await ack(error_ack(error))
         except Exception:
             log.exception("PutMedia to %s failed", self.session.stream.name)
-            await ack(error_ack(IngestError(5000, "internal error")))
+            await ack(error_ack(IngestError(ids.INTERNAL_ERROR, "internal error")))
         finally:
             if not next_message.done():
                 next_message.cancel()

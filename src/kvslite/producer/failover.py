@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from collections import deque
 
+from kvslite.media.error_ids import NOT_ABOUT_THE_MEDIA
+
 from .errors import AckError, HttpError, ProducerError, SourceError
 from .fragments import BodyChunk
 from .readahead import ReadAhead
@@ -25,10 +27,6 @@ FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0
 # HTTP errors another connection may not get: a busy or restarting server, a PutMedia
 # slot still held by a dead connection (its lease expires).
 _RETRYABLE_CODES = {"ConnectionLimitExceededException", "ClientLimitExceededException"}
-# ERROR acks about the connection or the server, not the data: STREAM_READ_ERROR (a stall,
-# a lost slot), MAX_CONNECTION_DURATION_REACHED, INTERNAL_ERROR, ARCHIVAL_ERROR. The other
-# 4xxx say the media itself is refused, and would be refused again.
-_RETRYABLE_ACKS = {4000, 4003, 5000, 5001}
 
 
 def retryable(error: ProducerError) -> bool:
@@ -38,7 +36,7 @@ def retryable(error: ProducerError) -> bool:
     if isinstance(error, HttpError):
         return error.status >= 500 or error.code in _RETRYABLE_CODES
     if isinstance(error, AckError):
-        return error.error_id in _RETRYABLE_ACKS
+        return error.error_id in NOT_ABOUT_THE_MEDIA
     return True  # connection refused or lost, no acknowledgement in time, a cut response
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from kvslite import __version__
 from kvslite.media import mkv
 from kvslite.media.limits import MAX_FRAGMENT_MS  # SimpleBlock offsets would allow 32.767 s
+from kvslite.media.limits import VIDEO_TRACK_TYPE
 
 from .annexb import AnnexBConverter, is_annexb, is_length_prefixed
 from .errors import SourceError
@@ -116,7 +117,7 @@ class FragmentBuilder:
 
     def _header(self) -> bytes:
         v = self.video
-        track = mkv.Track(number=self.track, uid=self.track, track_type=1,
+        track = mkv.Track(number=self.track, uid=self.track, track_type=VIDEO_TRACK_TYPE,
                           codec_id=CODEC_IDS[self.codec], codec_private=self.codec_private,
                           name=v.name, width=v.width, height=v.height,
                           default_duration_ns=round(1e9 / v.frame_rate) if v.frame_rate else None)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from kvslite.config import DEFAULT_ENDPOINT_URL
+from kvslite.clients import DEFAULT_ENDPOINT_URL, boto3_client, credentials_and_region
 
 from .acks import Ack
 from .connection import PutMediaUpload, putmedia_headers
@@ -57,7 +57,7 @@ class Producer:
         self.connect_timeout, self.ack_timeout = connect_timeout, ack_timeout
         self.max_retries = max_retries
         self.user_agent = user_agent
-        self.credentials, self.region = _credentials_and_region(credentials, region)
+        self.credentials, self.region = credentials_and_region(credentials, region)
         self._client = None
         self._retention: int | None = None  # DataRetentionInHours, once described
 
@@ -75,18 +75,11 @@ class Producer:
     def client(self):
         """A boto3 `kinesisvideo` (control plane) client for this producer."""
         if self._client is None:
-            import boto3
-            from botocore import UNSIGNED
             from botocore.config import Config
 
-            creds = self.credentials
-            kwargs = {} if creds is None else {
-                "aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key,
-                "aws_session_token": creds.token}
-            config = Config(retries={"max_attempts": 3},
-                            **({"signature_version": UNSIGNED} if creds is None else {}))
-            self._client = boto3.client("kinesisvideo", endpoint_url=self.endpoint_url,
-                                        region_name=self.region, config=config, **kwargs)
+            self._client = boto3_client("kinesisvideo", endpoint_url=self.endpoint_url,
+                                        credentials=self.credentials, region=self.region,
+                                        config=Config(retries={"max_attempts": 3}))
         return self._client
 
     def _call(self, operation: str, **params):
@@ -293,18 +286,3 @@ def put_source(source: str, stream: str, *, endpoint_url: str | None = None,
     return producer.put_source(source, create=create, retention_hours=retention_hours,
                                realtime=realtime, start_timestamp=start_timestamp, **kwargs)
 
-
-def _credentials_and_region(credentials, region: str | None):
-    """(botocore Credentials or None, region): what was given, else the usual AWS chain."""
-    from botocore.credentials import Credentials
-
-    if isinstance(credentials, (tuple, list)):
-        credentials = Credentials(*credentials)
-    if credentials is None or region is None:
-        import boto3
-
-        session = boto3.Session()
-        if credentials is None:
-            credentials = session.get_credentials()
-        region = region or session.region_name
-    return credentials, region or "us-east-1"
