@@ -150,7 +150,7 @@ class _FragmentQuery:
 
 
 def _encode_token(query: _FragmentQuery, *, after: Fragment) -> str:
-    fields = {"after": after.number}
+    fields: dict[str, str | int] = {"after": after.number}
     if query.clock is not None:
         fields.update(selector=query.clock.value, start=query.start_ms, end=query.end_ms)
     return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()

@@ -126,14 +126,16 @@ class StreamingSessions:
 
     def routes(self) -> list[BaseRoute]:
         """The session pages, at the paths AWS uses."""
-        hls = {"getHLSMasterPlaylist.m3u8": self._master_playlist,
-               "getHLSMediaPlaylist.m3u8": self._media_playlist,
-               "getMP4InitFragment.mp4": self._init_fragment,
-               "getMP4MediaFragment.mp4": self._media_fragment,
-               "getTSFragment.ts": self._media_fragment}
-        dash = {"getDASHManifest.mpd": self._manifest,
-                "getMP4InitFragment.mp4": self._init_fragment,
-                "getMP4MediaFragment.mp4": self._media_fragment}
+        hls: dict[str, PageBuilder] = {
+            "getHLSMasterPlaylist.m3u8": self._master_playlist,
+            "getHLSMediaPlaylist.m3u8": self._media_playlist,
+            "getMP4InitFragment.mp4": self._init_fragment,
+            "getMP4MediaFragment.mp4": self._media_fragment,
+            "getTSFragment.ts": self._media_fragment}
+        dash: dict[str, PageBuilder] = {
+            "getDASHManifest.mpd": self._manifest,
+            "getMP4InitFragment.mp4": self._init_fragment,
+            "getMP4MediaFragment.mp4": self._media_fragment}
         return [Mount("/hls/v1", routes=self._pages("HLS", hls)),
                 Mount("/dash/v1", routes=self._pages("DASH", dash))]
 
