@@ -56,6 +56,7 @@ class FetchError(Exception):
 
 def parse_interval(text: str | int) -> int:
     """A sampling interval -> ms: `3s`, `500ms`, `1m`, `1.5s`, or plain milliseconds."""
+    ms: int | None
     if isinstance(text, int):
         ms = text
     else:
@@ -251,13 +252,15 @@ def _get_images(client, request: dict, retries: int) -> dict:
     flight; ThrottlingException) is retried `retries` times with back-off."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         try:
             return client.get_images(**request)
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code")
             if code in RETRYABLE and attempt < retries:
                 time.sleep(min(0.25 * 2 ** attempt, 5.0))
+                attempt += 1
                 continue
             raise _client_error("GetImages", e) from None
         except BotoCoreError as e:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Protocol
 
 import uvicorn
 
@@ -104,6 +104,12 @@ def lock_data_dir(data_dir: Path) -> IO:
     return lock
 
 
+class Provider(Protocol):
+    """An operations class (kvslite.ops): its handlers by operation name."""
+
+    def operations(self) -> dict: ...
+
+
 def build(settings: Settings) -> Server:
     """Open the stores under the data dir and assemble the ASGI app."""
     data_dir = settings.data_dir
@@ -142,7 +148,7 @@ def build(settings: Settings) -> Server:
                           max_attempts=settings.delivery_max_attempts)
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
-    providers = [
+    providers: list[Provider] = [
         KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake),
         GetMedia(control, archive, leases),
         ArchivedMedia(control, archive, sampler,
@@ -178,7 +184,8 @@ class UvicornServer(uvicorn.Server):
         settings = server.settings
         protocol = guarded_protocol(max_connections=server.max_connections,
                                     header_timeout_s=settings.header_timeout_s)
-        if settings.tls_enabled:  # TLS in kvslite's protocol, inside its limits (edge/tls.py)
+        # TLS (tls_enabled) in kvslite's protocol, inside its limits (edge/tls.py)
+        if settings.tls_cert and settings.tls_key:
             protocol = https_protocol(protocol, server_context(settings.tls_cert,
                                                                settings.tls_key))
         super().__init__(uvicorn.Config(

@@ -52,10 +52,11 @@ def address_class(address: IPAddress) -> str | None:
 
 def embedded_ipv4(address: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64, compatible), else itself."""
-    if address.version == 4:
+    if isinstance(address, ipaddress.IPv4Address):
         return address
-    if address.ipv4_mapped or address.sixtofour:
-        return address.ipv4_mapped or address.sixtofour
+    carried = address.ipv4_mapped or address.sixtofour
+    if carried is not None:
+        return carried
     if int(address) > 1 and any(address in network for network in _IPV4_IN_IPV6):
         return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
     return address

@@ -68,7 +68,7 @@ class Deliverer(DeliveryScheduler):
         fragment = self.archive.by_number(delivery.arn, delivery.fragment_number) \
             if stream is not None and stream.status == ACTIVE else None
         config = self.configs.enabled(delivery.arn, delivery.kind)
-        if fragment is None or config is None:
+        if stream is None or fragment is None or config is None:
             return "dropped"
         event = json.loads(delivery.event)
         if delivery.kind == IMAGE_GENERATION:

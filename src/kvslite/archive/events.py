@@ -116,7 +116,7 @@ class EventConfigs:
         except ValueError:
             raise invalid(f"DestinationConfig.Uri must be s3://bucket/optional/prefix, got "
                           f"{destination['Uri']!r}") from None
-        if self._overlaps_media(bucket, prefix):
+        if self.media_location is not None and self._overlaps_media(bucket, prefix):
             raise invalid(f"DestinationConfig.Uri {destination['Uri']!r} overlaps kvslite's own "
                           f"media location (--media-url s3://{bucket}/"
                           f"{self.media_location[1]}): give images a bucket or prefix apart")

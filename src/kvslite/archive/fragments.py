@@ -14,6 +14,7 @@ import hashlib
 import logging
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -109,7 +110,7 @@ class Archive:
     def persist(self, stream: Stream, header_id: int, cluster: mkv.Cluster, *,
                 producer_ms: int, server_ms: int, duration_ms: int, to_ms,
                 fence: Lease | None = None,
-                deliveries: list[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
+                deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
         """Write the cluster durably, then commit its index row: PERSISTED after this.
 
         Returns the fragment and whether it is new: a true resend (same producer time,
@@ -138,7 +139,7 @@ class Archive:
             fragment, created = self.store.add_fragment(
                 fence=fence, arn=stream.arn, producer_ms=producer_ms, server_ms=server_ms,
                 duration_ms=duration_ms, size=len(data), header_id=header_id, blob_key=key,
-                frames=pack_frames(entries), digest=digest, deliveries=deliveries)
+                frames=pack_frames(entries), digest=digest, deliveries=list(deliveries))
         except BaseException:
             # the row never came (a crash here leaves an orphan for the collector); a
             # deleted stream must not keep the folder this write made again

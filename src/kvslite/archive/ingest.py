@@ -173,17 +173,18 @@ class IngestSession:
         self.last_timecode = None  # a new segment starts its own timeline
 
     def _to_ms(self, timecode: int) -> int:
+        assert self.header is not None  # clusters are read only once the header is
         ms = timecode * self.header.timecode_scale_ns // 1_000_000
         return ms if self.absolute else self.producer_start_ms + ms
 
     def _accept_cluster(self, cluster: mkv.Cluster, server_ms: int) -> list[dict]:
-        if self.header is None:
-            raise IngestError(ids.INVALID_MKV_DATA,
-                              "a Cluster arrived before the EBML header and Tracks",
+        header, header_id = self.header, self.header_id
+        if header is None or header_id is None:
+            raise IngestError(ids.INVALID_MKV_DATA, "a Cluster arrived before the EBML header and Tracks",
                               cluster.timecode)
         if not cluster.frames:
             return []
-        self._check(cluster)
+        self._check(cluster, header)
         self.last_timecode = cluster.timecode
         producer_ms = self._to_ms(cluster.timecode)
         events, self.pending_events = self.pending_events, {}
@@ -191,13 +192,13 @@ class IngestSession:
             return [_ack("RECEIVED", cluster.timecode)]  # retention 0: RECEIVED is final
         deliveries = self.event_configs.deliveries_for(self.stream, events) \
             if events and self.event_configs is not None else []
-        video = video_track(self.header.tracks)
+        video = video_track(header.tracks)
         frames = [f for f in cluster.frames if video is None or f.track_number == video.number]
         default_ms = (video.default_duration_ns // 1_000_000
                       if video and video.default_duration_ns else 0)
         try:
             fragment, created = self.archive.persist(
-                self.stream, self.header_id, cluster, producer_ms=producer_ms,
+                self.stream, header_id, cluster, producer_ms=producer_ms,
                 server_ms=server_ms,
                 duration_ms=fragment_duration_ms(frames or cluster.frames, producer_ms,
                                                  self._to_ms, default_ms),
@@ -229,19 +230,19 @@ class IngestSession:
         return [_ack("RECEIVED", cluster.timecode, fragment.number),
                 _ack("PERSISTED", cluster.timecode, fragment.number)]
 
-    def _check(self, cluster: mkv.Cluster) -> None:
+    def _check(self, cluster: mkv.Cluster, header: mkv.StreamHeader) -> None:
         timecode = cluster.timecode
         if self.last_timecode is not None and timecode < self.last_timecode:
             raise IngestError(ids.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
                               f"cluster timecode {timecode} is before the previous "
                               f"one ({self.last_timecode})", timecode)
-        known = {t.number for t in self.header.tracks}
+        known = {t.number for t in header.tracks}
         stray = {f.track_number for f in cluster.frames} - known
         if stray:
             raise IngestError(ids.TRACK_NUMBER_MISMATCH,
                               f"frames for track(s) {sorted(stray)} not in the header",
                               timecode)
-        video = video_track(self.header.tracks)
+        video = video_track(header.tracks)
         if video is not None:
             first = next((f for f in cluster.frames if f.track_number == video.number), None)
             if first is None:
@@ -275,7 +276,7 @@ def _ack(event_type: str, timecode: int, number: str | None = None) -> dict:
 
 
 def error_ack(error: IngestError) -> dict:
-    ack = {"EventType": "ERROR"}
+    ack: dict[str, str | int] = {"EventType": "ERROR"}
     if error.timecode is not None:
         ack["FragmentTimecode"] = error.timecode
     ack["ErrorId"] = error.error_id

@@ -95,7 +95,7 @@ class _Group:
 
     fragment: Fragment
     frames: list[FrameEntry]  # the fragment's video frames, in decode order
-    samples: list[tuple[int, FrameEntry]]  # (sample index, frame shown)
+    samples: list[tuple[int, FrameEntry | None]]  # (sample index, frame shown or None)
 
 
 class ImageSampler:
@@ -210,10 +210,11 @@ class ImageSampler:
     def _render(self, request: ImageRequest, group: _Group, threads: int) -> dict[int, Image]:
         """The images one fragment serves: from the cache, else decoded (once) and encoded."""
         fragment = group.fragment
-        if any(frame is None for _, frame in group.samples):
+        samples = [(index, frame) for index, frame in group.samples if frame is not None]
+        if len(samples) < len(group.samples):
             return {}  # no video track in this fragment: MEDIA_ERROR
         keys = {frame.offset_ms: self._key(request, fragment, frame.offset_ms)
-                for _, frame in group.samples}
+                for _, frame in samples}
         encoded = {} if self.cache is None else {
             offset: image for offset, key in keys.items()
             if (image := self.cache.get(key)) is not None}
@@ -231,7 +232,7 @@ class ImageSampler:
                 for offset, image in made.items():
                     self.cache.put(keys[offset], image)
         return {index: Image(request.sample_time(index), content=encoded[frame.offset_ms])
-                for index, frame in group.samples}
+                for index, frame in samples}
 
     @staticmethod
     def _key(request: ImageRequest, fragment: Fragment, offset_ms: int) -> ImageKey:

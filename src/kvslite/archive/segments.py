@@ -31,7 +31,7 @@ def check_playable(archive: Archive, fragment: Fragment) -> None:
         if track.codec_id in remux.NEEDS_CODEC_PRIVATE and not track.codec_private:
             raise ApiError(MISSING_CODEC_PRIVATE_DATA,
                            f"Track {track.number} ({track.codec_id}) has no codec private data")
-        if track.codec_id != "A_AAC" and track.codec_private[:1] != b"\x01":
+        if track.codec_id != "A_AAC" and (track.codec_private or b"")[:1] != b"\x01":
             raise ApiError(INVALID_CODEC_PRIVATE_DATA,
                            f"Track {track.number} codec private data is not in "
                            f"ISO/IEC 14496-15 (avcC/hvcC) format")

@@ -84,7 +84,7 @@ def session_window(archive: Archive, session: Session, now_ms: int) -> Window:
         return _replay_window(archive, session, now_ms)
     listed = []  # ON_DEMAND: the first MaxManifestFragmentResults of the range
     for fragment in fragments_in_range(archive, session.stream_arn, session.clock,
-                                       session.start_ms, session.end_ms):
+                                       _range_start(session), session.end_ms):
         if session.covers(fragment):
             listed.append(fragment)
         if len(listed) == session.max_results:
@@ -99,17 +99,18 @@ def _replay_window(archive: Archive, session: Session, now_ms: int) -> Window:
     discontinuities before it) is counted by the index, so a poll costs the same after a
     day of replay as after a minute."""
     arn, clock, size = session.stream_arn, session.clock, session.max_results
-    pre = [f for f in covering_start(archive, arn, clock, session.start_ms)
+    start = _range_start(session)
+    pre = [f for f in covering_start(archive, arn, clock, start)
            if session.covers(f)]
-    first_page = pre + archive.starting(arn, clock, session.start_ms, _range_end(session),
+    first_page = pre + archive.starting(arn, clock, start, _range_end(session),
                                         limit=size)
     if not first_page:
         return Window([], 0, 0, False)
     paced_to = session.start(first_page[min(len(first_page), size) - 1]) + \
         (now_ms - session.created_ms)  # one more fragment each time one would have played
     high = min(paced_to, _range_end(session))
-    in_range = archive.count_starting(arn, clock, session.start_ms, high)
-    newest = archive.starting(arn, clock, session.start_ms, high, descending=True, limit=size)
+    in_range = archive.count_starting(arn, clock, start, high)
+    newest = archive.starting(arn, clock, start, high, descending=True, limit=size)
     shown = (pre + newest[::-1])[-size:]
     first = len(pre) + in_range - len(shown)
     complete = session.end_ms is not None and now_ms > session.end_ms and not (
@@ -117,6 +118,13 @@ def _replay_window(archive: Archive, session: Session, now_ms: int) -> Window:
                                                    limit=1))
     return Window(shown, first, _discontinuities_before(archive, session, pre, shown, first),
                   complete)
+
+
+def _range_start(session: Session) -> int:
+    """Where a LIVE_REPLAY or ON_DEMAND session's range starts (LIVE ones have none)."""
+    if session.start_ms is None:
+        raise ValueError(f"a {session.mode} session without a StartTimestamp")
+    return session.start_ms
 
 
 def _range_end(session: Session) -> int:
@@ -132,14 +140,15 @@ def _discontinuities_before(archive: Archive, session: Session, pre: list[Fragme
         return 0
     if session.discontinuity == "ALWAYS":
         return first  # every boundary is one
+    start = _range_start(session)
     count = sum(discontinuity(session, a, b) for a, b in zip(pre, pre[1:]))
     if pre:  # the boundary from the last early fragment to the first in the range
         first_in_range = archive.starting(session.stream_arn, session.clock,
-                                          session.start_ms, session.start(shown[0]), limit=1)
+                                          start, session.start(shown[0]), limit=1)
         count += discontinuity(session, pre[-1], first_in_range[0])
     gap = GAP_TOLERANCE_MS if session.discontinuity == "ON_DISCONTINUITY" else None
     return count + archive.count_discontinuities(session.stream_arn, session.clock,
-                                                 session.start_ms, session.start(shown[0]),
+                                                 start, session.start(shown[0]),
                                                  gap)
 
 

@@ -79,7 +79,7 @@ class SessionTokens:
                        nonce=secrets.token_hex(6), **values)
 
     def issue(self, session: Session) -> str:
-        values = astuple(replace(session, clock=session.clock.value))
+        values = [v.value if isinstance(v, Clock) else v for v in astuple(session)]
         payload = json.dumps(values, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(self._mac(payload) + payload).decode().rstrip("=")
 

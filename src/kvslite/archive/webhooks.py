@@ -68,6 +68,7 @@ def _time_left(deadline: float) -> float:
 def _vetted_addresses(target: WebhookTarget, policy: WebhookPolicy,
                       deadline: float) -> list[tuple]:
     """(family, sockaddr) for every address the host has, all allowed by the policy."""
+    infos: list[tuple]
     if target.literal is not None:
         infos = [(_family(target.literal), (str(target.literal), target.port))]
     else:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import botocore.session
 import regex  # the models' patterns use \p{L}-style classes that `re` lacks
@@ -92,7 +94,7 @@ def _check_range(shape: Shape, value: float | int, path: str, what: str) -> None
         raise _fail(path, value, f"Member must have {what} less than or equal to {high}")
 
 
-def _parse(shape: Shape, value: object, path: str) -> object:
+def _parse(shape: Shape, value: object, path: str) -> Any:
     kind = shape.type_name
     parser = _PARSERS.get(kind)
     if parser is None:
@@ -231,7 +233,7 @@ _PARSERS = {
 }
 
 
-def serialize_output(operation: OperationModel, result: dict) -> dict:
+def serialize_output(operation: OperationModel, result: Mapping[str, Any]) -> dict:
     """Render an operation's result as its JSON body, following the output shape.
 
     Timestamps given as float epoch seconds stay numbers on the wire; members the
@@ -243,7 +245,7 @@ def serialize_output(operation: OperationModel, result: dict) -> dict:
     return _serialize(shape, result)
 
 
-def _serialize(shape: Shape, value: object) -> object:
+def _serialize(shape: Shape, value: Any) -> Any:
     kind = shape.type_name
     if kind == "structure":
         return {

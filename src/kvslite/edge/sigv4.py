@@ -157,9 +157,10 @@ def _check_payload_hash(headers: dict[str, list[str]], body: bytes, streaming: b
     """A declared x-amz-content-sha256 must be the body's hash, as AWS checks it: botocore's
     signer would otherwise sign the declared value and never look at the body. Without
     the header, the signature covers the hash of the body as received."""
-    declared = (headers.get("x-amz-content-sha256") or [None])[0]
-    if declared is None:
+    declared_values = headers.get("x-amz-content-sha256")
+    if not declared_values:
         return
+    declared = declared_values[0]
     if streaming:
         if declared != EMPTY_SHA256:  # the body is not here yet to hash
             raise _forbidden(INVALID_SIGNATURE,

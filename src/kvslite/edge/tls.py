@@ -39,7 +39,7 @@ class TlsHandshake(asyncio.Protocol):
         self.http = http
         self.context = context
 
-    def connection_made(self, tcp: asyncio.Transport) -> None:
+    def connection_made(self, tcp: asyncio.BaseTransport) -> None:
         http = self.http
         if http.at_connection_limit():
             http.refuse(tcp, b"")
@@ -47,9 +47,10 @@ class TlsHandshake(asyncio.Protocol):
         http.begin_handshake(tcp)
         handshake_over = http.loop.create_future()
         handshake_over.add_done_callback(self._handshake_over)
-        # the handshake may take what the head deadline leaves (asyncio's default: 60 s)
+        # the handshake may take what the head deadline leaves (asyncio's default: 60 s);
+        # typeshed types the timeout int, asyncio takes any number of seconds
         tls = SSLProtocol(http.loop, http, self.context, handshake_over, server_side=True,
-                          ssl_handshake_timeout=http.header_timeout_s)
+                          ssl_handshake_timeout=http.header_timeout_s)  # type: ignore[arg-type]
         tcp.set_protocol(tls)  # from here on the bytes are the TLS layer's
         tls.connection_made(tcp)
 

@@ -25,6 +25,14 @@ class DecodeError(Exception):
     """The fragment's media cannot be decoded."""
 
 
+def video_decoder(name: str) -> av.VideoCodecContext:
+    """A decoding context for FFmpeg's video decoder `name` (h264, hevc, ...)."""
+    context = av.CodecContext.create(name, "r")
+    if not isinstance(context, av.VideoCodecContext):
+        raise DecodeError(f"{name} is no video decoder")
+    return context
+
+
 def decode_wanted(codec_id: str, codec_private: bytes | None,
                   packets: list[tuple[int, bytes]], wanted: set[int],
                   *, threads: int = 1) -> dict[int, av.VideoFrame]:
@@ -38,7 +46,7 @@ def decode_wanted(codec_id: str, codec_private: bytes | None,
         raise DecodeError(f"no decoder for codec {codec_id}")
     last = max(i for i, (pts, _) in enumerate(packets) if pts in wanted)
     try:
-        context = av.CodecContext.create(name, "r")
+        context = video_decoder(name)
         if codec_private:
             context.extradata = codec_private
         # one thread unless asked: fragments already decode in parallel, and FFmpeg's

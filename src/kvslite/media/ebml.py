@@ -99,12 +99,13 @@ def child_spans(buf, start: int, end: int, parent: int):
     pos = start
     while pos < end:
         got = read_id(buf, pos)
-        sz = got and read_size(buf, pos + got[1])
-        if not sz or sz[0] == UNKNOWN or pos + got[1] + sz[1] + sz[0] > end:
+        sz = read_size(buf, pos + got[1]) if got else None
+        if not got or not sz or sz[0] == UNKNOWN or pos + got[1] + sz[1] + sz[0] > end:
             raise MkvError("invalid_mkv", f"malformed child element in {element_name(parent)}")
-        data = pos + got[1] + sz[1]
-        pos = data + sz[0]
-        yield got[0], data, pos
+        (eid, idlen), (size, szlen) = got, sz
+        data = pos + idlen + szlen
+        pos = data + size
+        yield eid, data, pos
 
 
 def iter_children(body: bytes, parent: int):

@@ -43,7 +43,7 @@ class Frame:
 
     __slots__ = ("track_number", "timecode", "keyframe", "block", "payload_offset",
                  "payload_size", "_payload")
-    __hash__ = None  # mutable, like the dataclass it replaces
+    # unhashable, being mutable like the dataclass it replaces: __eq__ without __hash__
 
     def __init__(self, track_number: int, timecode: int, keyframe: bool,
                  payload: bytes | None = None, *, block: bytes | None = None,
@@ -54,10 +54,10 @@ class Frame:
         self.timecode = timecode  # absolute PTS in TimecodeScale units
         self.keyframe = keyframe
         self.block = block
-        self._payload = payload
+        self._payload = payload if payload is not None else b""  # else sliced from block
         self.payload_offset = payload_offset if block is not None else 0
         if payload_size is None:
-            payload_size = len(payload) if block is None else len(block) - payload_offset
+            payload_size = len(self._payload) if block is None else len(block) - payload_offset
         self.payload_size = payload_size
 
     @property

@@ -135,16 +135,18 @@ def parse_block(data: bytes, hlen: int, group: bool, tracks) -> tuple[int, int, 
     of `tracks` (track numbers)."""
     start, end, keyframe = hlen, len(data), None
     if group:
-        start, keyframe = None, True  # a BlockGroup without ReferenceBlock is a keyframe
+        keyframe = True  # a BlockGroup without ReferenceBlock is a keyframe
+        block: tuple[int, int] | None = None
         for cid, s, e in child_spans(data, hlen, len(data), BLOCK_GROUP):
             if cid == BLOCK:
-                if start is not None:
+                if block is not None:
                     raise MkvError("invalid_mkv", "BlockGroup with more than one Block")
-                start, end = s, e
+                block = s, e
             elif cid == REFERENCE_BLOCK:
                 keyframe = False
-        if start is None:
+        if block is None:
             raise MkvError("invalid_mkv", "BlockGroup without a Block")
+        start, end = block
     got = read_size(data, start)
     if got is None or got[0] == UNKNOWN or end - start < got[1] + 3:
         raise MkvError("invalid_mkv", "malformed block header")

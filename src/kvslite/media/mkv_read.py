@@ -32,9 +32,12 @@ class MkvReader:
         self._abs = 0            # absolute stream offset of _buf[_pos]
         self._skip = 0           # bytes of a skipped element still to discard
         self._stack: list[tuple[int, int | None]] = []  # open (id, absolute end or None)
-        self._ebml_raw: bytes | None = None  # the last EBML header element, as received
+        self._ebml_raw = b""  # the last EBML header element, as received (none yet)
         self._error: MkvError | None = None
         self._closed = False
+        self._cluster_start = 0
+        self._cluster_tc: int | None = None  # until the Cluster's Timecode arrives
+        self._frames: list[Frame] = []
         self._new_segment()
 
     @property
@@ -113,6 +116,7 @@ class MkvReader:
             return False
         eid, idlen = got
         parent, end = self._stack[-1] if self._stack else (None, None)
+        parent_name = element_name(parent) if parent is not None else "the stream"
         if parent is not None and end is None and not self._is_child(parent, eid):
             if parent == SEGMENT and eid not in (EBML, SEGMENT):
                 raise MkvError("invalid_mkv", f"unexpected {element_name(eid)} in Segment "
@@ -125,10 +129,10 @@ class MkvReader:
         size, szlen = sz
         if end is not None and size == UNKNOWN:
             raise MkvError("unsupported", f"unknown-size {element_name(eid)} inside a "
-                                          f"known-size {element_name(parent)}")
+                                          f"known-size {parent_name}")
         if end is not None and self._abs + idlen + szlen + size > end:
             raise MkvError("invalid_mkv", f"{element_name(eid)} overruns its parent "
-                                          f"{element_name(parent)}")
+                                          f"{parent_name}")
         if parent is None:
             return self._top_level(eid, idlen + szlen, size)
         if parent == SEGMENT:
@@ -175,7 +179,7 @@ class MkvReader:
             self._ebml_raw = data
             return True
         if eid == SEGMENT:
-            if self._ebml_raw is None:
+            if not self._ebml_raw:
                 raise MkvError("invalid_mkv", "Segment without a preceding EBML header")
             self._consume(hlen)
             self._stack.append((SEGMENT, None if size == UNKNOWN else self._abs + size))

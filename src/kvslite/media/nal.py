@@ -39,7 +39,7 @@ def length_size(codec_id: str, codec_private: bytes | None) -> int | None:
     return None
 
 
-def picture_role(codec_id: str, size: int | None, payload: bytes) -> PictureRole:
+def picture_role(codec_id: str, size: int | None, payload: bytes | memoryview) -> PictureRole:
     """The role of the picture in `payload`: disposable only if every slice in it is (a
     frame may hold two fields, and only one of them be a reference)."""
     if size is None:

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from .limits import VIDEO_TRACK_TYPE
+from .decode import video_decoder
 from .mkv import Cluster, Frame, StreamHeader, Track, write_cluster, write_header, write_tags
 
 CODECS = {  # codec name -> (encoder, decoder, Matroska CodecID)
@@ -127,17 +128,18 @@ def decode_packets(codec: str, codec_private: bytes | None,
                    packets: list[tuple[int, bool, bytes]]) -> list[tuple[int, np.ndarray]]:
     """Decode (pts, keyframe, payload) packets in decode order; returns (pts, RGB) in
     presentation order."""
-    ctx = av.CodecContext.create(CODECS[codec][1], "r")
+    ctx = video_decoder(CODECS[codec][1])
     if codec_private:
         ctx.extradata = codec_private
-    out = []
+    out: list[tuple[int, np.ndarray]] = []
     for pts, _, payload in [*packets, (None, False, None)]:
         pkt = None  # None flushes the decoder
         if payload is not None:
             pkt = av.Packet(payload)
             pkt.pts = pts
         for frame in ctx.decode(pkt):
-            out.append((frame.pts, frame.to_ndarray(format="rgb24")))
+            if frame.pts is not None:  # the packets' timestamps come out on their frames
+                out.append((frame.pts, frame.to_ndarray(format="rgb24")))
     out.sort(key=lambda x: x[0])
     return out
 
@@ -159,6 +161,8 @@ def encode_video(codec: str = "h264", *, width: int = 320, height: int = 240, fp
     buf = io.BytesIO()
     with av.open(buf, "w", format="matroska") as out:  # the muxer sets the global-header flag
         stream = out.add_stream(encoder, rate=fps, options={"preset": "veryfast", **options})
+        if not isinstance(stream, av.VideoStream):
+            raise TypeError(f"{encoder} is no video encoder")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = bframes
@@ -174,7 +178,8 @@ def encode_video(codec: str = "h264", *, width: int = 320, height: int = 240, fp
     with av.open(io.BytesIO(buf.getvalue()), "r") as inp:
         vs = inp.streams.video[0]
         codec_private = bytes(vs.codec_context.extradata or b"")
-        raw = [(p.pts, p.is_keyframe, bytes(p)) for p in inp.demux(vs) if p.size]
+        raw = [(p.pts, p.is_keyframe, bytes(p)) for p in inp.demux(vs)
+               if p.size and p.pts is not None]
     if codec_private[:1] != b"\x01":
         raise RuntimeError(f"expected avcC/hvcC extradata, got {codec_private[:8].hex()}")
     # Normalize to frame numbers (the muxer may shift timestamps to keep DTS >= 0), then ms.

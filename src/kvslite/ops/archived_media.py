@@ -21,6 +21,7 @@ from kvslite.archive.sampling import (ImageRequest, ImageSampler, check_sampling
                                       jpeg_quality)
 from kvslite.errors import invalid
 from kvslite.ops import requests as rq
+from kvslite.ops import responses as rs
 from kvslite.ops.fragment_media import MEDIA_TYPE, fragment_mkv
 
 DEFAULT_MAX_FRAGMENTS = 100
@@ -45,7 +46,7 @@ class ArchivedMedia:
 
     # -- ListFragments ------------------------------------------------------------------
 
-    def list_fragments(self, request: rq.ListFragmentsInput) -> dict:
+    def list_fragments(self, request: rq.ListFragmentsInput) -> rs.ListFragmentsOutput:
         stream = self._stream(request)
         limit = request.max_results or DEFAULT_MAX_FRAGMENTS
         if request.next_token:
@@ -57,7 +58,7 @@ class ArchivedMedia:
         page = self.archive.fragments(stream.arn, after_seq=query.after_seq, limit=limit + 1,
                                       clock=query.clock, start_ms=query.start_ms,
                                       end_ms=query.end_ms)
-        result = {"Fragments": [fragment_shape(f) for f in page[:limit]]}
+        result: rs.ListFragmentsOutput = {"Fragments": [fragment_shape(f) for f in page[:limit]]}
         if len(page) > limit:
             result["NextToken"] = _encode_token(query, after=page[limit - 1])
         return result
@@ -85,7 +86,7 @@ class ArchivedMedia:
 
     # -- GetImages ----------------------------------------------------------------------
 
-    def get_images(self, request: rq.GetImagesInput) -> dict:
+    def get_images(self, request: rq.GetImagesInput) -> rs.GetImagesOutput:
         stream = self._stream(request)
         wanted = self._image_request(stream, request)
         first = 0
@@ -96,7 +97,7 @@ class ArchivedMedia:
                                                   request.max_results or DEFAULT_MAX_IMAGES)
         metrics.IMAGE_REQUESTS.inc()
         metrics.IMAGES.inc(sum(1 for image in images if image.content))
-        result = {"Images": [
+        result: rs.GetImagesOutput = {"Images": [
             {"TimeStamp": image.time_ms / 1000, "Error": image.error,
              "ImageContent": base64.b64encode(image.content).decode() if image.content else None}
             for image in images
@@ -121,7 +122,7 @@ class ArchivedMedia:
             width=request.width_pixels, height=request.height_pixels)
 
 
-def fragment_shape(fragment: Fragment) -> dict:
+def fragment_shape(fragment: Fragment) -> rs.Fragment:
     return {
         "FragmentNumber": fragment.number,
         "FragmentSizeInBytes": fragment.size,
@@ -149,7 +150,7 @@ class _FragmentQuery:
 
 
 def _encode_token(query: _FragmentQuery, *, after: Fragment) -> str:
-    fields = {"after": after.number}
+    fields: dict[str, str | int] = {"after": after.number}
     if query.clock is not None:
         fields.update(selector=query.clock.value, start=query.start_ms, end=query.end_ms)
     return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()

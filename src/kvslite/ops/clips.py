@@ -55,6 +55,7 @@ class Clips:
         clock = Clock(selector.fragment_selector_type)
         start, end = time_range(clock, selector.timestamp_range, self.now_ms(),
                                 end_required=True)
+        assert end is not None  # end_required
         placed = self._clip_fragments(stream, clock, start, end)
         if not self.slots.acquire(blocking=False):
             raise ApiError(CLIENT_LIMIT_EXCEEDED,
@@ -135,7 +136,7 @@ def _placed(fragments: Iterable[Fragment], clock: Clock) -> Iterator[tuple[Fragm
     first frame would not come after the previous fragment's last frame (fragments
     uploaded faster than real time overlap on the server clock): then right after the
     previous one ends. Gaps stay, and so does a jitter of less than a frame."""
-    end = last_frame = None
+    end, last_frame = 0, None  # of the previous fragment, once there is one
     for fragment in fragments:
         start = fragment.start_ms(clock)
         if last_frame is not None and start <= last_frame:

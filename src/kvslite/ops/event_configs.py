@@ -3,9 +3,13 @@ and notifications (see kvslite.archive.events for what they do)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.events import IMAGE_GENERATION, NOTIFICATION, EventConfigs
 from kvslite.ops import requests as rq
+from kvslite.ops import responses as rs
+from kvslite.ops.wire import to_wire
 
 
 class EventConfigurations:
@@ -22,28 +26,37 @@ class EventConfigurations:
             "DescribeNotificationConfiguration": self.describe_notification_configuration,
         }
 
-    def _update(self, request, kind: str, config) -> dict:
+    def _update(self, request, kind: str, config) -> None:
         stream = self.control.resolve(request.stream_name, request.stream_arn)
-        self.configs.update(stream, kind, None if config is None else rq.to_wire(config))
-        return {}
+        self.configs.update(stream, kind, None if config is None else to_wire(config))
 
-    def _describe(self, request, kind: str, member: str) -> dict:
+    def _stored(self, request, kind: str) -> dict | None:
+        """The configuration as stored: the wire form of a checked request, so it has the
+        output shape's members (the shapes are the same in the model); None if unset."""
         stream = self.control.resolve(request.stream_name, request.stream_arn)
-        config = self.configs.describe(stream, kind)
-        return {member: config} if config is not None else {}
+        return self.configs.describe(stream, kind)
 
     def update_image_generation_configuration(
-            self, request: rq.UpdateImageGenerationConfigurationInput) -> dict:
-        return self._update(request, IMAGE_GENERATION, request.image_generation_configuration)
+            self, request: rq.UpdateImageGenerationConfigurationInput
+    ) -> rs.UpdateImageGenerationConfigurationOutput:
+        self._update(request, IMAGE_GENERATION, request.image_generation_configuration)
+        return {}
 
     def describe_image_generation_configuration(
-            self, request: rq.DescribeImageGenerationConfigurationInput) -> dict:
-        return self._describe(request, IMAGE_GENERATION, "ImageGenerationConfiguration")
+            self, request: rq.DescribeImageGenerationConfigurationInput
+    ) -> rs.DescribeImageGenerationConfigurationOutput:
+        config = self._stored(request, IMAGE_GENERATION)
+        return {"ImageGenerationConfiguration":
+                cast("rs.ImageGenerationConfiguration | None", config)}
 
     def update_notification_configuration(
-            self, request: rq.UpdateNotificationConfigurationInput) -> dict:
-        return self._update(request, NOTIFICATION, request.notification_configuration)
+            self, request: rq.UpdateNotificationConfigurationInput
+    ) -> rs.UpdateNotificationConfigurationOutput:
+        self._update(request, NOTIFICATION, request.notification_configuration)
+        return {}
 
     def describe_notification_configuration(
-            self, request: rq.DescribeNotificationConfigurationInput) -> dict:
-        return self._describe(request, NOTIFICATION, "NotificationConfiguration")
+            self, request: rq.DescribeNotificationConfigurationInput
+    ) -> rs.DescribeNotificationConfigurationOutput:
+        config = self._stored(request, NOTIFICATION)
+        return {"NotificationConfiguration": cast("rs.NotificationConfiguration | None", config)}

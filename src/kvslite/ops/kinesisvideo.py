@@ -1,7 +1,7 @@
 """The `kinesisvideo` service: the stream control plane, one method per operation.
 
-Each method takes its typed request (`kvslite.ops.requests`, derived from the botocore
-model) and returns the output members; the edge serializes them.
+Each method takes its typed request (`kvslite.ops.requests`) and returns its typed result
+(`kvslite.ops.responses`), both generated from the botocore model; the edge serializes it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from kvslite.archive import Stream
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.errors import INVALID_ARGUMENT, ApiError, invalid, not_found
 from kvslite.ops import requests as rq
+from kvslite.ops import responses as rs
 
 DEFAULT_LIST_LIMIT = 10_000
 
@@ -44,7 +45,7 @@ class KinesisVideo:
 
     # -- streams ---------------------------------------------------------------------
 
-    def create_stream(self, request: rq.CreateStreamInput) -> dict:
+    def create_stream(self, request: rq.CreateStreamInput) -> rs.CreateStreamOutput:
         stream = self.control.create(
             request.stream_name,
             retention_hours=request.data_retention_in_hours or 0,
@@ -55,12 +56,12 @@ class KinesisVideo:
         )
         return {"StreamARN": stream.arn}
 
-    def describe_stream(self, request: rq.DescribeStreamInput) -> dict:
+    def describe_stream(self, request: rq.DescribeStreamInput) -> rs.DescribeStreamOutput:
         stream = self.control.resolve(request.stream_name, request.stream_arn,
                                       deleting_ok=True)
         return {"StreamInfo": stream_info(stream)}
 
-    def list_streams(self, request: rq.ListStreamsInput) -> dict:
+    def list_streams(self, request: rq.ListStreamsInput) -> rs.ListStreamsOutput:
         condition = request.stream_name_condition
         if condition and (condition.comparison_operator or "BEGINS_WITH") != "BEGINS_WITH":
             raise invalid("StreamNameCondition supports only BEGINS_WITH")
@@ -68,12 +69,12 @@ class KinesisVideo:
         limit = request.max_results or DEFAULT_LIST_LIMIT
         after = _decode_token(request.next_token)
         page = self.control.list_streams(prefix=prefix, after=after, limit=limit + 1)
-        result = {"StreamInfoList": [stream_info(s) for s in page[:limit]]}
+        result: rs.ListStreamsOutput = {"StreamInfoList": [stream_info(s) for s in page[:limit]]}
         if len(page) > limit:
             result["NextToken"] = _encode_token(page[limit - 1].name)
         return result
 
-    def update_stream(self, request: rq.UpdateStreamInput) -> dict:
+    def update_stream(self, request: rq.UpdateStreamInput) -> rs.UpdateStreamOutput:
         stream = self._stream(request)
         changes = {}
         if request.device_name is not None:
@@ -83,33 +84,35 @@ class KinesisVideo:
         self.control.update(stream, request.current_version, **changes)
         return {}
 
-    def delete_stream(self, request: rq.DeleteStreamInput) -> dict:
+    def delete_stream(self, request: rq.DeleteStreamInput) -> rs.DeleteStreamOutput:
         stream = self.control.resolve(arn=request.stream_arn)
         self.control.delete(stream, request.current_version)
         self.on_delete()  # media and rows go in the background
         return {}
 
-    def update_data_retention(self, request: rq.UpdateDataRetentionInput) -> dict:
+    def update_data_retention(self, request: rq.UpdateDataRetentionInput
+                              ) -> rs.UpdateDataRetentionOutput:
         stream = self._stream(request)
         self.control.change_retention(stream, request.current_version, request.operation,
                                       request.data_retention_change_in_hours)
         return {}
 
-    def get_data_endpoint(self, request: rq.GetDataEndpointInput) -> dict:
+    def get_data_endpoint(self, request: rq.GetDataEndpointInput) -> rs.GetDataEndpointOutput:
         self._stream(request)
         return {"DataEndpoint": self.endpoint_url}
 
     # -- tags on streams (by name or ARN) --------------------------------------------
 
-    def tag_stream(self, request: rq.TagStreamInput) -> dict:
+    def tag_stream(self, request: rq.TagStreamInput) -> rs.TagStreamOutput:
         self.control.tag(self._stream(request), request.tags)
         return {}
 
-    def untag_stream(self, request: rq.UntagStreamInput) -> dict:
+    def untag_stream(self, request: rq.UntagStreamInput) -> rs.UntagStreamOutput:
         self.control.untag(self._stream(request), request.tag_key_list)
         return {}
 
-    def list_tags_for_stream(self, request: rq.ListTagsForStreamInput) -> dict:
+    def list_tags_for_stream(self, request: rq.ListTagsForStreamInput
+                             ) -> rs.ListTagsForStreamOutput:
         return {"Tags": self.control.tags(self._stream(request))}
 
     # -- tags on resources (by ARN; streams are the only resources kvslite has) -------
@@ -119,20 +122,21 @@ class KinesisVideo:
             raise not_found(f"The resource {arn} was not found (kvslite has streams only)")
         return self.control.resolve(arn=arn)
 
-    def tag_resource(self, request: rq.TagResourceInput) -> dict:
+    def tag_resource(self, request: rq.TagResourceInput) -> rs.TagResourceOutput:
         tags = {tag.key: tag.value for tag in request.tags}
         self.control.tag(self._resource(request.resource_arn), tags)
         return {}
 
-    def untag_resource(self, request: rq.UntagResourceInput) -> dict:
+    def untag_resource(self, request: rq.UntagResourceInput) -> rs.UntagResourceOutput:
         self.control.untag(self._resource(request.resource_arn), request.tag_key_list)
         return {}
 
-    def list_tags_for_resource(self, request: rq.ListTagsForResourceInput) -> dict:
+    def list_tags_for_resource(self, request: rq.ListTagsForResourceInput
+                               ) -> rs.ListTagsForResourceOutput:
         return {"Tags": self.control.tags(self._resource(request.resource_arn))}
 
 
-def stream_info(stream: Stream) -> dict:
+def stream_info(stream: Stream) -> rs.StreamInfo:
     return {
         "DeviceName": stream.device_name,
         "StreamName": stream.name,

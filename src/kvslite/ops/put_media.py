@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from kvslite import metrics
+from kvslite.archive import Lease
 from kvslite.archive.control_plane import ControlPlane
 from kvslite.archive.events import EventConfigs
 from kvslite.archive.fragments import Archive
@@ -65,7 +66,7 @@ class PutMedia:
                                 fragment_deadline_ms=self.fragment_deadline_ms,
                                 event_configs=self.event_configs,
                                 on_deliveries=self.on_deliveries)
-        return _Upload(self.leases, session)
+        return _Upload(self.leases, lease, session)
 
 
 def _producer_start_ms(value: str | None) -> int | None:
@@ -84,8 +85,9 @@ def _producer_start_ms(value: str | None) -> int | None:
 class _Upload:
     """The ASGI response of one PutMedia: reads the body, writes acks."""
 
-    def __init__(self, leases: Leases, session: IngestSession):
+    def __init__(self, leases: Leases, lease: Lease, session: IngestSession):
         self.leases = leases
+        self.lease = lease  # the upload's slot on the stream (the session fences with it)
         self.session = session
         self.headers: dict[str, str] = {}
         self.renewed = time.monotonic()
@@ -95,7 +97,7 @@ class _Upload:
             await self._run(receive, send)
         finally:  # shielded: a client that hangs up cancels us, the slot must still go
             with anyio.CancelScope(shield=True):
-                await run_in_threadpool(self.leases.release, self.session.lease)
+                await run_in_threadpool(self.leases.release, self.lease)
         # the response ends only now, so a producer reconnecting at once finds the slot free
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -103,9 +105,9 @@ class _Upload:
         """Renew the upload's slot on the stream while it lives."""
         if time.monotonic() - self.renewed < RENEW_EVERY_S:
             return
-        if not await run_in_threadpool(self.leases.renew, self.session.lease):
+        if not await run_in_threadpool(self.leases.renew, self.lease):
             metrics.LEASES_LOST.inc()
-            reason = await run_in_threadpool(self.leases.why_lost, self.session.lease,
+            reason = await run_in_threadpool(self.leases.why_lost, self.lease,
                                              time.monotonic() - self.renewed)
             raise IngestError(ids.STREAM_READ_ERROR, reason)
         self.renewed = time.monotonic()
@@ -139,7 +141,7 @@ class _Upload:
                         break
                     await ack({"EventType": "IDLE"})
                     continue
-                message, arrived_ms = next_message.result(), next_message.arrived_ms
+                message, arrived_ms = next_message.result()
                 if message["type"] == "http.disconnect":
                     break
                 last_data = now
@@ -168,13 +170,12 @@ class _Upload:
                  self.session.stream.name, self.session.persisted, self.session.duplicates)
 
 
-def _receive_stamped(receive) -> asyncio.Future:
-    """receive() as a task that records when its message arrived (epoch ms): the server
-    timestamp of a fragment is when its bytes came in, not when a worker got to them."""
-    task = asyncio.ensure_future(receive())
+def _receive_stamped(receive) -> asyncio.Task[tuple[dict, int]]:
+    """receive() as a task whose result is (message, when it arrived in epoch ms): the
+    server timestamp of a fragment is when its bytes came in, not when a worker got to
+    them."""
+    async def stamped() -> tuple[dict, int]:
+        message = await receive()
+        return message, int(time.time() * 1000)
 
-    def stamp(done: asyncio.Future) -> None:
-        done.arrived_ms = int(time.time() * 1000)
-
-    task.add_done_callback(stamp)
-    return task
+    return asyncio.ensure_future(stamped())

@@ -26,6 +26,7 @@ from kvslite.errors import MISSING_PARAMETER, RESOURCE_NOT_FOUND, ApiError, inva
 from kvslite.media import remux
 from kvslite.ops import manifests
 from kvslite.ops import requests as rq
+from kvslite.ops import responses as rs
 from kvslite.ops.clips import media_errors, time_range
 
 DEFAULT_EXPIRES_S = 300
@@ -53,7 +54,7 @@ class StreamingSessions:
     # -- the session URLs -----------------------------------------------------------------
 
     def get_hls_streaming_session_url(self, request: rq.GetHLSStreamingSessionURLInput
-                                      ) -> dict:
+                                      ) -> rs.GetHLSStreamingSessionURLOutput:
         session = self._new_session("HLS", request, request.hls_fragment_selector,
                                     request.max_media_playlist_fragment_results,
                                     request.discontinuity_mode, request.container_format)
@@ -62,7 +63,7 @@ class StreamingSessions:
                 f"{self.endpoint_url}/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken={token}"}
 
     def get_dash_streaming_session_url(self, request: rq.GetDASHStreamingSessionURLInput
-                                       ) -> dict:
+                                       ) -> rs.GetDASHStreamingSessionURLOutput:
         # DASH starts a new Period at each gap instead of marking a discontinuity
         session = self._new_session("DASH", request, request.dash_fragment_selector,
                                     request.max_manifest_fragment_results,
@@ -125,14 +126,16 @@ class StreamingSessions:
 
     def routes(self) -> list[BaseRoute]:
         """The session pages, at the paths AWS uses."""
-        hls = {"getHLSMasterPlaylist.m3u8": self._master_playlist,
-               "getHLSMediaPlaylist.m3u8": self._media_playlist,
-               "getMP4InitFragment.mp4": self._init_fragment,
-               "getMP4MediaFragment.mp4": self._media_fragment,
-               "getTSFragment.ts": self._media_fragment}
-        dash = {"getDASHManifest.mpd": self._manifest,
-                "getMP4InitFragment.mp4": self._init_fragment,
-                "getMP4MediaFragment.mp4": self._media_fragment}
+        hls: dict[str, PageBuilder] = {
+            "getHLSMasterPlaylist.m3u8": self._master_playlist,
+            "getHLSMediaPlaylist.m3u8": self._media_playlist,
+            "getMP4InitFragment.mp4": self._init_fragment,
+            "getMP4MediaFragment.mp4": self._media_fragment,
+            "getTSFragment.ts": self._media_fragment}
+        dash: dict[str, PageBuilder] = {
+            "getDASHManifest.mpd": self._manifest,
+            "getMP4InitFragment.mp4": self._init_fragment,
+            "getMP4MediaFragment.mp4": self._media_fragment}
         return [Mount("/hls/v1", routes=self._pages("HLS", hls)),
                 Mount("/dash/v1", routes=self._pages("DASH", dash))]
 

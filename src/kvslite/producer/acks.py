@@ -46,7 +46,7 @@ class AckParser:
 
     def feed(self, data: bytes) -> list[Ack]:
         self.buf += self._utf8.decode(data)
-        acks = []
+        acks: list[Ack] = []
         while True:
             text = self.buf.lstrip()
             if not text:

@@ -45,7 +45,7 @@ def putmedia_headers(url: str, *, stream_name: str | None = None, stream_arn: st
                "transfer-encoding": "chunked"}
     if stream_arn is not None:
         headers["x-amzn-stream-arn"] = stream_arn
-    else:
+    elif stream_name is not None:
         headers["x-amzn-stream-name"] = stream_name
     if credentials is not None:
         from botocore.auth import SigV4Auth
@@ -101,7 +101,7 @@ class PutMediaUpload:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.writer is not None:
-                await self._disconnect()
+                await self._disconnect(self.writer)
         if self.source_error is not None:
             raise self.source_error
 
@@ -115,20 +115,21 @@ class PutMediaUpload:
             raise ProducerError(f"not an http(s) URL: {self.url!r}")
         port = parts.port or (443 if https else 80)
         try:
-            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(
+            self.reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 parts.hostname, port, ssl=ssl.create_default_context() if https else None,
                 limit=1 << 20), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise ProducerError(f"cannot connect to {parts.netloc}: {e or 'timed out'}") from None
         self.conn = h11.Connection(h11.CLIENT)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.writer.write(self.conn.send(h11.Request(method="POST", target=target,
-                                                     headers=self.headers)))
+        writer.write(self.conn.send(h11.Request(method="POST", target=target,
+                                                headers=self.headers)))
+        self.writer = writer
 
-    async def _disconnect(self) -> None:
-        self.writer.close()
+    async def _disconnect(self, writer: asyncio.StreamWriter) -> None:
+        writer.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            await asyncio.wait_for(writer.wait_closed(), 2)
         except (OSError, asyncio.TimeoutError, ssl.SSLError):
             pass
 
@@ -218,7 +219,8 @@ class PutMediaUpload:
     # -------------------------------------------------------------------------- the body
 
     async def _send(self) -> None:
-        feed = self.feed
+        feed, writer = self.feed, self.writer
+        assert feed is not None and writer is not None  # run() connected with its feed
         while (next_chunk := await self._next_chunk()) is not None:
             chunk, resent = next_chunk
             is_cluster = chunk.timecode is not None
@@ -230,15 +232,15 @@ class PutMediaUpload:
             if is_cluster and not resent and self._stopping():
                 break  # asked to stop: end the body after the fragments already sent
             data = self.conn.send(h11.Data(data=chunk.data))
-            if is_cluster:
-                self._record_sent(chunk, resent)
-            self.writer.write(data)
+            if chunk.timecode is not None:
+                self._record_sent(chunk.timecode, chunk, resent)
+            writer.write(data)
             self.summary.bytes_sent += len(chunk.data)
-            await self.writer.drain()
+            await writer.drain()
             if is_cluster and self.on_sent is not None:
                 self.on_sent(len(chunk.data), self.summary)
-        self.writer.write(self.conn.send(h11.EndOfMessage()))
-        await self.writer.drain()
+        writer.write(self.conn.send(h11.EndOfMessage()))
+        await writer.drain()
         self.body_done = True
         if not self.outstanding:
             self.all_acked.set()
@@ -246,6 +248,7 @@ class PutMediaUpload:
     async def _next_chunk(self) -> tuple[BodyChunk, bool] | None:
         """The next chunk and whether it is a resend; None at the end, or if the source
         failed (the body then ends cleanly and run() raises it as a SourceError)."""
+        assert self.feed is not None  # set by run()
         try:
             return await self.feed.next()
         except Exception as e:  # noqa: BLE001
@@ -267,8 +270,8 @@ class PutMediaUpload:
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def _record_sent(self, chunk: BodyChunk, resent: bool) -> None:
-        tc, s = chunk.timecode, self.summary
+    def _record_sent(self, tc: int, chunk: BodyChunk, resent: bool) -> None:
+        s = self.summary
         self.sent_at[tc] = time.monotonic()
         self.outstanding.add(tc)
         if resent:
@@ -350,19 +353,21 @@ class PutMediaUpload:
             ack.lag_ms = (now - self.sent_at[tc]) * 1000
         if ack.event_type == "RECEIVED":
             s.fragments_received += 1
-            self.received.add(tc)
+            if tc is not None:
+                self.received.add(tc)
         elif ack.event_type == "PERSISTED":
             s.fragments_persisted += 1
             s.data_retained = True
             self._record_number(ack)
-        if ack.event_type == self.final_event and tc in self.outstanding:
-            self._fragment_done(ack)
+        if ack.event_type == self.final_event and tc is not None and tc in self.outstanding:
+            self._fragment_done(ack, tc)
         if self.on_ack is not None:
             self.on_ack(ack, s)
 
-    def _fragment_done(self, ack: Ack) -> None:
-        self.outstanding.discard(ack.timecode)
-        self.feed.acked(ack.timecode)
+    def _fragment_done(self, ack: Ack, tc: int) -> None:
+        assert self.feed is not None  # set by run()
+        self.outstanding.discard(tc)
+        self.feed.acked(tc)
         self.acked_any = True
         if ack.lag_ms is not None:
             self.summary.ack_latency_ms.append(ack.lag_ms)
@@ -372,6 +377,6 @@ class PutMediaUpload:
             self.all_acked.set()
 
     def _record_number(self, ack: Ack) -> None:
-        if ack.fragment_number is not None:
+        if ack.fragment_number is not None and ack.timecode is not None:
             self.summary.fragment_numbers.append(ack.fragment_number)
             self.summary.fragment_timecodes.append(ack.timecode)

@@ -57,6 +57,7 @@ class FragmentBuilder:
         self.max_fragment_ms = min(max_fragment_ms, 32767)
         self.track = track_number
         private = video.codec_private
+        self.codec_private: bytes | None  # avcC/hvcC; when converting, set at the keyframe
         if private and private[:1] == b"\x01":  # avcC/hvcC (configurationVersion 1): as is
             self.converter, self.codec_private = None, bytes(private)
         else:  # none, or Annex-B parameter sets: convert the packets, build the record
@@ -125,7 +126,10 @@ class FragmentBuilder:
                                                  writing_app=USER_AGENT))
 
     def _timecode(self, pts_ms: int) -> int:
-        return pts_ms if self.absolute_pts else self.start_ms + pts_ms - self.base_pts
+        if self.absolute_pts:
+            return pts_ms
+        assert self.start_ms is not None and self.base_pts is not None  # set by _start
+        return self.start_ms + pts_ms - self.base_pts
 
     def _check_span(self, start: int, end: int) -> None:
         if end - start > self.max_fragment_ms:
@@ -144,6 +148,7 @@ class FragmentBuilder:
         data, _ = mkv.write_cluster(mkv.Cluster(start, frames))
         event = self._event_for(start)
         tags = event.mkv_tags() if event is not None else b""
+        assert self.base_pts is not None  # a GOP has frames, so _start has run
         return BodyChunk(tags + data, start, len(frames), end - self._timecode(self.base_pts),
                          event)
 

@@ -63,7 +63,7 @@ class Producer:
 
     @property
     def stream(self) -> str:
-        return self.stream_name or self.stream_arn
+        return self.stream_name or self.stream_arn or ""  # (__init__ requires one)
 
     def _stream_params(self) -> dict:
         return {"StreamName": self.stream_name} if self.stream_name else \

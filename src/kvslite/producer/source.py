@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
 
 from .errors import SourceError
 from .video import VideoFormat, normalize_codec
+
+# (pts_ms, keyframe, payload) in decode order; close() stops the demuxing
+Packets = Generator[tuple[int, bool, bytes], None, None]
 
 
 @dataclass
@@ -19,7 +22,7 @@ class MediaSource:
 
     video: VideoFormat
     duration_ms: int | None
-    packets: Iterator[tuple[int, bool, bytes]]  # (pts_ms, keyframe, payload), decode order
+    packets: Packets
     description: str = ""
     skipped_streams: int = 0
 
@@ -87,7 +90,7 @@ def _scan_duration_ms(source: str, options: dict, timeout: float) -> int | None:
     return math.ceil((max(times) - min(times)) * tb * 1000 + (1000 / rate if rate else 0))
 
 
-def _demux(container, stream, video: VideoFormat) -> Iterator[tuple[int, bool, bytes]]:
+def _demux(container, stream, video: VideoFormat) -> Packets:
     """The stream's packets as (pts_ms, keyframe, payload); closes the container at the end."""
     import av
 

@@ -58,7 +58,7 @@ class PutSummary:
         if self.ack_latency_ms:
             text += (f", ack lag avg {self.mean_ack_latency_ms:.0f} ms, "
                      f"max {self.max_ack_latency_ms:.0f} ms")
-        if self.first_timecode is not None:
+        if self.first_timecode is not None and self.last_timecode is not None:
             text += (f", producer time {format_timestamp(self.first_timecode)} .. "
                      f"{format_timestamp(self.last_timecode)}")
         return text
