@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timedelta, timezone
+from typing import overload
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4567
@@ -133,6 +134,14 @@ def datetime_ms(when: datetime) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return round((when - _EPOCH) / timedelta(milliseconds=1))
+
+
+@overload
+def to_epoch_ms(value: int | float | str | datetime) -> int: ...
+
+
+@overload
+def to_epoch_ms(value: None) -> None: ...
 
 
 def to_epoch_ms(value: int | float | str | datetime | None) -> int | None:

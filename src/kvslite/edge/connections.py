@@ -23,6 +23,7 @@ of refused connections) to one line per interval with a count of what it suppres
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import resource
@@ -69,6 +70,7 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout_s: float
     max_connections: int
     handshaking = False  # HTTPS: from accept until the TLS handshake ends
+    _head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         if self.handshaking:  # HTTPS: the slot and the deadline were taken at accept
@@ -126,7 +128,7 @@ class GuardedH11Protocol(H11Protocol):
         self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
 
     def _cancel_head_deadline(self) -> None:
-        deadline = getattr(self, "_head_deadline", None)
+        deadline = self._head_deadline
         if deadline is not None:
             deadline.cancel()
             self._head_deadline = None
