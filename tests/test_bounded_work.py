@@ -22,6 +22,8 @@ from kvs_media import PutMediaConnection, put_mkv
 from kvslite.media import synthetic
 from kvslite.media.mkv import Cluster, Frame, StreamHeader, Track, write_cluster, write_header
 
+pytestmark = pytest.mark.slow  # a long archive is written first
+
 GAP_TOLERANCE_MS = 50  # AWS: a gap or overlap beyond this is a discontinuity
 EPOCH_PLUS_1S = dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
 # Bounds on 2 busy cores are for unbounded work (a walk from 1970, a scan of the whole

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from engines import LIBFAKETIME, need
 from botocore.exceptions import ClientError
 from conftest import free_port
@@ -22,6 +23,8 @@ from kvs_media import (PutMediaConnection, demux_packets, persisted_numbers, put
                        wait_until)
 
 from kvslite.media import mkv, synthetic
+
+pytestmark = pytest.mark.slow  # servers started, crashed and restarted per test
 
 FAST_SWEEP = {"KVSLITE_SWEEP_INTERVAL_S": "0.3"}
 HOUR_AGO = time.time() - 3600

@@ -77,6 +77,7 @@ def assert_shows(image: dict, video, t_offset_ms: int, min_psnr=30.0):
             assert psnr(got, reference[neighbour][1]) < own, (t_offset_ms, neighbour)
 
 
+@pytest.mark.slow
 def test_every_sample_is_the_frame_on_screen(archived, streams, h264):
     """13 ms steps hit every frame at many phases: first frame of a GOP, mid-GOP B-frames,
     the last frame before the next keyframe."""
@@ -122,6 +123,7 @@ def test_range_shorter_than_interval_gives_the_start(archived, streams, h264):
     assert_shows(images[0], h264, 500)
 
 
+@pytest.mark.slow
 def test_server_timestamp_selector(server, archived, h264):
     """Sampled on kvslite's arrival clock: a fragment's frames keep their offsets."""
     from kvs_media import PutMediaConnection
@@ -294,6 +296,7 @@ def test_sampling_interval_minimum_is_a_server_setting(shared_server, kvs, h264)
     assert [i.get("Error") for i in page["Images"]] == [None, None, "NO_MEDIA", "NO_MEDIA"]
 
 
+@pytest.mark.slow
 def test_overload_is_shed_not_fatal(module_servers, h264):
     server = module_servers("--min-sampling-interval-ms", "1",
                                  "--max-image-requests", "1")
@@ -363,6 +366,7 @@ def noise_video(frames: int) -> synthetic.EncodedVideo:
                                   gop=1, start_index=0, packets=packets)
 
 
+@pytest.mark.slow
 def test_get_images_pages_stay_within_16_mib_and_paging_delivers_every_sample_once(
         server, archived):
     # 4K PNGs of noise are ~10 MiB each. The server decodes and encodes fragments in waves

@@ -56,6 +56,7 @@ def numbers_of(fragments):
     return [f["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for f in fragments]
 
 
+@pytest.mark.slow
 def test_earliest(media, stream):
     response = media.get_media(StreamName="gm", StartSelector={"StartSelectorType": "EARLIEST"})
     assert response["ContentType"] == "video/webm"

@@ -200,6 +200,7 @@ def cap_under(nofile: int) -> int:
 # A burst of all 300 at once is left out: asyncio accepts up to its listen backlog in one
 # pass before any connection can be refused, so far past a tiny open-file limit it may hit
 # EMFILE and pause accepting for a second (documented in the README's "Hostile clients").
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing_s", [pytest.param(0.003, id="paced")])
 def test_slowloris_under_small_descriptor_limit(limited_server, spacing_s):
     nofile, timeout_s, count = 256, 3.0, 300
@@ -280,6 +281,7 @@ def closed_after(sock: socket.socket, since: float, limit: float) -> float:
     return readable[0] - since
 
 
+@pytest.mark.slow
 def test_header_deadline(start_server):
     timeout_s = 2.0
     server = start_server("--header-timeout-s", str(timeout_s))
@@ -366,6 +368,7 @@ def open_get_media(port: int, stream: str) -> tuple[socket.socket, int, dict]:
     return sock, int(head[0].split()[1]) if head[0] else 0, headers
 
 
+@pytest.mark.slow
 def test_control_plane_keeps_a_slot(start_server):
     max_connections = 20
     media_limit = max_connections - max(2, max_connections // 10)  # 18
@@ -422,6 +425,7 @@ def test_control_plane_keeps_a_slot(start_server):
 # -- 4. a flood of one log line is rate limited ------------------------------------------
 
 
+@pytest.mark.slow
 def test_repeated_log_lines_are_rate_limited(start_server):
     server = start_server("--max-connections", "4", "--header-timeout-s", "60")
     time.sleep(0.3)  # the start-up probe's connection is gone

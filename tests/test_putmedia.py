@@ -257,6 +257,7 @@ def test_no_retention_acks_received_and_keeps_nothing(shared_server, kvs, archiv
 
 # -- durability ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_9_mid_upload_keeps_every_persisted_fragment(start_server, tmp_path):
     video = synthetic.encode_video("h264", seconds=6, gop=10, bframes=2)
     server = start_server(data_dir=tmp_path / "crash")
