@@ -2,7 +2,7 @@
 objects on SeaweedFS, every one referenced by a fragment row in SQLite (the steady state:
 every key is listed and checked, none is removed).
 
-It starts SeaweedFS (examples/cluster_engines.py), writes the objects and the rows once,
+It starts SeaweedFS (tests/cluster_engines.py), writes the objects and the rows once,
 then measures each kvslite checkout given (this one, and --baseline-src, e.g. an export of
 main's src/) in a process of its own: a full cycle of passes untraced for the time of each
 pass, then the cycle again under tracemalloc for each pass's peak Python memory. A
@@ -125,7 +125,7 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
-    sys.path.insert(0, str(ROOT / "examples"))
+    sys.path.insert(0, str(ROOT / "tests"))
     from cluster_engines import SeaweedServer
 
     with tempfile.TemporaryDirectory(prefix="kvslite-orphans-") as tmp:

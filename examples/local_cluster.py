@@ -36,7 +36,10 @@ from typing import Self
 
 import boto3
 from botocore.config import Config
-from cluster_engines import (
+
+# the throwaway engines are the tests' own (tests/cluster_engines.py), shared with this example
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from cluster_engines import (  # noqa: E402
     REGION,
     EngineMissing,
     PostgresServer,

@@ -89,6 +89,20 @@ class ServerProcess:
         )
 
 
+# A real PostgreSQL or SeaweedFS takes seconds to start: the tests on one are slow, whether
+# they ask for its fixture or are the engine's case of a contract suite (its parameter).
+ENGINE_FIXTURES = {"postgres_url", "seaweed"}
+ENGINE_PARAMS = {"postgresql", "s3"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else set()
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())) or ENGINE_PARAMS & params:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def start_server(tmp_path):
     """Factory: start_server(*args) -> a running ServerProcess; all stopped at teardown."""

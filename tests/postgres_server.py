@@ -1,4 +1,4 @@
-"""The tests' throwaway PostgreSQL server: examples/cluster_engines.py's PostgresServer
+"""The tests' throwaway PostgreSQL server: cluster_engines.py's PostgresServer
 (Debian's postgresql package, fsync off, in /dev/shm when there is room, run as the
 `postgres` user when we are root), one per test session.
 

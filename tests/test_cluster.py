@@ -19,6 +19,8 @@ from seaweed_server import REGION
 
 from kvslite.media import synthetic
 
+pytestmark = pytest.mark.slow  # nodes on a real PostgreSQL and SeaweedFS
+
 START_MS = int(time.time() * 1000) - 120_000
 
 

@@ -23,6 +23,8 @@ from test_local_cluster import three_nodes
 from kvslite.media import synthetic
 from kvslite.producer import Producer, VideoFormat
 
+pytestmark = pytest.mark.slow  # a cluster: PostgreSQL, SeaweedFS, HAProxy and three nodes
+
 NOW_MS = int(time.time() * 1000)
 NUMBER = re.compile(rb"9\d{46}")  # a fragment number, as GetMedia's Tags carry it
 

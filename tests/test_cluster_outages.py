@@ -24,6 +24,8 @@ from test_local_cluster import need_engines
 from kvslite.media import synthetic
 from kvslite.producer import Producer, VideoFormat
 
+pytestmark = pytest.mark.slow  # a cluster, and outages that last seconds
+
 NOW_MS = int(time.time() * 1000)
 ACK_TIMEOUT_S = 3.0
 

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from engines import LIBFAKETIME, need
 from botocore.exceptions import ClientError
 from conftest import free_port
@@ -22,6 +23,8 @@ from kvs_media import (PutMediaConnection, demux_packets, persisted_numbers, put
                        wait_until)
 
 from kvslite.media import mkv, synthetic
+
+pytestmark = pytest.mark.slow  # servers started, crashed and restarted per test
 
 FAST_SWEEP = {"KVSLITE_SWEEP_INTERVAL_S": "0.3"}
 HOUR_AGO = time.time() - 3600
@@ -298,6 +301,41 @@ def test_a_stuck_deletion_does_not_stop_housekeeping_for_other_streams(start_ser
     wait_until(lambda: not orphan.exists(), timeout=3, what="the orphan to be collected")
 
 
+def data_files(data_dir: Path) -> set[Path]:
+    """Every file under the data dir except the metadata database (and its WAL/SHM)."""
+    return {p for p in data_dir.rglob("*")
+            if p.is_file() and not p.name.startswith("kvslite.db")}
+
+
+def test_delete_stream_removes_its_media_files(start_server, h264):
+    server = start_server()
+    kvs = server.client("kinesisvideo")
+    archived = server.client("kinesis-video-archived-media")
+    for name in ("del-kept", "del-doomed"):
+        kvs.create_stream(StreamName=name, DataRetentionInHours=1)
+    assert len(persisted_numbers(put_mkv(server.port, "del-kept",
+                                         synthetic.to_mkv(h264, start_ms())))) == 4
+    before = data_files(server.data_dir)
+    assert len(persisted_numbers(put_mkv(server.port, "del-doomed",
+                                         synthetic.to_mkv(h264, start_ms())))) == 4
+    doomed = data_files(server.data_dir) - before
+    assert doomed, "the upload wrote no media files under the data dir"
+    # folders holding only the doomed stream's media must end up with no file in them
+    doomed_dirs = {p.parent for p in doomed} - {p.parent for p in before}
+
+    kvs.delete_stream(StreamARN=kvs.describe_stream(StreamName="del-doomed")
+                      ["StreamInfo"]["StreamARN"])
+
+    def gone():  # deletion may finish in the background (the stream first DELETING)
+        left = [p for p in doomed if p.exists()]
+        left += [p for d in doomed_dirs if d.exists() for p in d.rglob("*") if p.is_file()]
+        return not left
+
+    wait_until(gone, timeout=10, what="the deleted stream's media files to go")
+    assert all(p.exists() for p in before)  # the other stream's media stays
+    assert len(archived.list_fragments(StreamName="del-kept")["Fragments"]) == 4
+
+
 # -- orphans and temporary files ------------------------------------------------------------
 
 def test_orphans_and_temporary_files_are_collected_after_their_grace(start_server, tmp_path,
@@ -337,7 +375,13 @@ def test_orphans_and_temporary_files_are_collected_after_their_grace(start_serve
     assert fresh_orphan not in log
     assert not (media / "streams/1-ghost").exists()  # emptied folders go too
 
-    time.sleep(2.0)  # several more sweeps: the fresh orphan is within its grace period
+    # the fresh orphan is within its grace period: a later sweep, seen removing an old
+    # orphan dropped in beside it, checks it too and keeps it
+    for n in range(2):
+        probe = media / f"{folder}/{n}-probe.mkv"
+        probe.write_bytes(b"\x1f\x43\xb6\x75" + os.urandom(64))
+        os.utime(probe, (HOUR_AGO, HOUR_AGO))
+        wait_until(lambda: not probe.exists(), what="a later sweep to remove the probe")
     assert media_files(data_dir) == referenced | {fresh_orphan}
     assert digests(data_dir, referenced) == before
     archived = again.client("kinesis-video-archived-media")

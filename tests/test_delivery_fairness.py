@@ -20,6 +20,8 @@ from test_event_delivery import IMAGE, NOTIFY, START_MS, Webhook, image_config, 
 
 from kvslite.archive.delivery_scheduler import CLAIM_MS
 
+pytestmark = pytest.mark.slow  # deliveries paced over seconds
+
 SERVE_ARGS = ["--webhook-allow", "loopback"]  # the receivers here listen on 127.0.0.1
 ALL_TAGGED = {index: [NOTIFY] for index in range(4)}  # the 4 s test video, every fragment
 

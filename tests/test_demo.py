@@ -19,6 +19,8 @@ import pytest
 from conftest import free_port
 from kvslite.fetch_images import file_name, parse_time
 
+pytestmark = pytest.mark.slow  # the demo encodes and ingests video
+
 SERVING = "kvslite is serving at"
 
 

@@ -23,6 +23,8 @@ from seaweed_server import REGION
 from kvslite.archive.delivery import KEYS
 from kvslite.media import mkv, synthetic
 
+pytestmark = pytest.mark.slow  # a server and a receiver per test
+
 START_MS = int(time.time() * 1000) - 600_000
 ACCOUNT = "000000000000"
 KEY = re.compile(r"^(?P<uri>[^_]*?)(?:(?P<prefix>[^/_]+)_)?" + ACCOUNT +

@@ -40,6 +40,7 @@ def producer_range(start_ms, end_ms):
             "TimestampRange": {"StartTimestamp": start_ms / 1000, "EndTimestamp": end_ms / 1000}}
 
 
+@pytest.mark.slow
 def test_list_everything(archived, archive):
     fragments = archived.list_fragments(StreamName="reads", MaxResults=1000)["Fragments"]
     assert [f["FragmentNumber"] for f in fragments] == list(archive)

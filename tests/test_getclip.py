@@ -74,6 +74,7 @@ def mp4_packets(data: bytes) -> tuple[list[tuple[int, bool, bytes]], float]:
         return packets, container.duration / 1e6
 
 
+@pytest.mark.slow
 def test_whole_recording_is_remuxed_byte_for_byte(archived, streams, h264):
     data = get_clip(archived, "clip-h264", START_MS, START_MS + h264.duration_ms - 1)
     packets, duration = mp4_packets(data)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import os
 import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from kvs_media import psnr, put_mkv
+from kvs_media import persisted_numbers, psnr, put_mkv
 from kvslite.media import synthetic
 
 START_MS = (int(time.time()) - 7200) * 1000
@@ -74,6 +77,7 @@ def assert_shows(image: dict, video, t_offset_ms: int, min_psnr=30.0):
             assert psnr(got, reference[neighbour][1]) < own, (t_offset_ms, neighbour)
 
 
+@pytest.mark.slow
 def test_every_sample_is_the_frame_on_screen(archived, streams, h264):
     """13 ms steps hit every frame at many phases: first frame of a GOP, mid-GOP B-frames,
     the last frame before the next keyframe."""
@@ -119,6 +123,7 @@ def test_range_shorter_than_interval_gives_the_start(archived, streams, h264):
     assert_shows(images[0], h264, 500)
 
 
+@pytest.mark.slow
 def test_server_timestamp_selector(server, archived, h264):
     """Sampled on kvslite's arrival clock: a fragment's frames keep their offsets."""
     from kvs_media import PutMediaConnection
@@ -291,6 +296,7 @@ def test_sampling_interval_minimum_is_a_server_setting(shared_server, kvs, h264)
     assert [i.get("Error") for i in page["Images"]] == [None, None, "NO_MEDIA", "NO_MEDIA"]
 
 
+@pytest.mark.slow
 def test_overload_is_shed_not_fatal(module_servers, h264):
     server = module_servers("--min-sampling-interval-ms", "1",
                                  "--max-image-requests", "1")
@@ -326,3 +332,69 @@ def test_overload_is_shed_not_fatal(module_servers, h264):
     assert "ClientLimitExceededException" in outcomes
     assert set(outcomes) <= {100, "ClientLimitExceededException"}
     assert 100 in outcomes
+
+
+# -- a page stays within a 16 MiB image budget ----------------------------------------------
+
+MiB = 1 << 20
+
+
+def noise_video(frames: int) -> synthetic.EncodedVideo:
+    """Every frame a keyframe of random noise (so one fragment per frame), 320x240 @ 25."""
+    rng = np.random.default_rng(20240607)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=25, options={
+            "preset": "ultrafast", "crf": "18",
+            "x264-params": "keyint=1:min-keyint=1:scenecut=0:bframes=0"})
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(frames):
+            picture = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(
+                format="yuv420p")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(io.BytesIO(buf.getvalue())) as inp:
+        video = inp.streams.video[0]
+        codec_private = bytes(video.codec_context.extradata)
+        packets = [(round(p.pts * video.time_base * 1000), p.is_keyframe, bytes(p))
+                   for p in inp.demux(video) if p.size]
+    assert all(key for _, key, _ in packets)
+    return synthetic.EncodedVideo(codec="h264", codec_id="V_MPEG4/ISO/AVC",
+                                  codec_private=codec_private, width=320, height=240, fps=25,
+                                  gop=1, start_index=0, packets=packets)
+
+
+@pytest.mark.slow
+def test_get_images_pages_stay_within_16_mib_and_paging_delivers_every_sample_once(
+        server, archived):
+    # 4K PNGs of noise are ~10 MiB each. The server decodes and encodes fragments in waves
+    # of twice its cores, checking the budget after each wave: ask for one wave and two
+    # more, so even the first wave alone is over 16 MiB and the page must stop early.
+    count = 2 * (os.cpu_count() or 2) + 2
+    video = noise_video(count)
+    server.client("kinesisvideo").create_stream(StreamName="img-budget",
+                                                DataRetentionInHours=1)
+    acks = put_mkv(server.port, "img-budget", synthetic.to_mkv(video, START_MS))
+    assert len(persisted_numbers(acks)) == count
+    params = {"StreamName": "img-budget", "ImageSelectorType": "PRODUCER_TIMESTAMP",
+              "StartTimestamp": START_MS / 1000,
+              "EndTimestamp": (START_MS + 40 * (count - 1)) / 1000,
+              "SamplingInterval": 40, "Format": "PNG", "WidthPixels": 3840,
+              "HeightPixels": 2160, "MaxResults": count}
+    pages = [archived.get_images(**params)]
+    while "NextToken" in pages[-1] and len(pages) <= count:
+        pages.append(archived.get_images(**params, NextToken=pages[-1]["NextToken"]))
+
+    first = pages[0]["Images"]
+    assert 0 < len(first) < count and "NextToken" in pages[0]
+    images = [image for page in pages for image in page["Images"]]
+    assert [round(i["TimeStamp"].timestamp() * 1000) for i in images] == \
+        [START_MS + 40 * k for k in range(count)]  # every sample once, in order
+    contents = [base64.b64decode(i["ImageContent"]) for i in images if "Error" not in i]
+    assert len(contents) == count
+    assert all(c.startswith(b"\x89PNG") for c in contents)
+    assert len({hashlib.sha256(c).digest() for c in contents}) == count  # all different
+    assert sum(map(len, contents)) > 16 * MiB
+    assert Image.open(io.BytesIO(contents[0])).size == (3840, 2160)

@@ -8,7 +8,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from kvs_media import put_mkv
+from kvs_media import PutMediaConnection, persisted_numbers, put_mkv, wait_until
 from kvslite.media import mkv, synthetic
 
 START_MS = int(time.time() * 1000) - 600_000
@@ -56,6 +56,7 @@ def numbers_of(fragments):
     return [f["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for f in fragments]
 
 
+@pytest.mark.slow
 def test_earliest(media, stream):
     response = media.get_media(StreamName="gm", StartSelector={"StartSelectorType": "EARLIEST"})
     assert response["ContentType"] == "video/webm"
@@ -115,3 +116,82 @@ def test_get_media_errors(shared_server, media, stream):
     with pytest.raises(ClientError) as e:
         client.get_media(StreamName="nope", StartSelector={"StartSelectorType": "NOW"})
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+# -- at most 3 connections per stream, a slot freed on close ------------------------------
+
+class LiveFeed:
+    """A PutMedia upload that keeps adding fragments until stopped, so GetMedia readers
+    following the stream never reach their idle timeout during a test."""
+
+    def __init__(self, port: int, stream: str, video, start_ms: int):
+        self.conn = PutMediaConnection(port, stream)
+        self.conn.send(mkv.write_header(synthetic.stream_header(video)))
+        self.stop = threading.Event()
+        self.video, self.start_ms = video, start_ms
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        loop = 0
+        while not self.stop.is_set():
+            for cluster in synthetic.clusters(self.video,
+                                              self.start_ms + loop * self.video.duration_ms):
+                self.conn.send(mkv.write_cluster(cluster)[0])
+                if self.stop.wait(0.2):  # pacing only: the readers wait for bytes, not time
+                    break
+            loop += 1
+        self.conn.finish()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        self.conn.all_acks()
+        self.conn.close()
+
+
+def refusal(media, selector_type: str) -> str:
+    """The error code of a GetMedia on "gm-limit" that must be refused."""
+    with pytest.raises(ClientError) as e:
+        media.get_media(StreamName="gm-limit", StartSelector={"StartSelectorType": selector_type})
+    return e.value.response["Error"]["Code"]
+
+
+def test_get_media_admits_three_connections_per_stream_and_frees_a_slot_on_close(
+        shared_server, kvs):
+    video = synthetic.encode_video("h264", seconds=2, gop=10, bframes=0)  # 400-ms fragments
+    kvs.create_stream(StreamName="gm-limit", DataRetentionInHours=1)
+    feed = LiveFeed(shared_server.port, "gm-limit", video, START_MS)
+    media = shared_server.client("kinesis-video-media")
+    opened = []
+    try:
+        assert persisted_numbers(feed.conn.wait_for("PERSISTED")), "the live feed never persisted"
+
+        def open_one():
+            response = media.get_media(StreamName="gm-limit",
+                                       StartSelector={"StartSelectorType": "EARLIEST"})
+            # the first bytes prove this connection is streaming (and counted) now
+            assert response["Payload"]._raw_stream.read1(65536)
+            opened.append(response)
+            return response
+
+        for _ in range(3):
+            open_one()
+        assert refusal(media, "EARLIEST") == "ConnectionLimitExceededException"
+
+        opened.pop(0)["Payload"].close()
+
+        def admitted():
+            try:
+                return open_one()
+            except ClientError as e:
+                assert e.response["Error"]["Code"] == "ConnectionLimitExceededException"
+                return None
+
+        wait_until(admitted, timeout=8, what="the slot a closed GetMedia held")
+        # the two that stayed open still count: three again, the next one is refused
+        assert refusal(media, "NOW") == "ConnectionLimitExceededException"
+    finally:
+        for response in opened:
+            response["Payload"].close()
+        feed.close()

@@ -72,6 +72,7 @@ def decoded(url: str) -> list[tuple[int, np.ndarray]]:
                 for f in container.decode(video=0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", ["FRAGMENTED_MP4", "MPEG_TS"])
 def test_on_demand_plays_every_frame(archived, streams, h264, container):
     url = session_url(archived, ContainerFormat=container)
@@ -85,6 +86,7 @@ def test_on_demand_plays_every_frame(archived, streams, h264, container):
         assert psnr(frames[i][1], reference[i][1]) > 40, i
 
 
+@pytest.mark.slow
 def test_h265(server, archived, streams):
     h265 = synthetic.encode_video("h265", seconds=2, gop=25, bframes=2)
     server.client("kinesisvideo").create_stream(StreamName="hls-h265", DataRetentionInHours=1)
@@ -157,6 +159,7 @@ def test_live_playlist_grows(server, archived, streams, h264):
     assert segment[4:8] == b"moof"
 
 
+@pytest.mark.slow
 def test_live_replay_adds_a_fragment_per_fragment_duration(archived, streams):
     url = session_url(archived, mode="LIVE_REPLAY", MaxMediaPlaylistFragmentResults=2)
     first = media_playlist(url)

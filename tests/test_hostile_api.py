@@ -347,6 +347,7 @@ FUZZ = settings(max_examples=120, derandomize=True, database=None, deadline=None
 # -- 1. fuzz every operation -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(ROUTES), ids=lambda p: ROUTES[p].name)
 def test_fuzzed_bodies_get_aws_errors(server, wire, media, implemented, path):
     log_start = log_mark(server)

@@ -8,6 +8,7 @@ Every connection goes to 127.0.0.1, every wait is bounded. Timing bounds are gen
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import selectors
 import socket
@@ -21,11 +22,13 @@ from engines import need
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 from conftest import ServerProcess
+from kvslite.edge.connections import RepeatFilter
 
 PARTIAL_HEAD = b"POST /listStreams HTTP/1.1\r\nHost: x\r\n"  # and never the blank line
 LIST_STREAMS = (b"POST /listStreams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 2\r\n\r\n{}")
 UNAVAILABLE = "ServiceUnavailableException"
+NEVER_A_HANG_S = 10.0  # a bound that only a hang exceeds, even on a loaded machine
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -197,6 +200,7 @@ def cap_under(nofile: int) -> int:
 # A burst of all 300 at once is left out: asyncio accepts up to its listen backlog in one
 # pass before any connection can be refused, so far past a tiny open-file limit it may hit
 # EMFILE and pause accepting for a second (documented in the README's "Hostile clients").
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing_s", [pytest.param(0.003, id="paced")])
 def test_slowloris_under_small_descriptor_limit(limited_server, spacing_s):
     nofile, timeout_s, count = 256, 3.0, 300
@@ -215,41 +219,43 @@ def test_slowloris_under_small_descriptor_limit(limited_server, spacing_s):
             if spacing_s:
                 time.sleep(spacing_s)
 
-        # while every slot is held by a slow client, an API call is answered at once:
-        # refused with 503 (or closed), never left hanging
+        # while every slot is held by a slow client, an API call is answered: refused with
+        # 503 (or closed), never left hanging (the client's timeouts bound the wait)
         kvs = server.client("kinesisvideo", connect_timeout=3, read_timeout=3)
-        elapsed, result = timed_call(kvs.list_streams)
-        during = time.monotonic()
-        assert during < opened[0] + timeout_s - 0.5, "too slow to test while they are held"
+        _, result = timed_call(kvs.list_streams)
+        answered = time.monotonic()
 
-        # the connections past the cap: refused within ~1 s of opening, never a hang
-        observer.wait(range(cap, count), until=opened[-1] + 1.0)
+        # the connections past the cap: refused, never a hang
         refused = range(cap, count)
-        late = {i: round(observer.readable.get(i, float("inf")) - opened[i], 2)
-                for i in refused if observer.readable.get(i, float("inf")) - opened[i] > 1.0}
-        outcomes = {i: outcome(socks[i]) for i in refused if i in observer.readable}
+        observer.wait(refused, until=opened[-1] + NEVER_A_HANG_S)
+        refusals = {i: observer.readable[i] for i in refused if i in observer.readable}
+        outcomes = {i: outcome(socks[i]) for i in refusals}
         early_held = [i for i in range(cap) if i in observer.readable]
         close_all(socks[i] for i in refused)
 
         # the slow ones are closed by the server once the head deadline passes
-        observer.wait(range(cap), until=opened[cap - 1] + timeout_s + 1.5)
-        closed_at = {i: observer.readable.get(i, float("inf")) - opened[i] for i in range(cap)}
-        held_outcomes = {i: outcome(socks[i])[0] for i in range(cap) if i in observer.readable}
+        observer.wait(range(cap), until=opened[cap - 1] + timeout_s + NEVER_A_HANG_S)
+        closed_at = {i: observer.readable[i] for i in range(cap) if i in observer.readable}
+        held_outcomes = {i: outcome(socks[i])[0] for i in closed_at}
     finally:
         observer.close()
         close_all(socks)
     log = server.output()
 
+    # Order and counts, not speed (benchmarks/silent_sockets.py measures how soon): every
+    # refusal and the API call were answered while the slots were still held, and no held
+    # connection was closed before its head deadline.
     assert "Traceback" not in log and "Too many open files" not in log, log[-3000:]
-    assert elapsed < 1.0 and result in ("ok", UNAVAILABLE, "ConnectionClosedError"), \
-        (elapsed, result)
-    assert not late, f"{len(late)} refusals took over 1 s: {late}"
+    assert result in ("ok", UNAVAILABLE, "ConnectionClosedError"), result
+    assert sorted(refusals) == list(refused), f"never refused: {set(refused) - set(refusals)}"
     assert not early_held, f"connections within the cap were answered early: {early_held}"
     assert all(is_refusal(*outcomes[i]) for i in refused), outcomes
     assert any(kind == "data" for kind, _ in outcomes.values()), "no 503 was read"
-    slow = {i: round(t, 2) for i, t in closed_at.items()
-            if not timeout_s - 0.3 < t < timeout_s + 1.5}
-    assert not slow, f"slow connections not closed at the deadline: {slow}"
+    assert sorted(closed_at) == list(range(cap)), f"held open: {set(range(cap)) - set(closed_at)}"
+    early = {i: round(t - opened[i], 2) for i, t in closed_at.items()
+             if t - opened[i] < timeout_s - 0.3}
+    assert not early, f"slow connections closed before the deadline: {early}"
+    assert max([answered, *refusals.values()]) < min(closed_at.values())
     assert set(held_outcomes.values()) <= {"eof", "reset"}, held_outcomes
 
     kvs = server.client("kinesisvideo", connect_timeout=3, read_timeout=3)
@@ -275,10 +281,11 @@ def closed_after(sock: socket.socket, since: float, limit: float) -> float:
     return readable[0] - since
 
 
+@pytest.mark.slow
 def test_header_deadline(start_server):
     timeout_s = 2.0
     server = start_server("--header-timeout-s", str(timeout_s))
-    within = (timeout_s - 0.3, timeout_s + 1.5)
+    not_before, limit = timeout_s - 0.3, timeout_s + NEVER_A_HANG_S  # early is a bug, late a hang
     socks = []
     try:
         # a partial head and nothing more
@@ -301,14 +308,19 @@ def test_header_deadline(start_server):
         trickle_opened = time.monotonic()
         socks.append(trickle)
 
-        def send_trickle():
-            for piece in (b"POST /listStreams HTTP/1.1\r\n", b"Host: x\r\n",
-                          b"Accept: */*\r\n", b"X-Slow: 1\r\n"):
+        trickled = threading.Event()  # set once the trickle is over
+
+        def send_trickle():  # header lines for longer than `limit`, unless closed
+            pieces = [b"POST /listStreams HTTP/1.1\r\n", b"Host: x\r\n"]
+            pieces += [f"X-Slow-{i}: 1\r\n".encode() for i in range(int(limit / 0.7) + 2)]
+            for piece in pieces:
                 try:
                     trickle.sendall(piece)
                 except OSError:
-                    return  # closed by the server
-                time.sleep(0.7)
+                    break  # closed by the server
+                if trickled.wait(0.7):
+                    break
+            trickled.set()
 
         sender = threading.Thread(target=send_trickle, daemon=True)
         sender.start()
@@ -323,9 +335,10 @@ def test_header_deadline(start_server):
         status, _, body = read_response(slow)
         assert status == 200 and json.loads(body) == {"StreamInfoList": []}, (status, body)
 
-        assert within[0] < closed_after(partial, partial_opened, within[1]) < within[1]
-        assert within[0] < closed_after(kept, answered, within[1]) < within[1]
-        assert within[0] < closed_after(trickle, trickle_opened, within[1]) < within[1]
+        assert closed_after(partial, partial_opened, limit) > not_before
+        assert closed_after(kept, answered, limit) > not_before
+        assert closed_after(trickle, trickle_opened, limit) > not_before
+        trickled.set()
         sender.join(5)
     finally:
         close_all(socks)
@@ -355,6 +368,7 @@ def open_get_media(port: int, stream: str) -> tuple[socket.socket, int, dict]:
     return sock, int(head[0].split()[1]) if head[0] else 0, headers
 
 
+@pytest.mark.slow
 def test_control_plane_keeps_a_slot(start_server):
     max_connections = 20
     media_limit = max_connections - max(2, max_connections // 10)  # 18
@@ -385,13 +399,12 @@ def test_control_plane_keeps_a_slot(start_server):
         assert refused.value.response["Error"]["Code"] == UNAVAILABLE
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
 
-        # while the control plane still answers
+        # while the control plane still answers (a hang would pass the read timeout)
+        kvs = server.client("kinesisvideo", read_timeout=NEVER_A_HANG_S)
         for _ in range(3):
-            started = time.monotonic()
             assert kvs.describe_stream(StreamName=streams[0])["StreamInfo"]["Status"] == \
                 "ACTIVE"
             assert len(kvs.list_streams()["StreamInfoList"]) == len(streams)
-            assert time.monotonic() - started < 2
 
         # a freed media slot is usable again
         held.pop().close()
@@ -412,6 +425,7 @@ def test_control_plane_keeps_a_slot(start_server):
 # -- 4. a flood of one log line is rate limited ------------------------------------------
 
 
+@pytest.mark.slow
 def test_repeated_log_lines_are_rate_limited(start_server):
     server = start_server("--max-connections", "4", "--header-timeout-s", "60")
     time.sleep(0.3)  # the start-up probe's connection is gone
@@ -430,29 +444,36 @@ def test_repeated_log_lines_are_rate_limited(start_server):
                 assert is_refusal(kind, data), (kind, data)
             finally:
                 sock.close()
-        time.sleep(0.3)
-        refused_lines = [line for line in log_lines(server) if "refused a connection" in line]
-        assert 1 <= len(refused_lines) <= 5, refused_lines
-
-        # after a quiet spell (the filter's interval, 10 s), the next one says how many
-        # were suppressed
-        time.sleep(10.5)
-        sock = connect(server.port)
-        try:
-            assert wait_readable([sock], 1.0)
-        finally:
-            sock.close()
+        # the one line logged comes through the filter; waiting for it is bounded
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            refused_lines = [line for line in log_lines(server)
-                             if "refused a connection" in line]
-            if len(refused_lines) >= 2:
-                break
+        while not (refused_lines := [line for line in log_lines(server)
+                                     if "refused a connection" in line]) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(refused_lines) == 2, refused_lines
-        assert "(and 199 more like it suppressed)" in refused_lines[-1], refused_lines
+        assert 1 <= len(refused_lines) <= 5, refused_lines
     finally:
         close_all(idle)
     lines = log_lines(server)
     assert len(lines) < 20, lines
     assert "Traceback" not in "\n".join(lines)
+
+
+def test_a_repeated_line_comes_back_after_the_interval_saying_how_many_were_suppressed():
+    """The filter's interval on an injected clock: no need to wait 10 s."""
+    now = [1000.0]
+    repeat_filter = RepeatFilter(interval_s=10.0, clock=lambda: now[0])
+
+    def passes(message: str) -> str | bool:
+        record = logging.LogRecord("kvslite.edge", logging.WARNING, __file__, 1, message,
+                                   None, None)
+        return repeat_filter.filter(record) and record.getMessage()  # as logged, or False
+
+    assert [passes("refused a connection") for _ in range(200)] == \
+        ["refused a connection"] + [False] * 199
+    assert passes("another line") == "another line"  # counted per distinct message
+    now[0] += 9.9
+    assert passes("refused a connection") is False  # the 200th suppressed, within 10 s
+    now[0] += 0.2
+    assert passes("refused a connection") == \
+        "refused a connection (and 200 more like it suppressed)"
+    assert passes("refused a connection") is False  # a new interval starts there

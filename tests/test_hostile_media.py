@@ -104,6 +104,7 @@ MANY_BLOCKS = 2_000_000
 CHUNK_BLOCKS = 40_000  # 240 KB per HTTP chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("known_size", [False, True], ids=["unknown-size", "known-size"])
 def test_two_million_empty_blocks_get_4009_in_bounded_memory(start_server, tiny, known_size):
     server = start_server()
@@ -486,6 +487,7 @@ def check_response(status: int, headers: dict, body: bytes) -> list[dict]:
 FUZZ_EXAMPLES = 800
 
 
+@pytest.mark.slow
 def test_malformed_mkv_fuzz(shared_server, tiny):
     kvs = shared_server.client("kinesisvideo")
     base = synthetic.to_mkv(tiny, FUZZ_T0)
@@ -534,6 +536,7 @@ def deadline_server(start_server):
                         env={"KVSLITE_FRAGMENT_DEADLINE_S": str(DEADLINE_S)})
 
 
+@pytest.mark.slow
 def test_trickling_producer_gets_4000_and_frees_the_stream(deadline_server, tiny):
     server = deadline_server
     stream = new_stream(server, "trickle")
@@ -582,6 +585,7 @@ def test_trickling_producer_gets_4000_and_frees_the_stream(deadline_server, tiny
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.slow
 def test_short_deadline_does_not_hurt_a_normal_upload(deadline_server, tiny):
     """Fragments that complete promptly are fine however long the upload lasts, and a
     silence longer than the deadline between whole fragments is not a trickle."""

@@ -15,6 +15,7 @@ import ssl
 import time
 
 import boto3
+import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from conftest import REGION
@@ -22,6 +23,8 @@ from test_hostile_connections import (PARTIAL_HEAD, Observer, cap_under, close_a
                                       wait_readable)
 from test_hostile_connections import enough_descriptors, limited_server  # noqa: F401 - fixtures
 from test_tls import certificate  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.slow  # hundreds of TLS connections under a small descriptor limit
 
 
 def tls_args(certificate) -> list[str]:

@@ -12,6 +12,8 @@ from kvs_media import put_mkv
 from kvslite.archive.image_cache import ImageCache, ImageKey
 from kvslite.media import synthetic
 
+pytestmark = pytest.mark.slow  # a server per test
+
 START_MS = 1_700_000_000_000
 
 

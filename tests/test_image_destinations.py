@@ -17,6 +17,8 @@ from test_event_delivery import START_MS, image_config, tagged_mkv
 from kvslite.archive.events import events_in
 from kvslite.media.limits import clean_image_prefix
 
+pytestmark = pytest.mark.slow  # a server on SeaweedFS per test
+
 
 @pytest.fixture(scope="module")
 def on_s3(seaweed, tmp_path_factory):

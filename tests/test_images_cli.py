@@ -50,6 +50,7 @@ def kvslite_images(server, *args: str, timeout: float = 60) -> subprocess.Comple
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_files_names_and_no_media(server, stream, tmp_path):
     """13 samples every 500 ms; the video covers the first 8, the last 5 are past it.
     --max-results 3 makes five pages, so NextToken is followed."""
@@ -126,6 +127,7 @@ def test_relative_times(server, stream, tmp_path):
     assert f"{13 - written} NO_MEDIA" in got.stdout and written <= 1
 
 
+@pytest.mark.slow
 def test_api_errors_exit_nonzero(server, stream, tmp_path):
     got = kvslite_images(server, "no-such-stream", "--start", "-1m", "--end", "now",
                          "--out", str(tmp_path), "-q")

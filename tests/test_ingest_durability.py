@@ -162,6 +162,7 @@ def error_type(conn: PutMediaConnection) -> str | None:
 
 # -- 1. GetMedia: 3 per stream, checked and taken in one step ---------------------------
 
+@pytest.mark.slow
 def test_30_concurrent_get_media_admit_exactly_3_and_closing_frees_the_slots(server, kvs,
                                                                              h264):
     name = "dur-gm-30"
@@ -563,6 +564,7 @@ class PreparedDelete:
             self.sock.close()
 
 
+@pytest.mark.slow
 def test_delete_stream_while_a_fragment_is_being_written_is_4008(server, kvs, h264):
     """DeleteStream lands while the server writes a big fragment's blob (the test sees its
     temporary file appear), and the sweeper removes the stream's folder under the write.
@@ -733,6 +735,7 @@ def assert_every_persisted_fragment_reads_back(archived, stored: dict) -> None:
             assert payloads(stored_cluster(archived, stream, number)) == frames
 
 
+@pytest.mark.slow
 def test_full_disk_answers_507_and_error_5001_and_recovers(full_disk_server, h264):
     server, disk = full_disk_server
     kvs = server.client("kinesisvideo")
@@ -790,6 +793,7 @@ def test_full_disk_answers_507_and_error_5001_and_recovers(full_disk_server, h26
     assert query(server.data_dir, "PRAGMA integrity_check") == [("ok",)]
 
 
+@pytest.mark.slow
 def test_every_amount_of_free_space_gets_an_honest_answer(full_disk_server, h264):
     """0 to 160 KiB free in 8 KiB steps, one 96 KiB fragment each (on a stream of its own
     whose header is stored already): PERSISTED and stored, or refused with ERROR 5001 or
@@ -886,6 +890,7 @@ def test_the_slot_is_freed_when_an_upload_ends_on_a_full_disk(full_disk_server, 
         hang_up(conn)
 
 
+@pytest.mark.slow
 def test_temp_files_left_by_a_crash_are_removed_at_start_up(start_server, h264):
     server = start_server()
     kvs = server.client("kinesisvideo")

@@ -21,6 +21,8 @@ from local_cluster import LocalCluster, haproxy_binary, http_status
 
 from kvslite.media import synthetic
 
+pytestmark = pytest.mark.slow  # a cluster: PostgreSQL, SeaweedFS, HAProxy and three nodes
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "local_cluster.py"
 START_MS = int(time.time() * 1000) - 120_000
 CLUSTER_ID = b"\x1f\x43\xb6\x75"

@@ -22,6 +22,7 @@ def scrape(server) -> dict[tuple, float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+@pytest.mark.slow
 def test_metrics_count_what_happened(start_server, h264):
     server = start_server("--min-sampling-interval-ms", "100")
     kvs = server.client("kinesisvideo")

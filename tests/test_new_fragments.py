@@ -16,6 +16,8 @@ from store_contract_workers import (PostgresStores, SqliteStores, digest_of, fra
 
 from kvslite.store.new_fragments import NewFragments
 
+pytestmark = pytest.mark.slow  # two nodes on PostgreSQL
+
 PATIENCE_S = 30.0  # a waiter's timeout: far longer than any wake-up should take
 
 

@@ -15,11 +15,14 @@ import time
 import tracemalloc
 from dataclasses import replace
 
+import pytest
 from store_contract_workers import PostgresStores, digest_of, fragment_fields, make_stream
 
 from kvslite.archive.retention import Sweeper
 from kvslite.store.files import FileBlobStore
 from kvslite.store.sqlite import SqliteMetadataStore
+
+pytestmark = pytest.mark.slow  # sweeps over real stores, PostgreSQL included
 
 HOUR_AGO = time.time() - 3600
 STREAM = "streams/1700000000000-cam"

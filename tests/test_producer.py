@@ -248,6 +248,7 @@ def producer_ms(fragment) -> int:
     return round(fragment["ProducerTimestamp"].timestamp() * 1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["mp4", "mpegts"])
 def test_put_file_end_to_end(fmt, shared_server, sources, h264):
     stream = f"put-{fmt}"
@@ -295,6 +296,7 @@ def test_put_retention_zero_counts_received(shared_server, sources):
     assert "5 fragments received (the stream keeps no data)" in result.stdout
 
 
+@pytest.mark.slow
 def test_python_api_h264_annexb_realtime_full_duplex(shared_server, h264):
     kvs = shared_server.client("kinesisvideo")
     kvs.create_stream(StreamName="api-h264", DataRetentionInHours=1)
@@ -343,6 +345,7 @@ def test_putmedia_http_error_is_raised(shared_server, h265):
         (404, "ResourceNotFoundException", "PutMedia")
 
 
+@pytest.mark.slow
 def test_signed_put_against_a_server_with_credentials(start_server, sources, h265):
     server = start_server("--access-key-id", "AKIDEXAMPLE", "--secret-access-key", "secret")
     result = put_cli(server, "signed", str(sources["mp4"]), "--create", "-q",

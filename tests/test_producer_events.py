@@ -258,6 +258,7 @@ def listed(server, stream: str) -> list[dict]:
     return sorted(fragments, key=lambda f: f["ProducerTimestamp"])
 
 
+@pytest.mark.slow
 def test_put_cli_marks_every_nth_fragment(shared_server, clip, tmp_path):
     source = tmp_path / "doorbell.mkv"
     source.write_bytes(to_mkv(clip, 0))

@@ -108,6 +108,7 @@ def listed(server, stream: str) -> list[dict]:
     return sorted(fragments, key=lambda f: f["ProducerTimestamp"])
 
 
+@pytest.mark.slow
 def test_lost_acks_are_resent_and_stored_once(server, h264):
     server.client("kinesisvideo").create_stream(StreamName="failover", DataRetentionInHours=1)
     relay = AckWithholdingRelay(server.port)
@@ -134,6 +135,7 @@ def test_lost_acks_are_resent_and_stored_once(server, h264):
     assert "1 reconnect (" in summary.line()
 
 
+@pytest.mark.slow
 def test_put_cli_shows_its_retries(h264, tmp_path):
     source = tmp_path / "camera.mkv"
     source.write_bytes(synthetic.to_mkv(h264, 0))
@@ -159,6 +161,7 @@ def test_put_cli_shows_its_retries(h264, tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_gives_up_after_max_retries_in_a_row(h264):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens
     producer = Producer("nowhere", endpoint_url=dead, data_endpoint=dead, region="us-east-1",

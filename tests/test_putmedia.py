@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -256,6 +257,7 @@ def test_no_retention_acks_received_and_keeps_nothing(shared_server, kvs, archiv
 
 # -- durability ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_9_mid_upload_keeps_every_persisted_fragment(start_server, tmp_path):
     video = synthetic.encode_video("h264", seconds=6, gop=10, bframes=2)
     server = start_server(data_dir=tmp_path / "crash")
@@ -335,3 +337,106 @@ def test_audio_track_is_stored_and_passed_through(shared_server, kvs, archived, 
         assert container.streams.audio[0].codec_context.name == "aac"
         got = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
     assert len(sent) > 150 and got == sent
+
+
+# -- per-fragment limits: 20 s (4002) and 50 MB (4001) --------------------------------------
+
+MiB = 1 << 20
+
+
+def upload_with_tail(server, kvs, name, h264, tail_clusters: list[bytes], start_ms):
+    """Two good fragments, then `tail_clusters`, in one upload; returns every ack."""
+    kvs.create_stream(StreamName=name, DataRetentionInHours=1)
+    header = mkv.write_header(synthetic.stream_header(h264))
+    good = [mkv.write_cluster(c)[0] for c in synthetic.clusters(h264, start_ms)[:2]]
+    return put_mkv(server.port, name, header + b"".join(good + tail_clusters))
+
+
+def assert_refused_after_two(acks, error_id: int, error_code_name: str):
+    assert [a["EventType"] for a in acks] == ["RECEIVED", "PERSISTED"] * 2 + ["ERROR"], acks
+    assert (acks[-1]["ErrorId"], acks[-1]["ErrorCode"]) == (error_id, error_code_name)
+
+
+def test_fragment_spanning_more_than_20_seconds_is_error_4002(shared_server, kvs, archived,
+                                                              h264):
+    start = NOW_MS - 120_000
+    clusters = synthetic.clusters(h264, start)
+    third = clusters[2]
+    # a keyframe, then a frame 20.5 s later: the fragment's frames span more than 20 s
+    long = mkv.Cluster(third.timecode, [
+        third.frames[0],
+        mkv.Frame(1, third.timecode + 20_500, False, third.frames[1].payload)])
+    acks = upload_with_tail(shared_server, kvs, "limit-4002", h264,
+                            [mkv.write_cluster(long)[0]], start)
+    assert_refused_after_two(acks, 4002, "MAX_FRAGMENT_DURATION_REACHED")
+    assert acks[-1].get("FragmentTimecode", third.timecode) == third.timecode
+    listed = archived.list_fragments(StreamName="limit-4002")["Fragments"]
+    assert sorted(round(f["ProducerTimestamp"].timestamp() * 1000) for f in listed) == \
+        [start, start + 1000]
+    assert sorted(f["FragmentNumber"] for f in listed) == \
+        [a["FragmentNumber"] for a in persisted(acks)]
+
+
+def ebml_size(value: int) -> bytes:
+    return bytes([0x01]) + value.to_bytes(7, "big")  # an 8-byte EBML size
+
+
+def test_known_size_cluster_over_50_mb_is_error_4001_before_its_body(shared_server, kvs,
+                                                                     archived, h264):
+    """The Cluster header announces 51 MiB: refused at once (4001), without the body."""
+    start = NOW_MS - 180_000
+    kvs.create_stream(StreamName="limit-4001-known", DataRetentionInHours=1)
+    header = mkv.write_header(synthetic.stream_header(h264))
+    good = [mkv.write_cluster(c)[0] for c in synthetic.clusters(h264, start)[:2]]
+    timecode = b"\xe7" + bytes([0x88]) + (start + 2000).to_bytes(8, "big")
+    big_cluster_start = b"\x1f\x43\xb6\x75" + ebml_size(51 * MiB) + timecode
+    conn = PutMediaConnection(shared_server.port, "limit-4001-known")
+    try:
+        conn.send(header + b"".join(good) + big_cluster_start)
+        # nothing more is sent: the refusal cannot wait for the 51 MiB
+        acks = conn.wait_for("ERROR", timeout=15)
+    finally:
+        conn.finish()
+        conn.close()
+    assert_refused_after_two(acks, 4001, "MAX_FRAGMENT_SIZE_REACHED")
+    listed = archived.list_fragments(StreamName="limit-4001-known")["Fragments"]
+    assert sorted(f["FragmentNumber"] for f in listed) == \
+        [a["FragmentNumber"] for a in persisted(acks)]
+
+
+def test_unknown_size_cluster_growing_past_50_mb_is_error_4001(shared_server, kvs, archived,
+                                                              h264):
+    """The producer SDK's unknown-size clusters: refused (4001) once 50 MB is exceeded."""
+    start = NOW_MS - 240_000
+    kvs.create_stream(StreamName="limit-4001-unknown", DataRetentionInHours=1)
+    header = mkv.write_header(synthetic.stream_header(h264))
+    good = [mkv.write_cluster(c)[0] for c in synthetic.clusters(h264, start)[:2]]
+    key = synthetic.clusters(h264, start)[2].frames[0]
+    blob = key.payload + bytes(13 * MiB - len(key.payload))  # 4 x 13 MiB = 52 MiB
+    frames = [mkv.Frame(1, start + 2000 + 40 * i, i == 0, blob) for i in range(4)]
+    huge = mkv.write_cluster(mkv.Cluster(start + 2000, frames), unknown_size=True)[0]
+    assert len(huge) > 52 * MiB
+    conn = PutMediaConnection(shared_server.port, "limit-4001-unknown")
+    sender_done = threading.Event()
+
+    def send_all():
+        try:
+            conn.send(header + b"".join(good))
+            for at in range(0, len(huge), MiB):
+                conn.send(huge[at:at + MiB])
+            conn.finish()
+        except OSError:
+            pass  # the server may close the upload as soon as it refuses it
+        finally:
+            sender_done.set()
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    try:
+        acks = conn.wait_for("ERROR", timeout=30)
+    finally:
+        conn.close()
+        sender_done.wait(15)
+    assert_refused_after_two(acks, 4001, "MAX_FRAGMENT_SIZE_REACHED")
+    listed = archived.list_fragments(StreamName="limit-4001-unknown")["Fragments"]
+    assert len(listed) == 2

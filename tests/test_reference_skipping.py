@@ -78,6 +78,7 @@ def test_several_wanted_frames_at_once_are_bit_identical(video):
     assert all(np.array_equal(full[t], skipped[t]) for t in wanted)
 
 
+@pytest.mark.slow
 def test_get_images_png_equals_the_full_decode(video, module_servers):
     server = module_servers("--min-sampling-interval-ms", "40")
     name = f"skip-{video.codec}-{len(video.packets)}-{id(video)}"
@@ -102,6 +103,7 @@ def nal_unit(header: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+@pytest.mark.slow
 def test_a_frame_is_disposable_only_if_every_slice_is():
     non_ref, ref = nal_unit(b"\x01"), nal_unit(b"\x21")  # H.264 slices, nal_ref_idc 0 / 1
     sei = nal_unit(b"\x06")

@@ -24,6 +24,8 @@ from kvs_media import persisted_numbers, put_mkv, wait_until
 
 from kvslite.media import mkv, synthetic
 
+pytestmark = pytest.mark.slow  # a server on a shifted clock, sweeps over seconds
+
 need(LIBFAKETIME is not None, "Debian's libfaketime")
 
 SHIFT_MIN = 90  # server A's clock runs this far behind

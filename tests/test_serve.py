@@ -9,6 +9,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_state_survives_a_restart(start_server, tmp_path):
     server = start_server(data_dir=tmp_path / "persist")
     kvs = server.client("kinesisvideo")
@@ -28,6 +29,7 @@ def test_state_survives_a_restart(start_server, tmp_path):
     assert kvs.list_tags_for_stream(StreamARN=arn)["Tags"] == {"k": "v", "k2": "v2"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_clean_shutdown_and_startup_log(start_server, sig):
     server = start_server()
@@ -40,6 +42,7 @@ def test_clean_shutdown_and_startup_log(start_server, sig):
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_settings_from_environment(start_server):
     server = start_server(env={"KVSLITE_REGION": "eu-west-1",
                                "KVSLITE_ACCOUNT_ID": "123456789012",

@@ -22,6 +22,8 @@ from test_local_cluster import need_engines
 
 from kvslite.media import synthetic
 
+pytestmark = pytest.mark.slow  # a cluster behind HAProxy
+
 KEY, SECRET = "AKIAKVSLITEBALANCER", "kvslite-balancer-secret"
 START_MS = 1795756324836
 

@@ -15,6 +15,8 @@ from botocore.exceptions import SSLError
 from conftest import REGION, free_port
 from engines import need
 
+pytestmark = pytest.mark.slow  # a certificate from openssl and a server per test
+
 need(shutil.which("openssl") is not None, "the openssl command (to make a test certificate)")
 
 

@@ -28,6 +28,8 @@ from kvslite.media import mkv, synthetic
 
 import playwright.sync_api as playwright_api  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a browser
+
 # ./scripts/test installs Debian's chromium; without it these tests fail, never skip
 CHROMIUM = os.environ.get("KVSLITE_CHROMIUM", "/usr/bin/chromium")
 

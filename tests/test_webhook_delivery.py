@@ -19,6 +19,8 @@ from webhook_receiver import Receiver
 
 from kvslite.archive.delivery import WEBHOOK_DEADLINE_S
 
+pytestmark = pytest.mark.slow  # a server and a receiver per test
+
 INTERNAL = ["http://127.0.0.1:8080/hook", "http://[::1]/hook",
             "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook",
             "http://0.0.0.0:4567/", "http://224.0.0.1/hook", "http://[::ffff:127.0.0.1]/",

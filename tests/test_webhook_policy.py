@@ -83,6 +83,7 @@ def test_uris_refused_before_any_lookup(uri, why):
         WebhookPolicy().check_uri(uri)
 
 
+@pytest.mark.slow
 def test_a_receiver_that_trickles_is_cut_at_the_deadline():
     receiver = Receiver("trickle")
     try:
@@ -149,6 +150,7 @@ def test_an_answer_without_a_status_line_is_a_failure():
         listener.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the certificate")
 def test_https_connects_to_the_vetted_address_and_verifies_the_host_name(tmp_path,
                                                                           monkeypatch):

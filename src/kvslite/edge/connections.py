@@ -151,14 +151,15 @@ class RepeatFilter(logging.Filter):
     """Let each distinct message through at most once per `interval_s`; the next one after
     a quiet spell says how many were suppressed."""
 
-    def __init__(self, interval_s: float = 10.0):
+    def __init__(self, interval_s: float = 10.0, clock=time.monotonic):
         super().__init__()
         self.interval_s = interval_s
+        self.clock = clock  # injectable, so a test need not wait out the interval
         self._seen: dict[tuple, list] = {}  # key -> [last emitted at, suppressed count]
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.levelno, str(record.msg)[:80])
-        now = time.monotonic()
+        now = self.clock()
         seen = self._seen.get(key)
         if seen is not None and now - seen[0] < self.interval_s:
             seen[1] += 1

