@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from local_cluster import LocalCluster  # noqa: E402
 
 from kvslite.media import synthetic  # noqa: E402
-from kvslite.producer import Producer, VideoFormat  # noqa: E402
+from kvslite.client.producer import Producer, VideoFormat  # noqa: E402
 
 
 def get(url: str, timeout: float = 10) -> tuple[int | None, str]:

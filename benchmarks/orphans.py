@@ -44,7 +44,7 @@ def populate(s3, bucket: str, db: Path, count: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from store_contract_workers import digest_of, fragment_fields, make_stream
 
-    from kvslite.store.sqlite import SqliteMetadataStore
+    from kvslite.server.store.sqlite import SqliteMetadataStore
 
     client = s3.client(max_pool_connections=32)
     client.create_bucket(Bucket=bucket)
@@ -67,9 +67,9 @@ def populate(s3, bucket: str, db: Path, count: int) -> None:
 
 def measure(media_url: str, endpoint: str, db: str) -> dict:
     """One checkout's collector: a full cycle of passes timed, then again traced."""
-    from kvslite.archive.retention import Sweeper
-    from kvslite.store.s3 import S3BlobStore
-    from kvslite.store.sqlite import SqliteMetadataStore
+    from kvslite.server.archive.retention import Sweeper
+    from kvslite.server.store.s3 import S3BlobStore
+    from kvslite.server.store.sqlite import SqliteMetadataStore
 
     store = SqliteMetadataStore(Path(db))
     sweeper = Sweeper(store, S3BlobStore(media_url, endpoint_url=endpoint), interval_s=60,

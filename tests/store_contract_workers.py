@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvslite.store.metadata import (
+from kvslite.server.store.metadata import (
     Lease,
     LeaseLost,
     MetadataStore,
@@ -46,7 +46,7 @@ class SqliteStores:
         return cls(str(location / "meta.db"))
 
     def __call__(self, clock: Callable[[], float] | None = None) -> MetadataStore:
-        from kvslite.store.sqlite import SqliteMetadataStore
+        from kvslite.server.store.sqlite import SqliteMetadataStore
         if clock is None:
             return SqliteMetadataStore(Path(self.path))
         return SqliteMetadataStore(Path(self.path), clock=clock)
@@ -66,7 +66,7 @@ class PostgresStores:
         return cls(postgres_server.fresh_database())
 
     def __call__(self, clock: Callable[[], float] | None = None) -> MetadataStore:
-        from kvslite.store.postgres import PostgresMetadataStore
+        from kvslite.server.store.postgres import PostgresMetadataStore
         return PostgresMetadataStore(self.url, clock=clock)
 
 

@@ -26,11 +26,11 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from kvslite.errors import MediaUnavailable, OutOfSpace
-from kvslite.store.blobs import BlobStore, new_fragment_key, stream_folder
-from kvslite.store.files import FileBlobStore
-from kvslite.store.metadata import Stream
-from kvslite.store.s3 import S3BlobStore, parse_s3_url
+from kvslite.server.api_errors import MediaUnavailable, OutOfSpace
+from kvslite.server.store.blobs import BlobStore, new_fragment_key, stream_folder
+from kvslite.server.store.files import FileBlobStore
+from kvslite.server.store.metadata import Stream
+from kvslite.server.store.s3 import S3BlobStore, parse_s3_url
 from seaweed_server import REGION
 
 PAGE = 4

@@ -21,7 +21,7 @@ from local_cluster import LocalCluster
 from test_local_cluster import three_nodes
 
 from kvslite.media import synthetic
-from kvslite.producer import Producer, VideoFormat
+from kvslite.client.producer import Producer, VideoFormat
 
 pytestmark = pytest.mark.slow  # a cluster: PostgreSQL, SeaweedFS, HAProxy and three nodes
 
@@ -208,8 +208,8 @@ def test_retention_frees_s3_objects(cluster, h264, monkeypatch):
     """The sweepers of the running nodes remove fragments past retention, rows and S3
     objects. No node's clock can be hours ahead (S3 refuses skewed signatures), so the
     sweep is the real Sweeper on the cluster's engines with its clock two hours ahead."""
-    from kvslite.archive.retention import Sweeper
-    from kvslite.store.urls import open_blob_store, open_metadata_store
+    from kvslite.server.archive.retention import Sweeper
+    from kvslite.server.store.urls import open_blob_store, open_metadata_store
 
     cluster.client("kinesisvideo").create_stream(StreamName="expiring", DataRetentionInHours=1)
     Producer("expiring", endpoint_url=cluster.endpoint_url, region="us-east-1",

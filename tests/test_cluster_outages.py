@@ -22,7 +22,7 @@ from test_cluster_failover import listed, ms, put_media_holder
 from test_local_cluster import need_engines
 
 from kvslite.media import synthetic
-from kvslite.producer import Producer, VideoFormat
+from kvslite.client.producer import Producer, VideoFormat
 
 pytestmark = pytest.mark.slow  # a cluster, and outages that last seconds
 

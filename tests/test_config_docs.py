@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from kvslite.serve_command import serve
+from kvslite.cli.serve import serve
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -18,7 +18,7 @@ from seaweed_server import REGION
 from test_event_delivery import IMAGE, NOTIFY, START_MS, Webhook, image_config, notify_to, \
     tagged_mkv
 
-from kvslite.archive.delivery_scheduler import CLAIM_MS
+from kvslite.server.delivery.scheduler import CLAIM_MS
 
 pytestmark = pytest.mark.slow  # deliveries paced over seconds
 

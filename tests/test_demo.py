@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from conftest import free_port
-from kvslite.fetch_images import file_name, parse_time
+from kvslite.client.image_fetcher import file_name, parse_time
 
 pytestmark = pytest.mark.slow  # the demo encodes and ingests video
 
@@ -153,7 +153,7 @@ def test_demo_video_is_one_continuous_clock():
     once, and each picture is the clock at its own time, across the seam too."""
     import numpy as np
 
-    from kvslite.demo import encode_demo_video
+    from kvslite.cli.demo import encode_demo_video
     from kvslite.media import synthetic
 
     video = encode_demo_video(10, workers=2)

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kvslite.edge import model
+from kvslite.server.edge import model
 
 
 def raw_request(server, method: str, path: str, body: bytes = b"", headers: dict | None = None):
@@ -85,8 +85,8 @@ def implemented_operations() -> set[str]:
     import tempfile
     from pathlib import Path
 
-    from kvslite.config import Settings
-    from kvslite.server import build
+    from kvslite.server.config import Settings
+    from kvslite.server.main import build
 
     with tempfile.TemporaryDirectory() as data_dir:
         server = build(Settings(data_dir=Path(data_dir)))

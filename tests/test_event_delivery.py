@@ -20,7 +20,7 @@ from conftest import ServerProcess
 from kvs_media import persisted_numbers, put_mkv, wait_until
 from seaweed_server import REGION
 
-from kvslite.archive.delivery import KEYS
+from kvslite.server.delivery.deliverer import KEYS
 from kvslite.media import mkv, synthetic
 
 pytestmark = pytest.mark.slow  # a server and a receiver per test
@@ -320,7 +320,7 @@ def test_a_full_outbox_drops_new_events_visibly(world, h264, tmp_path):
 
 
 def test_event_tags_are_read_within_aws_limits():
-    from kvslite.archive.events import events_in
+    from kvslite.server.archive.fragment_events import events_in
 
     pairs = [(f"k{i}", f"v{i}") for i in range(12)]
     found = events_in([("AWS_KINESISVIDEO_IMAGE_GENERATION", ""),
@@ -333,7 +333,7 @@ def test_event_tags_are_read_within_aws_limits():
 
 
 def test_s3_metadata_keeps_what_s3_takes():
-    from kvslite.archive.delivery import s3_metadata
+    from kvslite.server.delivery.deliverer import s3_metadata
 
     aws = {"aws_kinesisvideo_fragment_number": "9" * 47}
     custom = {"camera": "front", "ort": "Zürich", "bad name": "x", "big": "v" * 256,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 
-from kvslite.store.files import FileBlobStore
+from kvslite.server.store.files import FileBlobStore
 
 
 def test_file_blob_store_fsyncs_the_blob_then_renames_then_fsyncs_the_folder(tmp_path,

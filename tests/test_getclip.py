@@ -168,13 +168,13 @@ def test_invalid_arguments(server, streams, overrides):
 
 def test_byte_limit(tmp_path, h264, monkeypatch):
     """In process, with the 200 MB limit lowered to below the recording's size."""
-    from kvslite.archive.control_plane import ControlPlane
-    from kvslite.archive.fragments import Archive
-    from kvslite.errors import ApiError
-    from kvslite.ops import clips
-    from kvslite.ops.requests import GetClipInput, from_wire
-    from kvslite.store.files import FileBlobStore
-    from kvslite.store.sqlite import SqliteMetadataStore
+    from kvslite.server.archive.control_plane import ControlPlane
+    from kvslite.server.archive.fragments import Archive
+    from kvslite.server.api_errors import ApiError
+    from kvslite.server.ops import clips
+    from kvslite.server.ops.requests import GetClipInput, from_wire
+    from kvslite.server.store.files import FileBlobStore
+    from kvslite.server.store.sqlite import SqliteMetadataStore
 
     store = SqliteMetadataStore(tmp_path / "db")
     streams = ControlPlane(store, region="us-east-1", account_id="000000000000")

@@ -200,7 +200,7 @@ def test_tampered_foreign_and_misused_tokens(server, archived, streams):
 
 
 def test_token_from_another_server_is_refused(server, archived, streams):
-    from kvslite.archive.sessions import SessionTokens
+    from kvslite.server.archive.sessions import SessionTokens
 
     url = session_url(archived)
     token = url.split("SessionToken=")[1]
@@ -213,11 +213,11 @@ def _decode(token: str):
     """The session inside a token (the payload is signed, not secret)."""
     import base64
 
-    from kvslite.archive.sessions import Session
+    from kvslite.server.archive.sessions import Session
 
     from dataclasses import replace
 
-    from kvslite.archive import Clock
+    from kvslite.server.archive import Clock
 
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     session = Session(*json.loads(raw[16:]))
@@ -225,9 +225,9 @@ def _decode(token: str):
 
 
 def test_tokens_expire():
-    from kvslite.archive import Clock
-    from kvslite.archive.sessions import SessionTokens
-    from kvslite.errors import ApiError
+    from kvslite.server.archive import Clock
+    from kvslite.server.archive.sessions import SessionTokens
+    from kvslite.server.api_errors import ApiError
 
     now = [1_700_000_000.0]
     tokens = SessionTokens(b"s" * 32, clock=lambda: now[0])

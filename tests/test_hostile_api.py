@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kvs_media import PutMediaConnection, put_mkv, sign_v4
 
-from kvslite.edge import model
+from kvslite.server.edge import model
 from kvslite.media import synthetic
 
 ROUTES = model.routes()
@@ -162,8 +162,8 @@ def implemented() -> set[str]:
     import tempfile
     from pathlib import Path
 
-    from kvslite.config import Settings
-    from kvslite.server import build
+    from kvslite.server.config import Settings
+    from kvslite.server.main import build
 
     with tempfile.TemporaryDirectory() as data_dir:
         built = build(Settings(data_dir=Path(data_dir)))
@@ -778,7 +778,7 @@ def test_every_page_is_nosniff_with_a_content_security_policy(server, wire, sess
 
 
 def test_web_viewer_page_keeps_its_own_policy(server, wire):
-    from kvslite import web
+    from kvslite.server import web
 
     status, headers, body = wire.request("GET", "/")
     assert status == 200 and b"<html" in body.lower()

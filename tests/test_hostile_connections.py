@@ -22,7 +22,7 @@ from engines import need
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 from conftest import ServerProcess
-from kvslite.edge.connections import RepeatFilter
+from kvslite.server.edge.connections import RepeatFilter
 
 PARTIAL_HEAD = b"POST /listStreams HTTP/1.1\r\nHost: x\r\n"  # and never the blank line
 LIST_STREAMS = (b"POST /listStreams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -191,7 +191,7 @@ def cap_under(nofile: int) -> int:
     """The connection cap kvslite derives from this descriptor limit (asked in a process
     that has it, so the test follows the server's own rule)."""
     code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({n}, {n})); "
-            "from kvslite.edge.connections import default_max_connections as m; print(m())")
+            "from kvslite.server.edge.connections import default_max_connections as m; print(m())")
     return int(subprocess.check_output([sys.executable, "-c", code.format(n=nofile)]))
 
 
@@ -464,7 +464,7 @@ def test_a_repeated_line_comes_back_after_the_interval_saying_how_many_were_supp
     repeat_filter = RepeatFilter(interval_s=10.0, clock=lambda: now[0])
 
     def passes(message: str) -> str | bool:
-        record = logging.LogRecord("kvslite.edge", logging.WARNING, __file__, 1, message,
+        record = logging.LogRecord("kvslite.server.edge", logging.WARNING, __file__, 1, message,
                                    None, None)
         return repeat_filter.filter(record) and record.getMessage()  # as logged, or False
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvs_media import PutMediaConnection, put_mkv
-from kvslite.archive.ingest import ERROR_NAMES
+from kvslite.server.archive.ingest import ERROR_NAMES
 from kvslite.media import ebml, mkv, synthetic
 from kvslite.media.ebml import element, encode_id, encode_size, uint_element
 from kvslite.media.limits import MAX_FRAGMENT_FRAMES

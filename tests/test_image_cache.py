@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from kvs_media import put_mkv
 
-from kvslite.archive.image_cache import ImageCache, ImageKey
+from kvslite.server.archive.image_cache import ImageCache, ImageKey
 from kvslite.media import synthetic
 
 pytestmark = pytest.mark.slow  # a server per test

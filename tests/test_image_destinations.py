@@ -14,7 +14,7 @@ from kvs_media import put_mkv, wait_until
 from seaweed_server import REGION
 from test_event_delivery import START_MS, image_config, tagged_mkv
 
-from kvslite.archive.events import events_in
+from kvslite.server.archive.fragment_events import events_in
 from kvslite.media.limits import clean_image_prefix
 
 pytestmark = pytest.mark.slow  # a server on SeaweedFS per test

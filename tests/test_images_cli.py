@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from kvs_media import psnr, put_mkv
-from kvslite.fetch_images import (file_name, format_time, parse_interval, parse_time,
+from kvslite.client.image_fetcher import (file_name, format_time, parse_interval, parse_time,
                                   sample_count)
 from kvslite.media import synthetic
 
@@ -234,7 +234,7 @@ class FakeArchive:
 
 
 def test_fetch_images_from_python(tmp_path):
-    from kvslite.fetch_images import fetch_images
+    from kvslite.client.image_fetcher import fetch_images
 
     client = FakeArchive()
     summary = fetch_images(client, "s", NOW, NOW + 9000, tmp_path / "out", interval_ms=3000,
@@ -253,10 +253,10 @@ def test_fetch_images_from_python(tmp_path):
 
 
 def test_without_credentials_both_clients_go_unsigned(start_server, monkeypatch, tmp_path):
-    """One credential policy for the image fetcher and the producer (kvslite.clients): with
+    """One credential policy for the image fetcher and the producer (kvslite.client.common): with
     no credentials anywhere their requests go unsigned, so a server that requires SigV4
     refuses both for the missing signature, not for a made-up key."""
-    from kvslite.producer import HttpError, Producer
+    from kvslite.client.producer import HttpError, Producer
 
     server = start_server("--access-key-id", "AKIDEXAMPLE", "--secret-access-key", "secret")
     server.client("kinesisvideo").create_stream(StreamName="signed-only")

@@ -14,7 +14,7 @@ import pytest
 from store_contract_workers import (PostgresStores, SqliteStores, digest_of, fragment_fields,
                                     make_stream)
 
-from kvslite.store.new_fragments import NewFragments
+from kvslite.server.store.new_fragments import NewFragments
 
 pytestmark = pytest.mark.slow  # two nodes on PostgreSQL
 

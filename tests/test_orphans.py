@@ -18,9 +18,9 @@ from dataclasses import replace
 import pytest
 from store_contract_workers import PostgresStores, digest_of, fragment_fields, make_stream
 
-from kvslite.archive.retention import Sweeper
-from kvslite.store.files import FileBlobStore
-from kvslite.store.sqlite import SqliteMetadataStore
+from kvslite.server.archive.retention import Sweeper
+from kvslite.server.store.files import FileBlobStore
+from kvslite.server.store.sqlite import SqliteMetadataStore
 
 pytestmark = pytest.mark.slow  # sweeps over real stores, PostgreSQL included
 

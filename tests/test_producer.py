@@ -1,4 +1,4 @@
-"""The Python KVS producer (kvslite.producer) and `kvslite put`.
+"""The Python KVS producer (kvslite.client.producer) and `kvslite put`.
 
 Unit level: Annex-B -> avcC/hvcC conversion, GOP -> cluster grouping, ack parsing, request
 headers. End to end: real uploads to a `kvslite serve` (CLI and Python API), read back with
@@ -20,7 +20,7 @@ import pytest
 
 from kvslite.media.mkv import Cluster, MkvReader, StreamHeader
 from kvslite.media.synthetic import encode_video, to_mkv
-from kvslite.producer import (AckError, AckParser, AnnexBConverter, FragmentBuilder, HttpError,
+from kvslite.client.producer import (AckError, AckParser, AnnexBConverter, FragmentBuilder, HttpError,
                               Producer, SourceError, VideoFormat, avcc_from_parameter_sets,
                               parse_timestamp, putmedia_headers, split_annexb,
                               split_length_prefixed)
@@ -360,7 +360,7 @@ def test_signed_put_against_a_server_with_credentials(start_server, sources, h26
 
 
 def test_ack_parser_survives_invalid_utf8():
-    from kvslite.producer import AckParser
+    from kvslite.client.producer import AckParser
 
     parser = AckParser()
     assert parser.feed(b'\xff\xfe\n') == []  # a garbage line is skipped...

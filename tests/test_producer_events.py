@@ -21,10 +21,10 @@ from test_producer_failover import AckWithholdingRelay
 from kvslite.cli import main
 from kvslite.media.mkv import Cluster, MkvReader, StreamHeader, Tags
 from kvslite.media.synthetic import encode_video, to_mkv
-from kvslite.producer import (FragmentEvent, FragmentEventError, Producer, PutSummary,
+from kvslite.client.producer import (FragmentEvent, FragmentEventError, Producer, PutSummary,
                               SourceError, VideoFormat, every_nth_fragment, media_chunks)
-from kvslite.producer.failover import FragmentFeed
-from kvslite.producer.readahead import ReadAhead
+from kvslite.client.producer.failover import FragmentFeed
+from kvslite.client.producer.readahead import ReadAhead
 
 START_MS = 1_700_000_000_000
 FRAGMENT_MS = 400  # the clip's GOP: 10 frames at 25 fps

@@ -19,10 +19,10 @@ import pytest
 from conftest import ServerProcess, free_port
 
 from kvslite.media import synthetic
-from kvslite.producer import (AckError, HttpError, Producer, ProducerError, SourceError,
+from kvslite.client.producer import (AckError, HttpError, Producer, ProducerError, SourceError,
                               VideoFormat)
-from kvslite.producer.acks import Ack
-from kvslite.producer.failover import MAX_BACKOFF_S, backoff_s, retryable
+from kvslite.client.producer.acks import Ack
+from kvslite.client.producer.failover import MAX_BACKOFF_S, backoff_s, retryable
 
 START_MS = 1_700_000_000_000
 

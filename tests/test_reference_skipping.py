@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from kvs_media import put_mkv
 
-from kvslite.archive.fragments import FrameEntry, pack_frames, unpack_frames
-from kvslite.archive.sampling import needed_frames
+from kvslite.server.archive.fragments import FrameEntry, pack_frames, unpack_frames
+from kvslite.server.archive.sampling import needed_frames
 from kvslite.media import nal, synthetic
 from kvslite.media.decode import decode_wanted
 from kvslite.media.images import encode_image

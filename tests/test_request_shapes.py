@@ -1,4 +1,4 @@
-"""The typed request shapes in kvslite.ops.requests, generated from botocore's models."""
+"""The typed request shapes in kvslite.server.ops.requests, generated from botocore's models."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
-from kvslite.edge.model import SERVICES, parse_input, routes
-from kvslite.ops import requests, wire
-from kvslite.ops.requests import (
+from kvslite.server.edge.model import SERVICES, parse_input, routes
+from kvslite.server.ops import requests, wire
+from kvslite.server.ops.requests import (
     REQUESTS,
     CreateStreamInput,
     FragmentSelector,
@@ -26,11 +26,11 @@ from kvslite.ops.requests import (
     TagResourceInput,
     TimestampRange,
 )
-from kvslite.ops.wire import from_wire
+from kvslite.server.ops.wire import from_wire
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "generate_shapes.py"
-TARGET = ROOT / "src" / "kvslite" / "ops" / "requests.py"
+TARGET = ROOT / "src" / "kvslite" / "server" / "ops" / "requests.py"
 ARN = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/cam-1/1700000000000"
 
 
@@ -93,7 +93,7 @@ def _parse(operation_name: str, body: dict):
 def test_checked_in_file_equals_a_fresh_generation(generator):
     current = TARGET.read_text(encoding="utf-8")
     assert generator.render_requests() == current, (
-        "src/kvslite/ops/requests.py is stale: run python scripts/generate_shapes.py")
+        "src/kvslite/server/ops/requests.py is stale: run python scripts/generate_shapes.py")
 
 
 def test_generated_file_header_and_line_lengths():
@@ -124,7 +124,7 @@ def test_check_flags_a_stale_file_and_passes_a_fresh_one(generator, tmp_path, ca
 
 
 def test_generated_file_holds_no_hand_written_code():
-    """The runtime that reads the shapes (from_wire, to_wire) lives in kvslite.ops.wire, so
+    """The runtime that reads the shapes (from_wire, to_wire) lives in kvslite.server.ops.wire, so
     the generated file is data only."""
     tree = ast.parse(TARGET.read_text(encoding="utf-8"))
     functions = [node.name for node in ast.walk(tree)

@@ -1,4 +1,4 @@
-"""The typed result shapes in kvslite.ops.responses, generated from botocore's models."""
+"""The typed result shapes in kvslite.server.ops.responses, generated from botocore's models."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import botocore.session
 import pytest
 
-from kvslite.edge.model import SERVICES
-from kvslite.ops import responses
-from kvslite.ops.responses import RESPONSES, STREAMING
+from kvslite.server.edge.model import SERVICES
+from kvslite.server.ops import responses
+from kvslite.server.ops.responses import RESPONSES, STREAMING
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "generate_shapes.py"
-TARGET = ROOT / "src" / "kvslite" / "ops" / "responses.py"
+TARGET = ROOT / "src" / "kvslite" / "server" / "ops" / "responses.py"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def _structures():
 
 def test_checked_in_file_equals_a_fresh_generation(generator):
     assert generator.render_responses() == TARGET.read_text(encoding="utf-8"), (
-        "src/kvslite/ops/responses.py is stale: run python scripts/generate_shapes.py")
+        "src/kvslite/server/ops/responses.py is stale: run python scripts/generate_shapes.py")
 
 
 def test_generated_file_header_and_line_lengths():

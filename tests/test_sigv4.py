@@ -176,7 +176,7 @@ def sdk_put_media_head(**changes) -> dict[str, list[str]]:
 
 
 def verify_put_media(headers: dict[str, list[str]]) -> None:
-    from kvslite.edge import sigv4
+    from kvslite.server.edge import sigv4
 
     sigv4.verify(access_key_id=KEY, secret_access_key=SECRET, method="POST",
                  path="/putMedia", query_string="", headers=headers, body=b"",
@@ -203,7 +203,7 @@ def test_signed_hop_by_hop_headers_may_be_changed_by_a_proxy(changes):
     ({"connection": None, "host": "127.0.0.1:4567"}, "signature we calculated does not match"),
 ], ids=["stream", "timecode-type", "no-user-agent", "host"])
 def test_every_other_signed_header_is_checked_exactly(changes, message):
-    from kvslite.errors import ApiError
+    from kvslite.server.api_errors import ApiError
 
     with pytest.raises(ApiError) as e:
         verify_put_media(sdk_put_media_head(**changes))

@@ -1,4 +1,4 @@
-"""The MetadataStore contract (src/kvslite/store/metadata.py), proved with real
+"""The MetadataStore contract (src/kvslite/server/store/metadata.py), proved with real
 concurrent writers, for every store in STORES.
 
 Each guarantee is raced by writers in separate processes (started with "spawn", each
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # spawned writers import the mod
 import store_contract_workers as workers
 from store_contract_workers import digest_of, fragment_fields, make_stream
 
-from kvslite.store.metadata import (
+from kvslite.server.store.metadata import (
     ACTIVE,
     DELETING,
     LeaseLost,

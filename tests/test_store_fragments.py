@@ -11,8 +11,8 @@ import itertools
 
 import pytest
 
-from kvslite.store.metadata import Clock, Fragment, Stream, fragment_number, seq_of
-from kvslite.store.sqlite import SqliteMetadataStore
+from kvslite.server.store.metadata import Clock, Fragment, Stream, fragment_number, seq_of
+from kvslite.server.store.sqlite import SqliteMetadataStore
 
 
 def make_stream(name: str) -> Stream:

@@ -36,12 +36,12 @@ from test_store_fragments import (  # noqa: F401 - collected by pytest (fixtures
     test_list_fragments_in_a_server_range_uses_the_server_clock,
 )
 
-from kvslite.errors import OutOfSpace
-from kvslite.store.metadata import (Clock, NameTaken, StreamNotActive, fragment_number,
+from kvslite.server.api_errors import OutOfSpace
+from kvslite.server.store.metadata import (Clock, NameTaken, StreamNotActive, fragment_number,
                                     seq_of)
-from kvslite.store.postgres import PostgresMetadataStore
-from kvslite.store.postgres_schema import MIGRATIONS
-from kvslite.store.sqlite import SqliteMetadataStore
+from kvslite.server.store.postgres import PostgresMetadataStore
+from kvslite.server.store.postgres_schema import MIGRATIONS
+from kvslite.server.store.sqlite import SqliteMetadataStore
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from kvslite.store.metadata import NameTaken, Stream
-from kvslite.store.sqlite import SqliteMetadataStore
-from kvslite.store.sqlite_schema import MIGRATIONS
+from kvslite.server.store.metadata import NameTaken, Stream
+from kvslite.server.store.sqlite import SqliteMetadataStore
+from kvslite.server.store.sqlite_schema import MIGRATIONS
 
 
 def make_stream(name="s", version="v1") -> Stream:

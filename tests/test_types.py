@@ -12,8 +12,8 @@ from pathlib import Path
 
 from starlette.responses import Response
 
-from kvslite.ops.requests import REQUESTS
-from kvslite.ops.responses import RESPONSES, STREAMING
+from kvslite.server.ops.requests import REQUESTS
+from kvslite.server.ops.responses import RESPONSES, STREAMING
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +27,8 @@ def test_mypy_passes():
 
 def served_handlers() -> dict:
     """The handlers of the assembled server, by operation name."""
-    from kvslite.config import Settings
-    from kvslite.server import build
+    from kvslite.server.config import Settings
+    from kvslite.server.main import build
 
     with tempfile.TemporaryDirectory() as data_dir:
         server = build(Settings(data_dir=Path(data_dir)))

@@ -621,7 +621,7 @@ def test_files_are_served_with_types_caching_and_no_traversal(server):
     assert headers["x-content-type-options"] == "nosniff"
     assert raw(server, "GET", "/web/style.css")[1]["content-type"] == "text/css; charset=utf-8"
 
-    vendor = sorted(p.name for p in (Path(__file__).parents[1] / "src/kvslite/web/static/vendor")
+    vendor = sorted(p.name for p in (Path(__file__).parents[1] / "src/kvslite/server/web/static/vendor")
                     .glob("hls-*.min.js"))
     assert vendor == ["hls-1.7.4.min.js"]
     status, headers, body = raw(server, "GET", "/web/vendor/hls-1.7.4.min.js",

@@ -17,7 +17,7 @@ from kvs_media import put_mkv, wait_until
 from test_event_delivery import NOTIFY, START_MS, tagged_mkv
 from webhook_receiver import Receiver
 
-from kvslite.archive.delivery import WEBHOOK_DEADLINE_S
+from kvslite.server.delivery.deliverer import WEBHOOK_DEADLINE_S
 
 pytestmark = pytest.mark.slow  # a server and a receiver per test
 

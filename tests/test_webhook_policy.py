@@ -15,9 +15,9 @@ import time
 import pytest
 from webhook_receiver import Receiver
 
-from kvslite.archive.delivery_errors import DeliveryError
-from kvslite.archive.webhooks import MAX_ANSWER_BYTES, post_json
-from kvslite.webhook_policy import WebhookPolicy, address_class
+from kvslite.server.delivery.failures import DeliveryError
+from kvslite.server.delivery.webhooks import MAX_ANSWER_BYTES, post_json
+from kvslite.server.webhook_policy import WebhookPolicy, address_class
 
 LOOPBACK = WebhookPolicy.parse("loopback")
 BODY = b'{"Type": "Notification"}'

@@ -1,0 +1,120 @@
+"""`kvslite serve`: every setting of the server as a flag and a KVSLITE_* variable, with
+the defaults `kvslite.server.config.Settings` declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kvslite.server.config import Settings
+
+
+def _option(name: str, env: str, **kwargs):
+    return click.option(name, envvar=f"KVSLITE_{env}", show_envvar=True, **kwargs)
+
+
+def as_typed(path: Path) -> str:
+    """A default path as one would type it, `./kvslite-data`, so --help shows that it is
+    relative to the current directory (str(Path) drops the `./`)."""
+    return str(path) if path.is_absolute() else f"./{path}"
+
+
+@click.command()
+@_option("--host", "HOST", default=Settings.host, show_default=True, help="Address to bind.")
+@_option("--port", "PORT", default=Settings.port, show_default=True,
+         type=click.IntRange(1, 65535), help="Port to bind.")
+@_option("--data-dir", "DATA_DIR", default=as_typed(Settings.data_dir), show_default=True,
+         type=click.Path(file_okay=False, path_type=Path), help="Where metadata and media live.")
+@_option("--database-url", "DATABASE_URL", default=None,
+         help="Metadata: sqlite:///path/kvslite.db or postgresql://user:pw@host:port/db "
+              "(every node of a cluster gets the same). [default: kvslite.db in --data-dir]")
+@_option("--media-url", "MEDIA_URL", default=None,
+         help="Media: file:///path or s3://bucket/optional/prefix (S3 credentials and region "
+              "from the standard AWS configuration). [default: media/ in --data-dir]")
+@_option("--s3-endpoint-url", "S3_ENDPOINT_URL", default=None,
+         help="An S3-compatible server for --media-url s3://... (else AWS_ENDPOINT_URL_S3 "
+              "or AWS).")
+@_option("--region", "REGION", default=Settings.region, show_default=True,
+         help="Region in stream ARNs.")
+@_option("--account-id", "ACCOUNT_ID", default=Settings.account_id, show_default=True,
+         help="Account id in stream ARNs.")
+@_option("--public-url", "PUBLIC_URL", default=None,
+         help="URL that GetDataEndpoint returns [default: http://HOST:PORT].")
+@_option("--access-key-id", "ACCESS_KEY_ID", default=None,
+         help="With --secret-access-key: require SigV4 signed by this key.")
+@_option("--secret-access-key", "SECRET_ACCESS_KEY", default=None,
+         help="Secret for --access-key-id.")
+@_option("--allow-anonymous", "ALLOW_ANONYMOUS", is_flag=True, default=False,
+         help="Serve without credentials on a non-loopback address.")
+@_option("--min-sampling-interval-ms", "MIN_SAMPLING_INTERVAL_MS",
+         default=Settings.min_sampling_interval_ms, show_default=True, type=int,
+         help="Smallest GetImages SamplingInterval accepted.")
+@_option("--max-image-requests", "MAX_IMAGE_REQUESTS", default=Settings.max_image_requests,
+         show_default=True, type=click.IntRange(1, 1000),
+         help="GetImages requests served at once; more get ClientLimitExceededException.")
+@_option("--image-cache-mb", "IMAGE_CACHE_MB", default=Settings.image_cache_mb,
+         show_default=True, type=click.IntRange(min=0),
+         help="Memory for rendered images, so a repeated GetImages (the viewer's thumbnails, "
+              "several clients, image generation) makes none twice; 0 turns it off.")
+@_option("--sweep-interval-s", "SWEEP_INTERVAL_S", default=Settings.sweep_interval_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="How often fragments past retention, deleted streams and orphan media files "
+              "are swept.")
+@_option("--orphan-grace-s", "ORPHAN_GRACE_S", default=Settings.orphan_grace_s,
+         show_default=True, type=click.FloatRange(min=0),
+         help="Media files no fragment refers to are removed once this old.")
+@_option("--header-timeout-s", "HEADER_TIMEOUT_S", default=Settings.header_timeout_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="A connection must send a complete request head this soon, or is closed.")
+@_option("--fragment-deadline-s", "FRAGMENT_DEADLINE_S", default=Settings.fragment_deadline_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="PutMedia: once its bytes arrive, a fragment must complete this soon, so a "
+              "trickling producer cannot hold a stream.")
+@_option("--max-connections", "MAX_CONNECTIONS", default=None, type=click.IntRange(min=1),
+         help="Connections open at once; more are refused with 503 at once. "
+              "[default: what the open-file limit allows, at most 4096]")
+@_option("--tls-cert", "TLS_CERT", default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help="With --tls-key: serve HTTPS with this certificate (PEM).")
+@_option("--tls-key", "TLS_KEY", default=None, type=click.Path(dir_okay=False, path_type=Path),
+         help="The private key (PEM) for --tls-cert.")
+@_option("--delivery-queue-limit", "DELIVERY_QUEUE_LIMIT",
+         default=Settings.delivery_queue_limit, show_default=True, type=click.IntRange(min=1),
+         help="Image-generation and notification deliveries waiting at most; past it, new "
+              "fragments' events are dropped and counted (kvslite_deliveries_total).")
+@_option("--delivery-stream-limit", "DELIVERY_STREAM_LIMIT",
+         default=Settings.delivery_stream_limit, show_default=True, type=click.IntRange(min=1),
+         help="The same for one stream: a stream whose destination fails drops its own new "
+              "events, never another stream's.")
+@_option("--delivery-max-attempts", "DELIVERY_MAX_ATTEMPTS",
+         default=Settings.delivery_max_attempts, show_default=True, type=click.IntRange(min=1),
+         help="A delivery that failed this many times (backoff 1 s doubling: about 8.5 "
+              "minutes for 10) is dropped, logged and counted.")
+@_option("--webhook-allow", "WEBHOOK_ALLOW", default=None,
+         help="Internal addresses notifications may be POSTed to, comma-separated: loopback, "
+              "private, link-local, networks (10.1.0.0/16) or host names. [default: none; "
+              "only public addresses]")
+@_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
+         help="Log one line per request: request id, operation, stream, status, bytes, "
+              "duration.")
+@_option("--log-level", "LOG_LEVEL", default="info", show_default=True,
+         type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(log_level: str, **options) -> None:
+    """Run the server: on embedded defaults (SQLite + files under --data-dir), or as one
+    node of a cluster (--database-url postgresql://..., --media-url s3://...)."""
+    from kvslite.server.main import configure_logging
+
+    configure_logging(log_level)
+    settings = Settings(**options)
+    try:
+        settings.check()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    from kvslite.server.main import DataDirInUse, StoreUnavailable
+    from kvslite.server.main import serve as run_server
+
+    try:
+        run_server(settings)
+    except (DataDirInUse, StoreUnavailable) as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,95 @@
+"""The one exception type every layer raises for a client-visible AWS error, and the
+error codes kvslite answers with: each written once, here, and checked against
+botocore's models by the test suite."""
+
+from __future__ import annotations
+
+# Codes the botocore models define as error shapes: the HTTP status comes from the model.
+ACCESS_DENIED = "AccessDeniedException"
+CLIENT_LIMIT_EXCEEDED = "ClientLimitExceededException"
+CONNECTION_LIMIT_EXCEEDED = "ConnectionLimitExceededException"
+INVALID_ARGUMENT = "InvalidArgumentException"
+INVALID_CODEC_PRIVATE_DATA = "InvalidCodecPrivateDataException"
+INVALID_MEDIA_FRAME = "InvalidMediaFrameException"
+MISSING_CODEC_PRIVATE_DATA = "MissingCodecPrivateDataException"
+NO_DATA_RETENTION = "NoDataRetentionException"
+NOT_AUTHORIZED = "NotAuthorizedException"
+RESOURCE_IN_USE = "ResourceInUseException"
+RESOURCE_NOT_FOUND = "ResourceNotFoundException"
+TAGS_PER_RESOURCE_EXCEEDED_LIMIT = "TagsPerResourceExceededLimitException"
+UNSUPPORTED_STREAM_MEDIA_TYPE = "UnsupportedStreamMediaTypeException"
+VERSION_MISMATCH = "VersionMismatchException"
+
+MODELED = frozenset({
+    ACCESS_DENIED, CLIENT_LIMIT_EXCEEDED, CONNECTION_LIMIT_EXCEEDED, INVALID_ARGUMENT,
+    INVALID_CODEC_PRIVATE_DATA, INVALID_MEDIA_FRAME, MISSING_CODEC_PRIVATE_DATA,
+    NO_DATA_RETENTION, NOT_AUTHORIZED, RESOURCE_IN_USE, RESOURCE_NOT_FOUND,
+    TAGS_PER_RESOURCE_EXCEEDED_LIMIT, UNSUPPORTED_STREAM_MEDIA_TYPE, VERSION_MISMATCH,
+})
+
+# Codes outside the models: AWS's common errors for the protocol and for SigV4, which
+# botocore recognises by name; each is raised with an explicit HTTP status.
+SERIALIZATION = "SerializationException"
+UNKNOWN_OPERATION = "UnknownOperationException"
+METHOD_NOT_ALLOWED = "MethodNotAllowedException"
+REQUEST_ENTITY_TOO_LARGE = "RequestEntityTooLargeException"
+NOT_IMPLEMENTED = "NotImplementedException"
+INTERNAL_FAILURE = "InternalFailure"
+MISSING_PARAMETER = "MissingParameter"
+MISSING_AUTHENTICATION_TOKEN = "MissingAuthenticationTokenException"
+INCOMPLETE_SIGNATURE = "IncompleteSignatureException"
+UNRECOGNIZED_CLIENT = "UnrecognizedClientException"
+INVALID_SIGNATURE = "InvalidSignatureException"
+INSUFFICIENT_STORAGE = "InsufficientStorageException"
+SERVICE_UNAVAILABLE = "ServiceUnavailableException"
+
+UNMODELED = frozenset({
+    SERIALIZATION, UNKNOWN_OPERATION, METHOD_NOT_ALLOWED, REQUEST_ENTITY_TOO_LARGE,
+    NOT_IMPLEMENTED, INTERNAL_FAILURE, MISSING_PARAMETER, MISSING_AUTHENTICATION_TOKEN,
+    INCOMPLETE_SIGNATURE, UNRECOGNIZED_CLIENT, INVALID_SIGNATURE, INSUFFICIENT_STORAGE,
+    SERVICE_UNAVAILABLE,
+})
+
+
+class ApiError(Exception):
+    """An AWS-style error: `code` becomes `x-amzn-ErrorType`, `message` the body.
+
+    The HTTP status comes from the error shape in botocore's models (see
+    `kvslite.server.edge.model.error_statuses`) unless `status` is given for errors the
+    models do not define (e.g. SigV4 failures, unknown operations).
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(RESOURCE_NOT_FOUND, what)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(INVALID_ARGUMENT, message)
+
+
+class OutOfSpace(ApiError):
+    """The disk holding the archive is full: 507, which a client can act on (free space,
+    retry later); PutMedia answers it with ERROR 5001 ARCHIVAL_ERROR."""
+
+    def __init__(self, detail: str):
+        super().__init__(INSUFFICIENT_STORAGE,
+                         f"kvslite is out of disk space; free some and retry ({detail})",
+                         status=507)
+
+
+class MediaUnavailable(ApiError):
+    """The media store (S3) cannot be reached or failed: 503, which a client can retry;
+    PutMedia answers it with ERROR 5001 ARCHIVAL_ERROR. The message names no endpoint,
+    bucket or prefix: those are the server's to log, not the client's to see."""
+
+    def __init__(self, detail: str):
+        super().__init__(SERVICE_UNAVAILABLE, "the media store is unavailable; retry later",
+                         status=503)
+        self.detail = detail  # what failed, for the server's log

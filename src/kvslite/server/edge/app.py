@@ -1,0 +1,179 @@
+"""The HTTP edge: one ASGI app serving all three KVS APIs on one port.
+
+Starlette's Router does the routing. Every `POST <requestUri>` of botocore's models is a
+route: its body size bounded, its SigV4 signature checked, its JSON validated against
+the model and handed to the handler registered for the operation. Other routes (PutMedia,
+the HLS/DASH session pages, the web viewer) are plain Starlette routes handed in by the
+server. Whatever goes wrong becomes an AWS-style error: `x-amzn-ErrorType` header plus
+`{"message": ...}`; never a traceback. The steps every request passes through (request
+ids, security headers, errors, access log, media admission) are in edge/middleware.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import ASGIApp
+
+from kvslite.server.config import Settings
+from kvslite.server.edge import model, sigv4
+from kvslite.server.edge.access_log import OPERATION, STREAM
+from kvslite.server.edge.middleware import (
+    AccessLog,
+    EdgeHeaders,
+    ErrorResponses,
+    MediaAdmission,
+    RequestIds,
+)
+from kvslite.server.api_errors import NOT_IMPLEMENTED, REQUEST_ENTITY_TOO_LARGE, SERIALIZATION, ApiError
+from kvslite.server.ops.requests import REQUESTS, from_wire
+
+# An operation's handler takes its typed request (kvslite.server.ops.requests) and returns the
+# output members (serialized by the model) or a Response of its own (streaming media).
+Handler = Callable[[Any], Any]
+# PutMedia is not in botocore's models: it gets the raw (authenticated) request and
+# returns an ASGI response that may stream while the body is still arriving.
+StreamingHandler = Callable[[Request], Awaitable[Any]]
+
+
+class EdgeApp:
+    def __init__(self, settings: Settings, handlers: dict[str, Handler],
+                 put_media: StreamingHandler | None = None,
+                 routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
+                 access_log: bool = False):
+        self.settings = settings
+        self.handlers = _checked(handlers)
+        kvs = [Route(path, self._operation(route), methods=["POST"])
+               for path, route in model.routes().items()]
+        if put_media is not None:
+            kvs.append(Route("/putMedia", self._streaming(put_media), methods=["POST"]))
+        self.router = Router([*kvs, *routes], redirect_slashes=False)
+        self.pipeline = _pipeline(self.router, max_media_connections, access_log)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan events or websockets: the server runs with lifespan off
+        scope["app"] = self  # Starlette raises HTTPException instead of answering plain text
+        await self.pipeline(scope, receive, send)
+
+    # -- the KVS operations -----------------------------------------------------------
+
+    def _operation(self, route: model.Route):
+        operation = route.operation
+        handler = self.handlers.get(route.name)
+        request_type = REQUESTS[route.name]
+
+        async def endpoint(request: Request) -> Response:
+            request.scope[OPERATION] = operation.name
+            body = await read_body(request, self.settings.max_request_body_bytes)
+            self._authenticate(request, body)
+            if handler is None:
+                raise ApiError(NOT_IMPLEMENTED,
+                               f"kvslite does not implement {operation.name}", status=501)
+            params = model.parse_input(operation, decode_json(body))
+            request.scope[STREAM] = params.get("StreamName") or params.get("StreamARN")
+            result = await run_in_threadpool(handler, from_wire(request_type, params))
+            if isinstance(result, Response):
+                return result
+            return json_response(model.serialize_output(operation, result))
+
+        return endpoint
+
+    def _streaming(self, handler: StreamingHandler):
+        async def endpoint(request: Request):
+            request.scope[OPERATION] = "PutMedia"
+            request.scope[STREAM] = (request.headers.get("x-amzn-stream-name")
+                                     or request.headers.get("x-amzn-stream-arn"))
+            self._authenticate(request, b"", streaming=True)  # signs the empty payload
+            return await handler(request)
+
+        return endpoint
+
+    def _authenticate(self, request: Request, body: bytes, *, streaming: bool = False) -> None:
+        key, secret = self.settings.access_key_id, self.settings.secret_access_key
+        if not key or not secret:  # no credentials configured (auth_enabled): anything goes
+            return
+        headers: dict[str, list[str]] = {}
+        for name, value in request.headers.raw:
+            headers.setdefault(name.decode("latin-1").lower(), []).append(
+                value.decode("latin-1"))
+        sigv4.verify(
+            access_key_id=key,
+            secret_access_key=secret,
+            method=request.method,
+            path=request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
+            or request.url.path,
+            query_string=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body=body,
+            max_skew_s=self.settings.max_clock_skew_s,
+            streaming=streaming,
+        )
+
+
+def _pipeline(router: Router, max_media_connections: int | None,
+              access_log: bool) -> ASGIApp:
+    """The router inside the edge's steps (edge/middleware.py), the first step outermost."""
+    app: ASGIApp = MediaAdmission(router, max_media_connections)
+    app = EdgeHeaders(ErrorResponses(app, error_response))
+    if access_log:
+        app = AccessLog(app)
+    return RequestIds(app)
+
+
+def _checked(handlers: dict[str, Handler]) -> dict[str, Handler]:
+    """Handlers are registered by operation name; a name the models lack is a bug."""
+    known = {route.name for route in model.routes().values()}
+    unknown = set(handlers) - known
+    if unknown:
+        raise ValueError(f"handlers for operations the KVS models lack: {sorted(unknown)}")
+    return dict(handlers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over `limit` before buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(SERIALIZATION, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(REQUEST_ENTITY_TOO_LARGE,
+                    f"The request body exceeds the limit of {limit} bytes", status=413)
+
+
+def decode_json(body: bytes) -> object:
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, 4300+ digit integers,
+        raise ApiError(SERIALIZATION,  # nesting deeper than the decoder's stack
+                       f"The request body is not valid JSON: {str(e)[:200]}") from None
+
+
+def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status,
+                    headers=headers, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    status = error.status or model.error_statuses().get(error.code, 400)
+    return json_response({"message": error.message}, status,
+                         headers={"x-amzn-ErrorType": error.code})

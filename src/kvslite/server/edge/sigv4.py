@@ -1,0 +1,181 @@
+"""Verify AWS Signature Version 4 on incoming requests with botocore's own signer.
+
+The signature is recomputed over exactly the headers the client listed in
+`SignedHeaders`, with their values as received: boto3 signs `host` with the
+port, the KVS producer SDK without it and also signs `user-agent`, which
+botocore's signer would otherwise leave out.
+
+The producer SDK's PutMedia also signs `connection` and `transfer-encoding`. Those are
+hop-by-hop: a load balancer in HTTP mode consumes `Connection` (HAProxy drops its
+`keep-alive`/`close` tokens; nginx sends `close` of its own) and may re-frame the body.
+For those two alone, the values a client can have sent are tried as well as what
+arrived; every other signed header must arrive, exactly as signed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import itertools
+import re
+from hashlib import sha256
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, HTTPHeaders
+from botocore.credentials import Credentials
+
+from kvslite.server.api_errors import (
+    INCOMPLETE_SIGNATURE,
+    INVALID_SIGNATURE,
+    MISSING_AUTHENTICATION_TOKEN,
+    UNRECOGNIZED_CLIENT,
+    ApiError,
+)
+
+SIGNING_NAME = "kinesisvideo"
+EMPTY_SHA256 = sha256(b"").hexdigest()
+
+_AUTH_RE = re.compile(
+    r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
+    r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})\s*$"
+)
+
+
+# Signed hop-by-hop headers a proxy may drop or rewrite -> the values a client sends:
+# `Connection` names the persistence it wants, and a request body of unknown length can
+# only be chunked. Any other hop-by-hop header (keep-alive: timeout=...) must arrive.
+HOP_BY_HOP_VALUES = {
+    "connection": ("keep-alive", "close"),
+    "transfer-encoding": ("chunked",),
+}
+
+
+class _ExactHeadersSigner(SigV4Auth):
+    """botocore's SigV4 with the header list taken as given by the client."""
+
+    def headers_to_sign(self, request):
+        headers = HTTPHeaders()
+        for name, value in request.headers.items():
+            headers[name.lower()] = value
+        return headers
+
+
+def _forbidden(code: str, message: str) -> ApiError:
+    return ApiError(code, message, status=403)
+
+
+def verify(
+    *,
+    access_key_id: str,
+    secret_access_key: str,
+    method: str,
+    path: str,
+    query_string: str,
+    headers: dict[str, list[str]],
+    body: bytes,
+    max_skew_s: int,
+    streaming: bool = False,
+    now: dt.datetime | None = None,
+) -> None:
+    """Raise a 403 ApiError unless the request carries a valid signature.
+
+    `headers` maps lower-case names to every value received; `body` is what the
+    payload hash covers. A `streaming` body (PutMedia) is still arriving: the producer
+    SDK signs the empty payload for it, as AWS expects.
+    """
+    authorization = (headers.get("authorization") or [""])[0]
+    if not authorization:
+        raise _forbidden(MISSING_AUTHENTICATION_TOKEN,
+                         "Missing Authentication Token")
+    match = _AUTH_RE.match(authorization.strip())
+    if not match:
+        raise _forbidden(INCOMPLETE_SIGNATURE,
+                         "Authorization header is not a valid AWS4-HMAC-SHA256 signature")
+    scope = match["credential"].split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        raise _forbidden(INCOMPLETE_SIGNATURE,
+                         f"Credential scope is malformed: {match['credential']}")
+    key_id, date, region, service, _ = scope
+    if key_id != access_key_id:
+        raise _forbidden(UNRECOGNIZED_CLIENT,
+                         "The security token included in the request is invalid.")
+    if service != SIGNING_NAME:
+        raise _forbidden(INVALID_SIGNATURE,
+                         f"Credential should be scoped to correct service: '{SIGNING_NAME}'.")
+
+    amz_date = (headers.get("x-amz-date") or [""])[0]
+    signed_at = _parse_amz_date(amz_date)
+    if signed_at.strftime("%Y%m%d") != date:
+        raise _forbidden(INVALID_SIGNATURE,
+                         "Credential date does not match X-Amz-Date.")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if abs((now - signed_at).total_seconds()) > max_skew_s:
+        raise _forbidden(
+            INVALID_SIGNATURE,
+            f"Signature expired: {amz_date} is now outside the allowed clock skew of "
+            f"{max_skew_s // 60} minutes from {now.strftime('%Y%m%dT%H%M%SZ')}.",
+        )
+
+    signed_names = match["signed"].split(";")
+    if "host" not in signed_names:
+        raise _forbidden(INCOMPLETE_SIGNATURE, "'Host' must be a signed header")
+    missing = [name for name in signed_names
+               if name not in headers and name not in HOP_BY_HOP_VALUES]
+    if missing:
+        raise _forbidden(INVALID_SIGNATURE,
+                         f"Signed headers are missing from the request: {', '.join(missing)}")
+    _check_payload_hash(headers, body, streaming)
+    signer = _ExactHeadersSigner(Credentials(access_key_id, secret_access_key), service, region)
+    url = f"http://signed-host{path}" + (f"?{query_string}" if query_string else "")
+    for signed_headers in _header_candidates(headers, signed_names):
+        request = AWSRequest(method=method, url=url, headers=signed_headers, data=body)
+        request.context["timestamp"] = amz_date
+        canonical = signer.canonical_request(request)
+        expected = signer.signature(signer.string_to_sign(request, canonical), request)
+        if hmac.compare_digest(expected, match["signature"]):
+            return
+    raise _forbidden(
+        INVALID_SIGNATURE,
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method.",
+    )
+
+
+def _header_candidates(headers: dict[str, list[str]], signed_names: list[str]):
+    """The signed headers as received, then with each signed hop-by-hop header replaced by
+    the values a client can have sent for it (at most 3 x 2 = 6 tries in all)."""
+    choices = []
+    for name in signed_names:
+        received = [",".join(headers[name])] if name in headers else []
+        others = [v for v in HOP_BY_HOP_VALUES.get(name, ()) if v not in received]
+        choices.append(received + others)
+    for values in itertools.product(*choices):
+        yield dict(zip(signed_names, values))
+
+
+def _check_payload_hash(headers: dict[str, list[str]], body: bytes, streaming: bool) -> None:
+    """A declared x-amz-content-sha256 must be the body's hash, as AWS checks it: botocore's
+    signer would otherwise sign the declared value and never look at the body. Without
+    the header, the signature covers the hash of the body as received."""
+    declared_values = headers.get("x-amz-content-sha256")
+    if not declared_values:
+        return
+    declared = declared_values[0]
+    if streaming:
+        if declared != EMPTY_SHA256:  # the body is not here yet to hash
+            raise _forbidden(INVALID_SIGNATURE,
+                             "PutMedia signs the empty payload: x-amz-content-sha256 must be "
+                             "the SHA-256 of the empty string")
+    elif declared != sha256(body).hexdigest():
+        raise _forbidden(INVALID_SIGNATURE,
+                         "The provided x-amz-content-sha256 header does not match what was "
+                         "computed for the request body")
+
+
+def _parse_amz_date(value: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise _forbidden(INCOMPLETE_SIGNATURE,
+                         "Requests must carry a valid X-Amz-Date header (YYYYMMDDTHHMMSSZ)."
+                         ) from None
