@@ -284,9 +284,7 @@ from the dict `parse_input` returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
-
-from kvslite.server.ops.wire import from_wire  # re-exported: the edge imports it here'''
+from typing import ClassVar'''
 
 RESPONSES_PREAMBLE = '''"""Typed results for the operations of the three KVS botocore models.
 

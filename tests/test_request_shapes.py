@@ -124,13 +124,13 @@ def test_check_flags_a_stale_file_and_passes_a_fresh_one(generator, tmp_path, ca
 
 
 def test_generated_file_holds_no_hand_written_code():
-    """The runtime that reads the shapes (from_wire, to_wire) lives in kvslite.server.ops.wire, so
-    the generated file is data only."""
+    """The runtime that reads the shapes (from_wire, to_wire) lives in kvslite.server.ops.wire,
+    so the generated file is data only."""
     tree = ast.parse(TARGET.read_text(encoding="utf-8"))
     functions = [node.name for node in ast.walk(tree)
                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
     assert functions == []
-    assert requests.from_wire is wire.from_wire  # still importable from here, for the edge
+    assert not hasattr(requests, "from_wire")  # the edge imports it from wire
 
 
 # --- coverage of the models ---

@@ -32,7 +32,8 @@ from kvslite.server.edge.middleware import (
     RequestIds,
 )
 from kvslite.server.api_errors import NOT_IMPLEMENTED, REQUEST_ENTITY_TOO_LARGE, SERIALIZATION, ApiError
-from kvslite.server.ops.requests import REQUESTS, from_wire
+from kvslite.server.ops.requests import REQUESTS
+from kvslite.server.ops.wire import from_wire
 
 # An operation's handler takes its typed request (kvslite.server.ops.requests) and returns the
 # output members (serialized by the model) or a Response of its own (streaming media).

@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kvslite.server.ops.wire import from_wire  # re-exported: the edge imports it here
-
 
 @dataclass(frozen=True, slots=True)
 class ChannelNameCondition:
