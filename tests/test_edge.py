@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 

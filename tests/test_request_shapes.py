@@ -14,7 +14,7 @@ import pytest
 from botocore import xform_name
 
 from kvslite.server.edge.model import SERVICES, parse_input, routes
-from kvslite.server.ops import requests, wire
+from kvslite.server.ops import requests
 from kvslite.server.ops.requests import (
     REQUESTS,
     CreateStreamInput,

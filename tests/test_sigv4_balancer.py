@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from cluster_engines import free_ports
-from kvs_media import persisted_numbers, producer_sdk_put_media, sign_v4
+from kvs_media import producer_sdk_put_media, sign_v4
 from local_cluster import HAProxy, LocalCluster
 from test_local_cluster import need_engines
 

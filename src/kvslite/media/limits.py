@@ -6,7 +6,6 @@ readers rely on them to bound their lookups, and the web viewer gets them from h
 
 from __future__ import annotations
 
-import re
 
 MAX_FRAGMENT_MS = 20_000  # frames of one fragment span at most this (PutMedia ERROR 4002)
 MAX_FRAGMENT_BYTES = 50 * 1024 * 1024  # one fragment's cluster (ERROR 4001)
