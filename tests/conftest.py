@@ -133,6 +133,32 @@ def module_servers(tmp_path_factory):
         server.stop()
 
 
+class InProcessServer:
+    """The whole server, wired as `kvslite serve` wires it (SQLite and files), answering in
+    this process through Starlette's TestClient: for what the server answers, where a real
+    socket, a second process or uvicorn is not the point."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def raw(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+        """(status, lower-cased headers, body), like a raw HTTP request."""
+        response = self.client.request(method, path, content=body, headers=headers or {})
+        return response.status_code, dict(response.headers), response.content
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    from kvslite.server.config import Settings
+    from kvslite.server.main import running
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("kvs") / "data")
+    with running(settings) as server:  # no lifespan: kvslite's app has none
+        yield InProcessServer(TestClient(server.app, raise_server_exceptions=False))
+
+
 @pytest.fixture(scope="session")
 def h264():
     """The standard test video: 4 s of 320x240 H.264 at 25 fps, 1 s GOPs with B-frames."""

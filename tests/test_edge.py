@@ -1,4 +1,7 @@
-"""The HTTP edge: AWS-style errors for whatever a client sends, never a traceback."""
+"""The HTTP edge: AWS-style errors for whatever a client sends, never a traceback.
+
+What the edge answers is checked in process (the `in_process` fixture); what depends on
+the socket (bodies refused before they are read, boto3 over HTTP) on a real server."""
 
 from __future__ import annotations
 
@@ -28,30 +31,30 @@ def assert_aws_error(status, headers, body, expected_status, expected_code):
     assert b"Traceback" not in body
 
 
-def test_malformed_json(shared_server):
-    result = raw_request(shared_server, "POST", "/describeStream", b'{"StreamName": ',
+def test_malformed_json(in_process):
+    result = in_process.raw("POST", "/describeStream", b'{"StreamName": ',
                          {"content-type": "application/json"})
     assert_aws_error(*result, 400, "SerializationException")
 
 
-def test_json_that_is_not_an_object(shared_server):
-    result = raw_request(shared_server, "POST", "/createStream", b'["a"]')
+def test_json_that_is_not_an_object(in_process):
+    result = in_process.raw("POST", "/createStream", b'["a"]')
     assert_aws_error(*result, 400, "SerializationException")
 
 
-def test_producer_style_pretty_json_with_tabs(shared_server):
+def test_producer_style_pretty_json_with_tabs(in_process):
     body = b'{\n\t"StreamName":\t"tabbed",\n\t"DataRetentionInHours":\t2\n}'
-    status, _, payload = raw_request(shared_server, "POST", "/createStream", body)
+    status, _, payload = in_process.raw("POST", "/createStream", body)
     assert status == 200 and json.loads(payload)["StreamARN"].split("/")[1] == "tabbed"
 
 
-def test_unknown_path(shared_server):
-    result = raw_request(shared_server, "POST", "/noSuchOperation", b"{}")
+def test_unknown_path(in_process):
+    result = in_process.raw("POST", "/noSuchOperation", b"{}")
     assert_aws_error(*result, 404, "UnknownOperationException")
 
 
-def test_wrong_method(shared_server):
-    result = raw_request(shared_server, "GET", "/describeStream")
+def test_wrong_method(in_process):
+    result = in_process.raw("GET", "/describeStream")
     assert_aws_error(*result, 405, "MethodNotAllowedException")
 
 
@@ -72,9 +75,9 @@ def test_huge_chunked_body_is_refused(shared_server):
         (413, "RequestEntityTooLargeException")
 
 
-def test_wrong_member_type_in_nested_structure(shared_server):
+def test_wrong_member_type_in_nested_structure(in_process):
     body = json.dumps({"StreamNameCondition": {"ComparisonOperator": "ENDS_WITH"}}).encode()
-    status, headers, payload = raw_request(shared_server, "POST", "/listStreams", body)
+    status, headers, payload = in_process.raw("POST", "/listStreams", body)
     assert_aws_error(status, headers, payload, 400, "InvalidArgumentException")
     assert "StreamNameCondition.ComparisonOperator" in json.loads(payload)["message"]
 
@@ -95,11 +98,11 @@ def implemented_operations() -> set[str]:
             server.close()
 
 
-def test_every_model_operation_is_served_or_clearly_not_implemented(shared_server):
+def test_every_model_operation_is_served_or_clearly_not_implemented(in_process):
     """Walk all three botocore models: each operation either works or says it is missing."""
     implemented = implemented_operations()
     for path, route in model.routes().items():
-        status, headers, payload = raw_request(shared_server, "POST", path, b"{}")
+        status, headers, payload = in_process.raw("POST", path, b"{}")
         if route.name in implemented:
             assert status != 501, route.name
             # an empty body breaks a required member or names no stream: a modeled error
