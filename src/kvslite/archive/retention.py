@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from kvslite import metrics
 from kvslite.archive.background import BackgroundWorker
 from kvslite.archive.fragments import stream_dir
+from kvslite.archive.leases import stream_lease_keys
 from kvslite.store.files import FileBlobStore, is_temp
 from kvslite.store.metadata import Lease, MetadataStore, Stream
 
@@ -179,7 +180,7 @@ class Sweeper(BackgroundWorker):
                 self.blobs.delete(fragment.blob_key)
             self.store.delete_fragments(stream.arn, [f.seq for f in batch])
         self.blobs.delete_prefix(stream_dir(stream))
-        self.store.purge_stream(stream.arn)
+        self.store.purge_stream(stream.arn, stream_lease_keys(stream.arn))
         log.info("stream %s (%s) deleted", stream.name, stream.arn)
         return True
 
