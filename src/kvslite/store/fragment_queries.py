@@ -20,6 +20,19 @@ _FRAGMENT_COLUMNS = (f.arn, f.seq, f.number, f.producer_ms, f.server_ms, f.durat
                      f.header_id, f.blob_key, f.frames, f.digest)
 _TIME_COLUMNS = {Clock.PRODUCER: f.producer_ms, Clock.SERVER: f.server_ms}
 _BATCH = 500  # keys per IN list: well under either engine's limit on bound parameters
+_SELECT = sa.select(*_FRAGMENT_COLUMNS)
+_OF_STREAM = f.arn == sa.bindparam("arn")
+
+# Built once (see database.py): what ingest and live readers ask for every fragment.
+BY_CONTENT = _SELECT.where(_OF_STREAM, f.producer_ms == sa.bindparam("producer_ms"),
+                           f.digest == sa.bindparam("digest"))
+_LATEST = _SELECT.where(_OF_STREAM).order_by(f.seq.desc()).limit(1)
+_AFTER_SEQ = _SELECT.where(_OF_STREAM, f.seq > sa.bindparam("after_seq"))
+_BY_SEQ = {None: _AFTER_SEQ} | {
+    clock: _AFTER_SEQ.where(time.between(sa.bindparam("start_ms"), sa.bindparam("end_ms")))
+    for clock, time in _TIME_COLUMNS.items()}
+_BY_SEQ = {clock: query.order_by(f.seq).limit(sa.bindparam("limit"))
+           for clock, query in _BY_SEQ.items()}
 
 
 def fragment_of(row: sa.Row) -> Fragment:
@@ -44,32 +57,23 @@ def _starting(arn: str, clock: Clock, start_ms: int, end_ms: int,
 
 
 class FragmentQueries(SqlOutbox):
-    def _fragments_in(self, conn: sa.Connection, *where: sa.ColumnElement[bool],
-                      order_by: Sequence[sa.ColumnElement] = (),
-                      limit: int | None = None) -> list[Fragment]:
-        query = sa.select(*_FRAGMENT_COLUMNS).where(*where).order_by(*order_by).limit(limit)
-        return [fragment_of(row) for row in conn.execute(query)]
+    def _run(self, query: sa.Select, **params) -> list[Fragment]:
+        with self._read() as conn:
+            return [fragment_of(row) for row in conn.execute(query, params)]
 
     def _fragments(self, *where: sa.ColumnElement[bool],
                    order_by: Sequence[sa.ColumnElement] = (),
                    limit: int | None = None) -> list[Fragment]:
-        with self._read() as conn:
-            return self._fragments_in(conn, *where, order_by=order_by, limit=limit)
-
-    @staticmethod
-    def _same_content(arn: str, producer_ms: int, digest: bytes) -> sa.ColumnElement[bool]:
-        return sa.and_(f.arn == arn, f.producer_ms == producer_ms, f.digest == digest)
+        return self._run(_SELECT.where(*where).order_by(*order_by).limit(limit))
 
     def find_fragment(self, arn: str, *, producer_ms: int, digest: bytes) -> Fragment | None:
-        found = self._fragments(self._same_content(arn, producer_ms, digest))
+        found = self._run(BY_CONTENT, arn=arn, producer_ms=producer_ms, digest=digest)
         return found[0] if found else None
 
     def list_fragments(self, arn: str, *, clock: Clock | None = None, start_ms: int = 0,
                        end_ms: int = 0, after_seq: int = 0, limit: int) -> list[Fragment]:
-        where = [f.arn == arn, f.seq > after_seq]
-        if clock is not None:
-            where.append(_TIME_COLUMNS[clock].between(start_ms, end_ms))
-        return self._fragments(*where, order_by=[f.seq], limit=limit)
+        return self._run(_BY_SEQ[clock], arn=arn, after_seq=after_seq, start_ms=start_ms,
+                         end_ms=end_ms, limit=limit)
 
     def fragments_by_number(self, arn: str, numbers: list[str]) -> dict[str, Fragment]:
         found: dict[str, Fragment] = {}
@@ -80,7 +84,7 @@ class FragmentQueries(SqlOutbox):
         return found
 
     def latest_fragment(self, arn: str) -> Fragment | None:
-        found = self._fragments(f.arn == arn, order_by=[f.seq.desc()], limit=1)
+        found = self._run(_LATEST, arn=arn)
         return found[0] if found else None
 
     def fragment_at(self, arn: str, clock: Clock, ms: int, max_duration_ms: int

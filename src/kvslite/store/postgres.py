@@ -27,7 +27,7 @@ from kvslite.store.sql_store import SqlMetadataStore
 # Advisory locks are per database, so databases on one server migrate independently.
 MIGRATION_LOCK = 0x6B76_736C_6974_6501
 _DATABASE_NOW = sa.cast(sa.func.floor(sa.extract("epoch", sa.func.clock_timestamp()) * 1000),
-                        sa.BigInteger)
+                        INT)
 
 
 class PostgresMetadataStore(SqlMetadataStore):
@@ -38,6 +38,8 @@ class PostgresMetadataStore(SqlMetadataStore):
     fragment notifications, once a live reader waits)."""
 
     BEGIN = "BEGIN"  # READ COMMITTED; sql_store's first statements lock what they decide on
+    # the injected clock's reading if there is one, else the database's
+    NOW = sa.func.coalesce(sa.bindparam("now", type_=INT), _DATABASE_NOW)
     MIGRATIONS = MIGRATIONS
     insert = staticmethod(postgresql.insert)
 
@@ -79,10 +81,8 @@ class PostgresMetadataStore(SqlMetadataStore):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def _now(self) -> sa.ColumnElement[int]:
-        if self.clock is None:
-            return _DATABASE_NOW
-        return sa.literal(int(self.clock() * 1000), INT)
+    def _now_ms(self) -> int | None:
+        return None if self.clock is None else int(self.clock() * 1000)
 
     def _schema_version(self, conn: sa.Connection) -> int:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))

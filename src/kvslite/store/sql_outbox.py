@@ -56,7 +56,7 @@ class SqlOutbox(SqlDatabase):
             return conn.execute(sa.select(sa.func.count(sa.distinct(d.arn)))).scalar_one()
 
     def claim_deliveries(self, limit: int, claim_ms: int) -> list[Delivery]:
-        now = self._now()
+        now = self.NOW
         due = sa.and_(d.due_ms <= now, d.claimed_until_ms <= now)
         # destinations (a stream and kind) that are busy (a delivery claimed) or parked (a
         # failed one waiting out its backoff) get nothing now
@@ -74,7 +74,8 @@ class SqlOutbox(SqlDatabase):
             rows = conn.execute(
                 sa.update(deliveries).where(d.id.in_(chosen))
                 .values(claimed_until_ms=now + claim_ms)
-                .returning(d.id, d.arn, d.fragment_number, d.kind, d.event, d.attempts)).all()
+                .returning(d.id, d.arn, d.fragment_number, d.kind, d.event, d.attempts),
+                {"now": self._now_ms()}).all()
         claimed = [Delivery(id=row.id, arn=row.arn, fragment_number=row.fragment_number,
                             kind=row.kind, event=row.event, attempts=row.attempts)
                    for row in rows]
@@ -87,5 +88,5 @@ class SqlOutbox(SqlDatabase):
     def retry_delivery(self, delivery_id: int, delay_ms: int, error: str) -> None:
         with self._write() as conn:
             conn.execute(sa.update(deliveries).where(d.id == delivery_id).values(
-                attempts=d.attempts + 1, due_ms=self._now() + delay_ms, claimed_until_ms=0,
-                last_error=error[:1000]))
+                attempts=d.attempts + 1, due_ms=self.NOW + delay_ms, claimed_until_ms=0,
+                last_error=error[:1000]), {"now": self._now_ms()})

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import secrets as random_secrets
 from collections.abc import Iterable, Sequence
+from functools import cache
 
 import sqlalchemy as sa
 
-from kvslite.store.fragment_queries import FragmentQueries
+from kvslite.store.fragment_queries import BY_CONTENT, FragmentQueries, fragment_of
 from kvslite.store.metadata import (ACTIVE, DELETING, Fragment, Lease, LeaseLost, NameTaken,
                                     Stream, StreamNotActive, fragment_number)
 from kvslite.store.schema import fragments, headers, lease_epochs, leases, secrets, streams
@@ -31,6 +32,26 @@ from kvslite.store.schema import tags as tag_table
 s, h, le = streams.c, headers.c, leases.c
 _STREAM_COLUMNS = (s.name, s.arn, s.version, s.creation_time, s.data_retention_hours,
                    s.kms_key_id, s.status, s.device_name, s.media_type)
+
+
+# Built once (see database.py): the statements of every add_fragment, and get_stream's.
+_STREAM_BY_ARN = sa.select(*_STREAM_COLUMNS).where(s.arn == sa.bindparam("arn"))
+_STREAM_BY_NAME = sa.select(*_STREAM_COLUMNS).where(s.name == sa.bindparam("name"),
+                                                    s.status != DELETING)
+# takes the next seq, checks ACTIVE and locks the stream's row, in one statement
+_TAKE_SEQ = (sa.update(streams).where(s.arn == sa.bindparam("stream"), s.status == ACTIVE)
+             .values(last_seq=s.last_seq + 1).returning(s.last_seq))
+_INSERT_FRAGMENT = sa.insert(fragments)
+# (parameters named unlike columns: an UPDATE's SET reserves the columns' names)
+_LEASE = sa.and_(le.resource == sa.bindparam("lease_resource"),
+                 le.holder == sa.bindparam("lease_holder"), le.epoch == sa.bindparam("lease_epoch"))
+
+
+@cache
+def _holds_query(now: sa.ColumnElement[int]) -> sa.Select:
+    """The live lease, locked against its removal until the transaction ends."""
+    return (sa.select(le.epoch).where(_LEASE, le.expires_ms > now)
+            .with_for_update(read=True, key_share=True))
 
 
 def _stream_of(row: sa.Row) -> Stream:
@@ -65,11 +86,12 @@ class SqlMetadataStore(FragmentQueries):
             return [_stream_of(row) for row in conn.execute(query)]
 
     def get_stream(self, *, name: str | None = None, arn: str | None = None) -> Stream | None:
-        if arn is not None:
-            found = self._streams(s.arn == arn)
-        else:
-            found = self._streams(s.name == name, s.status != DELETING)
-        return found[0] if found else None
+        with self._read() as conn:
+            if arn is not None:
+                row = conn.execute(_STREAM_BY_ARN, {"arn": arn}).first()
+            else:
+                row = conn.execute(_STREAM_BY_NAME, {"name": name}).first()
+        return None if row is None else _stream_of(row)
 
     def list_streams(self, *, prefix: str, after: str, limit: int) -> list[Stream]:
         # substr() compares the prefix exactly; LIKE would treat _ and % as wildcards
@@ -165,26 +187,25 @@ class SqlMetadataStore(FragmentQueries):
                      fence: Lease | None = None,
                      deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
         with self._write() as conn:
-            # takes the next seq, checks ACTIVE and locks the stream's row, in one statement
-            seq = conn.execute(
-                sa.update(streams).where(s.arn == arn, s.status == ACTIVE)
-                .values(last_seq=s.last_seq + 1).returning(s.last_seq)).scalar()
+            seq = conn.execute(_TAKE_SEQ, {"stream": arn}).scalar()
             if seq is None:
                 raise StreamNotActive(arn)
             if fence is not None and not self._holds(conn, fence):
                 raise LeaseLost(fence.resource)
-            resent = self._fragments_in(conn, self._same_content(arn, producer_ms, digest))
-            if resent:
+            resent = conn.execute(BY_CONTENT, {"arn": arn, "producer_ms": producer_ms,
+                                               "digest": digest}).first()
+            if resent is not None:
                 conn.rollback()  # gives the seq back
-                return resent[0], False
+                return fragment_of(resent), False
             fragment = Fragment(arn=arn, seq=seq, number=fragment_number(seq),
                                 producer_ms=producer_ms, server_ms=server_ms,
                                 duration_ms=duration_ms, size=size, header_id=header_id,
                                 blob_key=blob_key, frames=frames, digest=digest)
-            conn.execute(sa.insert(fragments).values(
-                arn=arn, seq=seq, number=fragment.number, producer_ms=producer_ms,
-                server_ms=server_ms, duration_ms=duration_ms, size=size,
-                header_id=header_id, blob_key=blob_key, frames=frames, digest=digest))
+            conn.execute(_INSERT_FRAGMENT, {
+                "arn": arn, "seq": seq, "number": fragment.number, "producer_ms": producer_ms,
+                "server_ms": server_ms, "duration_ms": duration_ms, "size": size,
+                "header_id": header_id, "blob_key": blob_key, "frames": frames,
+                "digest": digest})
             self._record_deliveries(conn, arn, fragment.number, deliveries)
             self._fragment_added(conn, arn)
         self._fragment_committed(arn)
@@ -200,14 +221,15 @@ class SqlMetadataStore(FragmentQueries):
 
     def acquire_lease(self, resource: str, holder: str, *, limit: int, ttl_ms: int
                       ) -> Lease | None:
+        now = self.NOW
         with self._write() as conn:
-            now = self._now()
             # lock the resource: acquires on it run one after another from here
             lock = self.insert(lease_epochs).values(resource=resource, epoch=0)
             conn.execute(lock.on_conflict_do_update(
                 index_elements=("resource",), set_={"epoch": lease_epochs.c.epoch}))
             conn.execute(sa.delete(leases).where(le.resource == resource,
-                                                 le.expires_ms <= now))
+                                                 le.expires_ms <= now),
+                         {"now": self._now_ms()})
             held = conn.execute(sa.select(sa.func.count()).select_from(leases)
                                 .where(le.resource == resource)).scalar_one()
             if held >= limit:
@@ -217,36 +239,38 @@ class SqlMetadataStore(FragmentQueries):
                 .values(epoch=lease_epochs.c.epoch + 1)
                 .returning(lease_epochs.c.epoch)).scalar_one()
             conn.execute(sa.insert(leases).values(resource=resource, holder=holder,
-                                                  epoch=epoch, expires_ms=now + ttl_ms))
+                                                  epoch=epoch, expires_ms=now + ttl_ms),
+                         {"now": self._now_ms()})
         return Lease(resource, holder, epoch)
 
-    def _is_lease(self, lease: Lease) -> sa.ColumnElement[bool]:
-        return sa.and_(le.resource == lease.resource, le.holder == lease.holder,
-                       le.epoch == lease.epoch)
+    @staticmethod
+    def _lease(lease: Lease) -> dict:
+        return {"lease_resource": lease.resource, "lease_holder": lease.holder,
+                "lease_epoch": lease.epoch}
 
     def _holds(self, conn: sa.Connection, lease: Lease) -> bool:
         """Whether `lease` is live; its row stays locked until the transaction ends, so no
         acquire can drop it (and take the slot over) before this commits."""
-        return conn.execute(
-            sa.select(le.epoch).where(self._is_lease(lease), le.expires_ms > self._now())
-            .with_for_update(read=True, key_share=True)).first() is not None
+        return conn.execute(_holds_query(self.NOW),
+                            {**self._lease(lease), "now": self._now_ms()}).first() is not None
 
     def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
         with self._write() as conn:
-            now = self._now()
             return conn.execute(
-                sa.update(leases).where(self._is_lease(lease), le.expires_ms > now)
-                .values(expires_ms=now + ttl_ms)).rowcount == 1
+                sa.update(leases).where(_LEASE, le.expires_ms > self.NOW)
+                .values(expires_ms=self.NOW + ttl_ms),
+                {**self._lease(lease), "now": self._now_ms()}).rowcount == 1
 
     def release_lease(self, lease: Lease) -> None:
         with self._write() as conn:
-            conn.execute(sa.delete(leases).where(self._is_lease(lease)))
+            conn.execute(sa.delete(leases).where(_LEASE), self._lease(lease))
 
     def count_leases(self, resource: str) -> int:
         with self._read() as conn:
             return conn.execute(
                 sa.select(sa.func.count()).select_from(leases)
-                .where(le.resource == resource, le.expires_ms > self._now())).scalar_one()
+                .where(le.resource == resource, le.expires_ms > self.NOW),
+                {"now": self._now_ms()}).scalar_one()
 
     # -- secrets ---------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class SqliteMetadataStore(SqlMetadataStore):
     one process serves a SQLite archive (the data directory is locked)."""
 
     BEGIN = "BEGIN IMMEDIATE"  # the write lock up front: no upgrade deadlocks
+    NOW = sa.bindparam("now", type_=INT)
     MIGRATIONS = MIGRATIONS
     insert = staticmethod(sqlite.insert)
 
@@ -76,8 +77,8 @@ class SqliteMetadataStore(SqlMetadataStore):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def _now(self) -> sa.ColumnElement[int]:
-        return sa.literal(int(self.clock() * 1000), INT)
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def _migrate_on(self, conn: sa.Connection, where: str) -> None:
         # an old database's table rebuild must not cascade: foreign keys off meanwhile
