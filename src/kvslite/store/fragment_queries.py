@@ -129,12 +129,12 @@ class FragmentQueries(SqlOutbox):
     def count_discontinuities(self, arn: str, clock: Clock, start_ms: int, end_ms: int, *,
                               newest_only: bool = False, gap_ms: int | None = None) -> int:
         time = _TIME_COLUMNS[clock]
-        in_order = {"order_by": (time, f.seq)}
+        in_order = (time, f.seq)
         runs = sa.select(
             time.label("start"), f.header_id,
-            sa.func.lag(time).over(**in_order).label("prev_start"),
-            sa.func.lag(f.duration_ms).over(**in_order).label("prev_duration"),
-            sa.func.lag(f.header_id).over(**in_order).label("prev_header"),
+            sa.func.lag(time).over(order_by=in_order).label("prev_start"),
+            sa.func.lag(f.duration_ms).over(order_by=in_order).label("prev_duration"),
+            sa.func.lag(f.header_id).over(order_by=in_order).label("prev_header"),
         ).where(*_starting(arn, clock, start_ms, end_ms, newest_only)).subquery("runs")
         breaks = runs.c.prev_header != runs.c.header_id  # other codec data
         if gap_ms is not None:

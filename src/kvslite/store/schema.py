@@ -20,7 +20,7 @@ INT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 KEY = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")  # compared, sorted
 TEXT = sa.Text()
 BLOB = sa.LargeBinary()
-SECONDS = sa.Double().with_variant(sqlite.REAL(), "sqlite")
+SECONDS: sa.types.TypeEngine[float] = sa.Double().with_variant(sqlite.REAL(), "sqlite")
 
 
 def _stream_arn() -> sa.Column:

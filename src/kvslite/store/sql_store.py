@@ -161,7 +161,8 @@ class SqlMetadataStore(FragmentQueries):
 
     def delete_tags(self, arn: str, keys: list[str]) -> None:
         with self._write() as conn:
-            conn.execute(sa.delete(tag_table).where(tag_table.c.arn == arn, tag_table.c.key.in_(keys)))
+            conn.execute(sa.delete(tag_table).where(tag_table.c.arn == arn,
+                                                    tag_table.c.key.in_(keys)))
 
     # -- headers and new fragments -----------------------------------------------------
 
