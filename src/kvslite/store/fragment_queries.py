@@ -35,11 +35,13 @@ _BY_SEQ = {clock: query.order_by(f.seq).limit(sa.bindparam("limit"))
            for clock, query in _BY_SEQ.items()}
 
 
-def fragment_of(row: sa.Row) -> Fragment:
-    return Fragment(arn=row.arn, seq=row.seq, number=row.number, producer_ms=row.producer_ms,
-                    server_ms=row.server_ms, duration_ms=row.duration_ms, size=row.size,
-                    header_id=row.header_id, blob_key=row.blob_key, frames=row.frames,
-                    digest=row.digest)
+def fragment_of(row: Sequence) -> Fragment:
+    """A row of _FRAGMENT_COLUMNS as a Fragment."""
+    (arn, seq, number, producer_ms, server_ms, duration_ms, size, header_id, blob_key, frames,
+     digest) = row
+    return Fragment(arn=arn, seq=seq, number=number, producer_ms=producer_ms,
+                    server_ms=server_ms, duration_ms=duration_ms, size=size,
+                    header_id=header_id, blob_key=blob_key, frames=frames, digest=digest)
 
 
 def _starting(arn: str, clock: Clock, start_ms: int, end_ms: int,
@@ -58,13 +60,16 @@ def _starting(arn: str, clock: Clock, start_ms: int, end_ms: int,
 
 class FragmentQueries(SqlOutbox):
     def _run(self, query: sa.Select, **params) -> list[Fragment]:
+        """A query built once (see database.py)."""
         with self._read() as conn:
-            return [fragment_of(row) for row in conn.execute(query, params)]
+            return [fragment_of(row) for row in self._run_compiled(conn, query, **params)]
 
     def _fragments(self, *where: sa.ColumnElement[bool],
                    order_by: Sequence[sa.ColumnElement] = (),
                    limit: int | None = None) -> list[Fragment]:
-        return self._run(_SELECT.where(*where).order_by(*order_by).limit(limit))
+        query = _SELECT.where(*where).order_by(*order_by).limit(limit)
+        with self._read() as conn:
+            return [fragment_of(row) for row in conn.execute(query)]
 
     def find_fragment(self, arn: str, *, producer_ms: int, digest: bytes) -> Fragment | None:
         found = self._run(BY_CONTENT, arn=arn, producer_ms=producer_ms, digest=digest)

@@ -188,25 +188,26 @@ class SqlMetadataStore(FragmentQueries):
                      fence: Lease | None = None,
                      deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
         with self._write() as conn:
-            seq = conn.execute(_TAKE_SEQ, {"stream": arn}).scalar()
-            if seq is None:
+            taken = self._run_compiled(conn, _TAKE_SEQ, stream=arn)
+            if not taken:
                 raise StreamNotActive(arn)
             if fence is not None and not self._holds(conn, fence):
                 raise LeaseLost(fence.resource)
-            resent = conn.execute(BY_CONTENT, {"arn": arn, "producer_ms": producer_ms,
-                                               "digest": digest}).first()
-            if resent is not None:
-                conn.rollback()  # gives the seq back
-                return fragment_of(resent), False
+            resent = self._run_compiled(conn, BY_CONTENT, arn=arn, producer_ms=producer_ms,
+                                        digest=digest)
+            if resent:
+                self._rollback(conn)  # gives the seq back
+                return fragment_of(resent[0]), False
+            seq = taken[0][0]
             fragment = Fragment(arn=arn, seq=seq, number=fragment_number(seq),
                                 producer_ms=producer_ms, server_ms=server_ms,
                                 duration_ms=duration_ms, size=size, header_id=header_id,
                                 blob_key=blob_key, frames=frames, digest=digest)
-            conn.execute(_INSERT_FRAGMENT, {
-                "arn": arn, "seq": seq, "number": fragment.number, "producer_ms": producer_ms,
-                "server_ms": server_ms, "duration_ms": duration_ms, "size": size,
-                "header_id": header_id, "blob_key": blob_key, "frames": frames,
-                "digest": digest})
+            self._run_compiled(
+                conn, _INSERT_FRAGMENT, arn=arn, seq=seq, number=fragment.number,
+                producer_ms=producer_ms, server_ms=server_ms, duration_ms=duration_ms,
+                size=size, header_id=header_id, blob_key=blob_key, frames=frames,
+                digest=digest)
             self._record_deliveries(conn, arn, fragment.number, deliveries)
             self._fragment_added(conn, arn)
         self._fragment_committed(arn)
@@ -252,8 +253,8 @@ class SqlMetadataStore(FragmentQueries):
     def _holds(self, conn: sa.Connection, lease: Lease) -> bool:
         """Whether `lease` is live; its row stays locked until the transaction ends, so no
         acquire can drop it (and take the slot over) before this commits."""
-        return conn.execute(_holds_query(self.NOW),
-                            {**self._lease(lease), "now": self._now_ms()}).first() is not None
+        return bool(self._run_compiled(conn, _holds_query(self.NOW), **self._lease(lease),
+                                       now=self._now_ms()))
 
     def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
         with self._write() as conn:
