@@ -35,7 +35,7 @@ from kvslite.store.migrations import Migration, migrate
 
 class _Compiled(NamedTuple):
     sql: str
-    compiled: sa.sql.compiler.Compiled
+    compiled: sa.sql.compiler.SQLCompiler
 
     def parameters(self, values: dict[str, Any]) -> Any:
         """The driver's parameters: by name, or in order where its SQL has `?`."""
@@ -104,8 +104,9 @@ class SqlDatabase:
         finally:
             cursor.close()
 
-    def _compile(self, statement: sa.Executable) -> tuple[str, sa.sql.compiler.Compiled]:
+    def _compile(self, statement: sa.Executable) -> tuple[str, sa.sql.compiler.SQLCompiler]:
         compiled = statement.compile(dialect=self._engine.dialect)  # type: ignore[attr-defined]
+        assert isinstance(compiled, sa.sql.compiler.SQLCompiler)
         return compiled.string, compiled
 
     @contextmanager
