@@ -366,6 +366,23 @@ def test_acquire_lease_admits_exactly_limit_writers(store, store_factory):
     assert store.acquire_lease(resource, "later", limit=3, ttl_ms=60_000) is None
 
 
+def test_purging_a_stream_removes_the_leases_it_is_given_whatever_their_names(store):
+    """Lease resources are opaque to the store: purge_stream removes exactly those named,
+    not others that merely look like the stream's (the archive composes the names)."""
+    stream, _ = new_stream(store)
+    given = [f"put-media:{stream.arn}", f"{stream.arn}/some-other-scheme"]
+    kept = [f"get-media:{stream.arn}", f"put-media:{stream.arn}-2", "sweeper"]
+    for resource in given + kept:
+        assert store.acquire_lease(resource, "A", limit=1, ttl_ms=60_000) is not None
+    assert store.mark_deleting(stream.arn, None)
+    store.purge_stream(stream.arn, given)
+
+    assert [store.count_leases(resource) for resource in given + kept] == [0, 0, 1, 1, 1]
+    epochs = [store.acquire_lease(resource, "B", limit=2, ttl_ms=60_000).epoch
+              for resource in given + kept]
+    assert epochs == [1, 1, 2, 2, 2]  # the given resources' epochs went with them
+
+
 def test_an_expired_lease_counts_for_nothing(clocked, store_factory, clock):
     """Three 1 s leases fill the slots; at 0.9 s they still count; at 1.5 s, 12 writers (4
     processes, 8 threads, on the same clock) race: the 3 old holders' renewals are all

@@ -8,6 +8,7 @@ range), cascading deletes and server secrets.
 from __future__ import annotations
 
 import itertools
+import sqlite3
 
 import pytest
 
@@ -58,6 +59,12 @@ def add(store, arn: str, producer_ms: int, duration_ms: int = 1000, *,
     return fragment
 
 
+def sql(store, query: str, params=()) -> list[tuple]:
+    """Rows of one query, on a connection of its own to the store's file."""
+    with sqlite3.connect(store.path) as conn:
+        return conn.execute(query, params).fetchall()
+
+
 _unique = itertools.count(1)
 SPAN = 60_000  # the longest fragment span lookups assume
 
@@ -87,8 +94,7 @@ def test_save_header_reuses_only_an_identical_latest_header(store, arn, other_ar
     assert store.get_header(second) == h2
     assert store.get_header(third) == h1
     assert store.get_header(fourth) == h1
-    count = store._connection().execute("SELECT count(*) FROM headers").fetchone()[0]
-    assert count == 4
+    assert sql(store, "SELECT count(*) FROM headers") == [(4,)]
 
 
 def test_get_header_of_an_unknown_id(store, arn):
@@ -237,8 +243,6 @@ def test_list_fragments_in_a_server_range_uses_the_server_clock(store, arn):
 
 
 def test_fragments_by_number_crosses_the_batches(store, arn, other_arn):
-    # 520 commits: skip the per-commit fsync (durability is not what this test is about)
-    store._connection().execute("PRAGMA synchronous=OFF")
     header = store.save_header(arn, b"h")
     added = [add(store, arn, 10 * i, 10, header_id=header) for i in range(1, 521)]
     other = add(store, other_arn, 10)
@@ -377,11 +381,10 @@ def test_deleting_a_stream_removes_its_headers_and_fragments(store, arn, other_a
     assert store.mark_deleting(arn, "v1")
     store.purge_stream(arn)
 
-    count = store._connection().execute
-    assert count("SELECT count(*) FROM fragments WHERE arn = ?", (arn,)).fetchone()[0] == 0
-    assert count("SELECT count(*) FROM headers WHERE arn = ?", (arn,)).fetchone()[0] == 0
-    assert count("SELECT count(*) FROM fragments").fetchone()[0] == 3
-    assert count("SELECT count(*) FROM headers").fetchone()[0] == 1
+    assert sql(store, "SELECT count(*) FROM fragments WHERE arn = ?", (arn,)) == [(0,)]
+    assert sql(store, "SELECT count(*) FROM headers WHERE arn = ?", (arn,)) == [(0,)]
+    assert sql(store, "SELECT count(*) FROM fragments") == [(3,)]
+    assert sql(store, "SELECT count(*) FROM headers") == [(1,)]
     assert store.list_fragments(arn, limit=100) == []
     assert store.latest_fragment(arn) is None
     assert store.find_fragment(arn, producer_ms=0, digest=b"") is None
@@ -418,6 +421,5 @@ def test_secret_is_stable_and_survives_reopening(tmp_path):
     store = SqliteMetadataStore(tmp_path / "meta.db")
     assert store.secret("tokens") == first
     assert store.secret("images") == other
-    count = store._connection().execute("SELECT count(*) FROM secrets").fetchone()[0]
-    assert count == 2
+    assert sql(store, "SELECT count(*) FROM secrets") == [(2,)]
     store.close()

@@ -99,7 +99,7 @@ def test_purging_a_stream_removes_its_rows_and_leases(store, arn, other_arn, url
     lease = store.acquire_lease(f"put-media:{arn}", "A", limit=1, ttl_ms=60_000)
     other_lease = store.acquire_lease(f"put-media:{other_arn}", "A", limit=1, ttl_ms=60_000)
     assert store.mark_deleting(arn, "v1")
-    store.purge_stream(arn)
+    store.purge_stream(arn, [f"put-media:{arn}", f"get-media:{arn}"])
 
     assert sql(url, "SELECT arn, count(*) FROM fragments GROUP BY arn") == [(other_arn, 3)]
     assert sql(url, "SELECT arn FROM headers") == [(other_arn,)]

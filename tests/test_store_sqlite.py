@@ -22,9 +22,9 @@ def test_migrates_once_and_reopens(tmp_path):
     store.close()
     store = SqliteMetadataStore(tmp_path / "m.db")
     assert store.get_stream(name="s") == make_stream()
-    version = store._connection().execute("PRAGMA user_version").fetchone()[0]
-    assert version == len(MIGRATIONS)
-    assert store._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_refuses_a_newer_schema(tmp_path):

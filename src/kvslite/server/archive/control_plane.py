@@ -92,9 +92,13 @@ class ControlPlane:
     def list_streams(self, *, prefix: str = "", after: str = "", limit: int) -> list[Stream]:
         return self.store.list_streams(prefix=prefix, after=after, limit=limit)
 
-    def update(self, stream: Stream, current_version: str, **changes) -> None:
+    def update(self, stream: Stream, current_version: str, *, device_name: str | None = None,
+               media_type: str | None = None, data_retention_hours: int | None = None
+               ) -> None:
+        """Change the fields given (None: unchanged), if `current_version` is current."""
         if not self.store.update_stream(stream.arn, current_version, version=new_version(),
-                                        **changes):
+                                        device_name=device_name, media_type=media_type,
+                                        data_retention_hours=data_retention_hours):
             raise _version_mismatch(stream, current_version)
 
     def delete(self, stream: Stream, current_version: str | None) -> None:

@@ -27,6 +27,16 @@ GET_MEDIA = "get-media"
 LIMITS = {PUT_MEDIA: 1, GET_MEDIA: 3}
 
 
+def lease_key(kind: str, stream_arn: str) -> str:
+    """The resource a stream's leases of `kind` are held on."""
+    return f"{kind}:{stream_arn}"
+
+
+def stream_lease_keys(stream_arn: str) -> list[str]:
+    """Every resource a stream's leases may be held on (removed with the stream)."""
+    return [lease_key(kind, stream_arn) for kind in LIMITS]
+
+
 class Leases:
     def __init__(self, store: MetadataStore):
         self.store = store
@@ -37,7 +47,8 @@ class Leases:
     def acquire(self, kind: str, stream: Stream) -> Lease | None:
         """One of the stream's slots of this kind, or None if all are held."""
         self._retry_releases()
-        return self.store.acquire_lease(f"{kind}:{stream.arn}", f"{self.node}:{uuid.uuid4()}",
+        return self.store.acquire_lease(lease_key(kind, stream.arn),
+                                        f"{self.node}:{uuid.uuid4()}",
                                         limit=LIMITS[kind], ttl_ms=LEASE_TTL_MS)
 
     def renew(self, lease: Lease) -> bool:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from kvslite.server import metrics
 from kvslite.server.archive.background import BackgroundWorker
+from kvslite.server.archive.leases import stream_lease_keys
 from kvslite.server.store.blobs import BlobStore, stream_folder
 from kvslite.server.store.metadata import Lease, MetadataStore, Stream
 
@@ -182,7 +183,7 @@ class Sweeper(BackgroundWorker):
                 self.blobs.delete(fragment.blob_key)
             self.store.delete_fragments(stream.arn, [f.seq for f in batch])
         self.blobs.delete_prefix(stream_folder(stream))
-        self.store.purge_stream(stream.arn)
+        self.store.purge_stream(stream.arn, stream_lease_keys(stream.arn))
         log.info("stream %s (%s) deleted", stream.name, stream.arn)
         return True
 

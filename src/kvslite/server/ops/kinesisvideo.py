@@ -76,12 +76,8 @@ class KinesisVideo:
 
     def update_stream(self, request: rq.UpdateStreamInput) -> rs.UpdateStreamOutput:
         stream = self._stream(request)
-        changes = {}
-        if request.device_name is not None:
-            changes["device_name"] = request.device_name
-        if request.media_type is not None:
-            changes["media_type"] = request.media_type
-        self.control.update(stream, request.current_version, **changes)
+        self.control.update(stream, request.current_version, device_name=request.device_name,
+                            media_type=request.media_type)
         return {}
 
     def delete_stream(self, request: rq.DeleteStreamInput) -> rs.DeleteStreamOutput:

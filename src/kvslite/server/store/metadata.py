@@ -8,6 +8,7 @@ concurrency (threads, processes and nodes); the rules of the KVS API live in
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -134,8 +135,11 @@ class MetadataStore(Protocol):
         """Streams not being deleted whose name starts with `prefix` and sorts after
         `after`, by name."""
 
-    def update_stream(self, arn: str, expected_version: str, **changes) -> bool:
-        """Apply `changes` (which include the new version) if the version still matches."""
+    def update_stream(self, arn: str, expected_version: str, *, version: str,
+                      device_name: str | None = None, media_type: str | None = None,
+                      data_retention_hours: int | None = None) -> bool:
+        """Set the new `version` and the fields given (None: unchanged) if the version
+        still matches."""
 
     def mark_deleting(self, arn: str, expected_version: str | None) -> bool:
         """Set an ACTIVE stream DELETING (freeing its name); False if it is gone, already
@@ -143,8 +147,9 @@ class MetadataStore(Protocol):
 
     def deleting_streams(self) -> list[Stream]: ...
 
-    def purge_stream(self, arn: str) -> None:
-        """Remove a stream's row with its tags, headers and fragment rows."""
+    def purge_stream(self, arn: str, lease_resources: Iterable[str] = ()) -> None:
+        """Remove a stream's row with its tags, headers and fragment rows, and the leases
+        on `lease_resources` (the stream's, named as the caller names them)."""
 
     def get_tags(self, arn: str) -> dict[str, str]: ...
 
@@ -164,8 +169,10 @@ class MetadataStore(Protocol):
     # store spans nodes) by any other.
     new_fragments: NewFragments
 
-    def add_fragment(self, *, fence: Lease | None = None,
-                     deliveries: list[tuple[str, str]] = (), **fields) -> tuple[Fragment, bool]:
+    def add_fragment(self, *, arn: str, producer_ms: int, server_ms: int, duration_ms: int,
+                     size: int, header_id: int, blob_key: str, frames: bytes, digest: bytes,
+                     fence: Lease | None = None,
+                     deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
         """Commit a fragment, assigning the stream's next seq and its number; returns it
         and True, or the fragment already stored with the same producer time and digest
         and False. `deliveries` ((kind, event JSON) pairs) go into the outbox in the same

@@ -20,7 +20,6 @@ from .new_fragments import NewFragments
 log = logging.getLogger("kvslite.store")
 
 CHANNEL = "kvslite_fragments"
-NOTIFY_SQL = f"SELECT pg_notify('{CHANNEL}', %s)"
 POLL_S = 1.0  # how often the listening thread checks that it should go on
 MAX_BACKOFF_S = 10.0
 

@@ -1,26 +1,21 @@
-"""The PostgreSQL store's schema, as an append-only list of migrations.
+"""The PostgreSQL store's migrations: version N brings the schema from N-1 to N.
 
-Migration N brings the schema from version N-1 to N; the versions applied are rows of
-`kvslite_schema`. Every node runs `migrate` when it opens the store: it takes a
-transaction-level advisory lock first, so nodes starting together migrate once, and the
-whole upgrade commits or rolls back as one transaction (PostgreSQL's DDL is
-transactional). Statements are split on ";", so none may hold one.
+The versions applied are rows of `kvslite_schema`. Every node migrates when it opens the
+store (see `migrations`): it takes a transaction-level advisory lock first, so nodes
+starting together migrate once, and the whole upgrade commits or rolls back as one
+transaction (PostgreSQL's DDL is transactional).
 
-The schema is the SQLite store's (see sqlite_schema) at its version 4, in PostgreSQL's
-types: times are BIGINT epoch ms, blobs BYTEA. Names, ARNs and tag keys sort by
-`COLLATE "C"` (byte order, as SQLite compares text) whatever the database's locale, so
-ListStreams pages the same on either store.
+HISTORY is the SQL PostgreSQL's schema was kept in before `schema` defined it once for
+both engines: frozen, so that databases made then upgrade. It matched the SQLite store's
+version 5 in PostgreSQL's types (times BIGINT epoch ms, blobs BYTEA, compared text
+`COLLATE "C"`). A new database is created from `schema` directly.
 """
 
 from __future__ import annotations
 
-import psycopg
+from kvslite.server.store.migrations import STEPS, Migration
 
-# Any fixed 64-bit number: the key of the advisory lock that serialises migrations.
-# Advisory locks are per database, so databases on one server migrate independently.
-MIGRATION_LOCK = 0x6B76_736C_6974_6501
-
-MIGRATIONS = [
+HISTORY = [
     # 1: streams, tags, headers, fragments, leases and secrets, as SQLite's version 4.
     # A deleted stream stays, status DELETING, until its media is gone, while its name is
     # free for a new stream. `last_seq` numbers fragments and never goes down. A
@@ -107,30 +102,4 @@ MIGRATIONS = [
     """,
 ]
 
-
-def migrate(conn: psycopg.Connection, where: str = "the database") -> int:
-    """Bring the schema up to date in one transaction; returns the version it is at.
-    Raises RuntimeError for a schema newer than this kvslite knows."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS kvslite_schema ("
-                     "version INTEGER PRIMARY KEY, "
-                     "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM kvslite_schema").fetchone()
-        current = _first(row)
-        if current > len(MIGRATIONS):
-            raise RuntimeError(f"{where} has schema version {current}, newer than this "
-                               f"kvslite ({len(MIGRATIONS)}); upgrade kvslite")
-        for version, migration in enumerate(MIGRATIONS, start=1):
-            if version <= current:
-                continue
-            for statement in migration.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO kvslite_schema (version) VALUES (%s)", (version,))
-    return len(MIGRATIONS)
-
-
-def _first(row):
-    """The first column of a row, whatever the connection's row factory."""
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+MIGRATIONS: list[Migration] = [*HISTORY, *STEPS]

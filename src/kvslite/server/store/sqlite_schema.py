@@ -1,11 +1,17 @@
-"""The SQLite store's schema, as an append-only list of migrations.
+"""The SQLite store's migrations: version N brings the schema from N-1 to N.
 
-Migration N brings the schema from version N-1 to N (`PRAGMA user_version`). A
-migration that rebuilds a table says so with `REBUILD` in its first line: it runs with
-foreign keys off, as SQLite requires for a rebuild.
+The version is `PRAGMA user_version`. HISTORY is the SQL SQLite's schema was kept in
+before `schema` defined it once for both engines: frozen, so that databases made then
+upgrade. A migration that rebuilds a table says so with `REBUILD` in its first line: the
+store runs migrations with foreign keys off, as SQLite requires for a rebuild. A new
+database is created from `schema` directly.
 """
 
-MIGRATIONS = [
+from __future__ import annotations
+
+from kvslite.server.store.migrations import STEPS, Migration
+
+HISTORY = [
     """
     CREATE TABLE streams (
         arn TEXT PRIMARY KEY,
@@ -118,3 +124,5 @@ MIGRATIONS = [
     CREATE INDEX deliveries_by_due ON deliveries (due_ms);
     """,
 ]
+
+MIGRATIONS: list[Migration] = [*HISTORY, *STEPS]
