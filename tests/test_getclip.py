@@ -172,7 +172,8 @@ def test_byte_limit(tmp_path, h264, monkeypatch):
     from kvslite.server.archive.fragments import Archive
     from kvslite.server.api_errors import ApiError
     from kvslite.server.ops import clips
-    from kvslite.server.ops.requests import GetClipInput, from_wire
+    from kvslite.server.ops.requests import GetClipInput
+    from kvslite.server.ops.wire import from_wire
     from kvslite.server.store.files import FileBlobStore
     from kvslite.server.store.sqlite import SqliteMetadataStore
 
