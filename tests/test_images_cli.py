@@ -252,6 +252,7 @@ def test_fetch_images_from_python(tmp_path):
     assert "FormatConfig" not in first and "HeightPixels" not in first
 
 
+@pytest.mark.slow
 def test_without_credentials_both_clients_go_unsigned(start_server, monkeypatch, tmp_path):
     """One credential policy for the image fetcher and the producer (kvslite.client.common): with
     no credentials anywhere their requests go unsigned, so a server that requires SigV4

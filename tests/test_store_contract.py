@@ -88,6 +88,7 @@ def add(store, arn: str, header_id: int, producer_ms: int, text: str, **kw):
 # -- 1. seq allocation -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_seqs_are_allocated_one_by_one_without_gaps_or_repeats(store, store_factory):
     """4 processes x 25 + 4 threads x 25 fragments, alternating between two streams (13 +
     12 or 12 + 13 per writer): each stream gets seqs exactly 1..100, numbered
@@ -133,6 +134,7 @@ def test_a_seq_is_never_handed_out_again_after_its_fragment_is_deleted(store):
 # -- 2. one fragment per (stream, producer time, digest) ---------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_a_resend_racing_its_original_is_stored_once(store, store_factory):
     """8 writers (4 processes, 4 threads) add the same (producer_ms, digest) at the same
     moment, 10 times over: each time exactly one call creates the row, the other 7 get
@@ -173,6 +175,7 @@ def test_a_resend_racing_its_original_is_stored_once(store, store_factory):
 # -- 3. the tag limit --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_the_tag_limit_is_checked_and_applied_in_one_step(store, store_factory):
     """10 writers (4 processes, 6 threads). Round 1: a stream with no tags, limit 50, each
     puts 10 new keys: exactly 5 succeed, and the stream holds exactly their 50 tags.
@@ -223,6 +226,7 @@ def test_the_tag_limit_is_checked_and_applied_in_one_step(store, store_factory):
 # -- 4. compare-and-set on the version ---------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_updates_and_deletion_are_compare_and_set_on_the_version(store, store_factory):
     """8 writers (4 processes, 4 threads) update with the same expected version: exactly
     one wins and the stream carries its change; then all mark it deleting with the version
@@ -248,6 +252,7 @@ def test_updates_and_deletion_are_compare_and_set_on_the_version(store, store_fa
 # -- 5. names ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_names_are_unique_among_streams_not_being_deleted(store, store_factory):
     """8 writers (4 processes, 4 threads) create "cam" at once: exactly one succeeds, 7
     get NameTaken and leave nothing behind. Once it is marked deleting, 8 writers create
@@ -308,6 +313,7 @@ def test_names_are_unique_among_streams_not_being_deleted(store, store_factory):
 # -- 6. add_fragment only into an ACTIVE stream ------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_add_fragment_checks_the_stream_is_active_in_the_same_step(store, store_factory):
     """4 processes and 3 threads add fragments as fast as they can; once each has some
     stored, a fourth thread marks the stream deleting: every writer is then refused with
@@ -343,6 +349,7 @@ def test_add_fragment_checks_the_stream_is_active_in_the_same_step(store, store_
 # -- 7. leases ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_acquire_lease_admits_exactly_limit_writers(store, store_factory):
     """30 writers (6 processes, 24 threads) acquire one of 3 slots: exactly 3 get one, with
     3 different epochs; a release frees a slot at once, for a grant with a higher epoch."""
@@ -523,6 +530,7 @@ def test_a_secret_created_concurrently_is_the_same_for_everyone(store, store_fac
 # -- opening ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes racing
 def test_writers_opening_a_new_store_at_once_all_succeed(store_kind, stores_at, tmp_path,
                                                          request):
     """30 rounds: 4 processes and 2 threads open a store at a fresh location at the same

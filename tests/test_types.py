@@ -10,6 +10,7 @@ import tempfile
 import typing
 from pathlib import Path
 
+import pytest
 from starlette.responses import Response
 
 from kvslite.server.ops.requests import REQUESTS
@@ -18,6 +19,7 @@ from kvslite.server.ops.responses import RESPONSES, STREAMING
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_mypy_passes():
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
