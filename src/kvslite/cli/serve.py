@@ -95,6 +95,10 @@ def as_typed(path: Path) -> str:
          help="Internal addresses notifications may be POSTed to, comma-separated: loopback, "
               "private, link-local, networks (10.1.0.0/16) or host names. [default: none; "
               "only public addresses]")
+@_option("--cors-allow-origins", "CORS_ALLOW_ORIGINS", default=None,
+         help="Origins whose pages may call the APIs from a browser, comma-separated "
+              "(https://app.example:8443) or *. HLS/DASH sessions are open to any origin, "
+              "as on AWS. [default: none]")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvslite.client.common import DEFAULT_HOST, DEFAULT_PORT
+from kvslite.server.edge.cors import parse_origins
 from kvslite.server.webhook_policy import WebhookPolicy
 
 
@@ -42,6 +43,7 @@ class Settings:
     delivery_stream_limit: int = 1000  # the same, for one stream
     delivery_max_attempts: int = 10  # a delivery failing this often is dropped
     webhook_allow: str | None = None  # internal webhook destinations allowed (webhook_policy)
+    cors_allow_origins: str | None = None  # other origins' pages that may call the APIs
 
     @property
     def auth_enabled(self) -> bool:
@@ -102,6 +104,7 @@ class Settings:
             raise ValueError("--sweep-interval-s must be positive and --orphan-grace-s not "
                              "negative")
         WebhookPolicy.parse(self.webhook_allow)  # names the value it cannot read
+        parse_origins(self.cors_allow_origins)  # the same
 
 
 def is_loopback(host: str) -> bool:

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
 from kvslite.server.edge.access_log import OPERATION, STREAM
+from kvslite.server.edge.cors import Cors, parse_origins
 from kvslite.server.edge.middleware import (
     AccessLog,
     EdgeHeaders,
@@ -55,7 +56,8 @@ class EdgeApp:
         if put_media is not None:
             kvs.append(Route("/putMedia", self._streaming(put_media), methods=["POST"]))
         self.router = Router([*kvs, *routes], redirect_slashes=False)
-        self.pipeline = _pipeline(self.router, max_media_connections, access_log)
+        self.pipeline = _pipeline(self.router, max_media_connections, access_log,
+                                  parse_origins(settings.cors_allow_origins))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -119,10 +121,11 @@ class EdgeApp:
 
 
 def _pipeline(router: Router, max_media_connections: int | None,
-              access_log: bool) -> ASGIApp:
-    """The router inside the edge's steps (edge/middleware.py), the first step outermost."""
+              access_log: bool, cors_origins: frozenset[str]) -> ASGIApp:
+    """The router inside the edge's steps (edge/middleware.py, edge/cors.py), the first
+    step outermost."""
     app: ASGIApp = MediaAdmission(router, max_media_connections)
-    app = EdgeHeaders(ErrorResponses(app, error_response))
+    app = EdgeHeaders(Cors(ErrorResponses(app, error_response), cors_origins, error_response))
     if access_log:
         app = AccessLog(app)
     return RequestIds(app)
