@@ -143,7 +143,8 @@ def test_configurations_are_validated_kept_and_deleted(world):
         "uri": image_config(bucket, "x", DestinationConfig={"Uri": "ftp://host/x",
                                                              "DestinationRegion": REGION}),
         "quality": image_config(bucket, "x", FormatConfig={"JPEGQuality": "101"}),
-        "png quality": image_config(bucket, "x", Format="PNG"),
+        "png quality": image_config(bucket, "x", Format="PNG",
+                                    FormatConfig={"JPEGQuality": "0"}),
     }
     for name, wrong in bad.items():
         assert code_of(lambda: kvs.update_image_generation_configuration(

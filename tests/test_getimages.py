@@ -191,6 +191,39 @@ def test_jpeg_quality_changes_the_bytes(archived, streams):
     assert jpeg_size("10") < jpeg_size("80") < jpeg_size("100")
 
 
+def test_png_with_jpeg_quality_is_treated_alike_by_getimages_and_image_generation(
+        server, archived, streams, h264):
+    """AWS documents one FormatConfig for GetImages and ImageGenerationConfiguration:
+    JPEGQuality 1-100, nothing against PNG. Both accept a valid one with PNG (lossless: it
+    has no effect) and both refuse one out of range."""
+    [png] = get_images(archived, "img-h264", START_MS + 520, START_MS + 520, 3000,
+                       Format="PNG", FormatConfig={"JPEGQuality": "10"})
+    assert base64.b64decode(png["ImageContent"]).startswith(b"\x89PNG")
+    assert_shows(png, h264, 520, min_psnr=45)  # lossless all the same
+
+    kvs = server.client("kinesisvideo", validate=False)
+    config = {"Status": "ENABLED", "ImageSelectorType": "PRODUCER_TIMESTAMP",
+              "DestinationConfig": {"Uri": "s3://images/png", "DestinationRegion": "us-east-1"},
+              "SamplingInterval": 3000, "Format": "PNG", "FormatConfig": {"JPEGQuality": "10"}}
+    kvs.update_image_generation_configuration(StreamName="img-h264",
+                                              ImageGenerationConfiguration=config)
+    assert kvs.describe_image_generation_configuration(StreamName="img-h264")[
+        "ImageGenerationConfiguration"] == config
+    kvs.update_image_generation_configuration(StreamName="img-h264")  # deleted again
+
+    out_of_range = {"JPEGQuality": "101"}
+    assert error_code(server.client("kinesis-video-archived-media", validate=False),
+                      Format="PNG", FormatConfig=out_of_range) == \
+        ("InvalidArgumentException", 400)
+    with pytest.raises(ClientError) as e:
+        kvs.update_image_generation_configuration(
+            StreamName="img-h264",
+            ImageGenerationConfiguration={**config, "FormatConfig": out_of_range})
+    assert (e.value.response["Error"]["Code"],
+            e.value.response["ResponseMetadata"]["HTTPStatusCode"]) == \
+        ("InvalidArgumentException", 400)
+
+
 def test_pages_join_to_one_big_page(archived, streams):
     def request(max_results, token=None):
         kwargs = {"NextToken": token} if token else {}

@@ -121,8 +121,8 @@ class EventConfigs:
                           f"media location (--media-url s3://{bucket}/"
                           f"{self.media_location[1]}): give images a bucket or prefix apart")
         check_sampling_interval(config["SamplingInterval"], self.min_sampling_interval_ms)
-        if config["Format"] == "PNG" and config.get("FormatConfig"):
-            raise invalid("FormatConfig (JPEGQuality) applies to the JPEG format only")
+        # AWS documents FormatConfig alike here and for GetImages: JPEGQuality 1-100, with
+        # no word against PNG; as GetImages, the value is checked and PNG ignores it
         jpeg_quality(config.get("FormatConfig"))
 
     def _overlaps_media(self, bucket: str, prefix: str) -> bool:
