@@ -15,13 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import playwright.sync_api as playwright_api
 import pytest
 
 from kvs_media import PutMediaConnection, put_mkv
 from kvslite.media import mkv, synthetic
 from test_web import CHROMIUM, CHROMIUM_ARGS
-
-import playwright.sync_api as playwright_api  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a browser and a server
 
@@ -252,7 +251,7 @@ def test_api_preflight_from_an_allowed_origin(server, origins):
 
 def test_api_preflight_from_another_origin_is_refused(server, origins):
     for origin in (origins[1], "https://evil.example", "null"):
-        status, headers, body = preflight(server, origin)
+        status, headers, _ = preflight(server, origin)
         assert (status, headers["x-amzn-errortype"]) == (403, "AccessDeniedException")
         assert not [name for name in headers if name.startswith("access-control-")]
 
