@@ -182,6 +182,7 @@ def test_players_on_another_origin_play(page, server, archived, origins, request
             else None)
     # the origin kvslite's setting does not list: media is open to any origin
     page.goto(f"{origins[1]}/player.html")
+    started = time.monotonic()
     page.evaluate("([kind, url]) => play(kind, url)", [kind, session_url(archived, kind, mode)])
     page.wait_for_function("() => playerErrors.length > 0 || "
                            "(document.querySelector('video').readyState === 4 && "
@@ -200,6 +201,9 @@ def test_players_on_another_origin_play(page, server, archived, origins, request
                 else {"getDASHManifest.mpd"}) | {"getMP4InitFragment.mp4",
                                                  "getMP4MediaFragment.mp4"}
     assert kinds == expected
+    # no refetch storm: the players refresh a LIVE playlist/manifest about once a fragment (1 s)
+    refreshes = sum(".m3u8" in r.url or ".mpd" in r.url for r in media)
+    assert refreshes <= 2 + 2 * (time.monotonic() - started)
     assert {(r.status, r.headers.get("access-control-allow-origin")) for r in media} == \
         {(200, "*")}
 
