@@ -172,7 +172,8 @@ def test_every_notification_passes_the_sns_validator(start_server, certificate, 
 def test_the_signing_certificate_is_made_once_and_served_without_signing(start_server,
                                                                          tmp_path):
     data_dir = tmp_path / "data"
-    server = start_server(data_dir=data_dir)
+    signed = ("--access-key-id", "AKIDEXAMPLE", "--secret-access-key", "secret")
+    server = start_server(*signed, data_dir=data_dir)  # SigV4 on the APIs, not on these
     first = fetch(server.port, "/sns/signing-cert.pem")
     assert first[0] == 200 and first[2].startswith(b"-----BEGIN CERTIFICATE-----\n")
     assert first[1]["content-type"] == "application/x-pem-file"
@@ -180,7 +181,7 @@ def test_the_signing_certificate_is_made_once_and_served_without_signing(start_s
     assert (status, headers["x-amzn-errortype"]) == (501, "NotImplementedException")
     assert "UpdateNotificationConfiguration" in json.loads(body)["message"]
     server.stop()
-    again = start_server(data_dir=data_dir)  # the same deployment keeps its key
+    again = start_server(*signed, data_dir=data_dir)  # the same deployment keeps its key
     assert fetch(again.port, "/sns/signing-cert.pem") == first
 
 

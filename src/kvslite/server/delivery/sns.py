@@ -57,9 +57,10 @@ class SnsSigner:
     SigningCertURL serves."""
 
     def __init__(self, key_and_certificate: bytes, *, public_url: str):
-        self._key = serialization.load_pem_private_key(key_and_certificate, password=None)
-        if not isinstance(self._key, rsa.RSAPrivateKey):
+        key = serialization.load_pem_private_key(key_and_certificate, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError(f"the {SECRET_NAME} secret is not an RSA key")
+        self._key: rsa.RSAPrivateKey = key
         begin = key_and_certificate.index(b"-----BEGIN CERTIFICATE-----")
         self.certificate_pem = key_and_certificate[begin:]
         self.public_url = public_url.rstrip("/")
@@ -84,7 +85,6 @@ class SnsSigner:
     def signature(self, fields: dict) -> str:
         signed = "".join(f"{name}\n{fields[name]}\n" for name in SIGNED_FIELDS
                          if fields.get(name) is not None)
-        assert isinstance(self._key, rsa.RSAPrivateKey)
         return base64.b64encode(self._key.sign(signed.encode(), padding.PKCS1v15(),
                                                hashes.SHA256())).decode()
 
