@@ -527,6 +527,26 @@ def test_a_secret_created_concurrently_is_the_same_for_everyone(store, store_fac
         later.close()
 
 
+def test_a_secret_made_by_create_is_made_once_and_kept(store, store_factory):
+    """secret(name, create): `create` runs only while the name has no value (a signing key
+    and its certificate are made once per deployment), and every store opened later reads
+    the first value back."""
+    made: list[bytes] = []
+
+    def create() -> bytes:
+        made.append(b"key and certificate %d" % len(made))
+        return made[-1]
+
+    assert store.secret("signing", create) == b"key and certificate 0"
+    assert store.secret("signing", create) == b"key and certificate 0"
+    later = store_factory()
+    try:
+        assert later.secret("signing", create) == b"key and certificate 0"
+    finally:
+        later.close()
+    assert made == [b"key and certificate 0"]
+
+
 # -- opening ----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import uvicorn
 
 from kvslite.server.archive.control_plane import ControlPlane
 from kvslite.server.delivery.deliverer import Deliverer
+from kvslite.server.delivery.sns import SECRET_NAME, SnsSigner, new_key_and_certificate
 from kvslite.server.archive.fragment_events import EventConfigs
 from kvslite.server.archive.fragments import Archive
 from kvslite.server.archive.image_cache import ImageCache
@@ -39,6 +40,7 @@ from kvslite.server.ops.get_media import GetMedia
 from kvslite.server.ops.health import Health
 from kvslite.server.ops.kinesisvideo import KinesisVideo
 from kvslite.server.ops.put_media import PutMedia
+from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
 from kvslite.server.store.blobs import BlobStore
 from kvslite.server.store.metadata import MetadataStore
@@ -142,8 +144,11 @@ def build(settings: Settings) -> Server:
                                  stream_limit=settings.delivery_stream_limit,
                                  webhook_policy=WebhookPolicy.parse(settings.webhook_allow),
                                  media_url=settings.blobs_url)
+    # made at first start, shared by every node: notifications are signed alike (sns.py)
+    signer = SnsSigner(archive.secret(SECRET_NAME, new_key_and_certificate),
+                       public_url=settings.endpoint_url)
     deliverer = Deliverer(metadata, archive, sampler, event_configs,
-                          account_id=settings.account_id,
+                          account_id=settings.account_id, signer=signer,
                           s3_endpoint_url=settings.s3_endpoint_url,
                           max_attempts=settings.delivery_max_attempts)
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
@@ -169,6 +174,7 @@ def build(settings: Settings) -> Server:
                          event_configs=event_configs, on_deliveries=deliverer.wake)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
+                          *SnsEndpoints(signer).routes(),
                           *WebViewer(min_sampling_interval_ms=settings.min_sampling_interval_ms
                                      ).routes()],
                   max_media_connections=connections - max(2, connections // 10),

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -212,9 +212,9 @@ class Archive:
 
     # -- finding fragments ----------------------------------------------------------------
 
-    def secret(self, name: str) -> bytes:
-        """A server secret shared by every node (token signing keys)."""
-        return self.store.secret(name)
+    def secret(self, name: str, create: Callable[[], bytes] | None = None) -> bytes:
+        """A server secret shared by every node (token and notification signing keys)."""
+        return self.store.secret(name, create)
 
     def fragments(self, stream_arn: str, *, after_seq: int = 0, limit: int,
              clock: Clock | None = None, start_ms: int = 0, end_ms: int = 0) -> list[Fragment]:

@@ -12,8 +12,9 @@ delivery retried after a crash overwrites its own objects instead of adding copi
 object carries AWS's metadata (fragment number, producer and server timestamps) and the
 producer's custom pairs.
 
-A notification is a POST of the SNS-shaped JSON to the configured http(s) webhook, at least
-once: a retry repeats the same MessageId, which consumers can deduplicate on.
+A notification is a POST of a signed SNS Notification (sns.py) to the configured http(s)
+webhook, at least once: a retry repeats the same MessageId, which consumers can deduplicate
+on, with a new Timestamp and Signature.
 
 Work is claimed for CLAIM_MS (a node that dies mid-delivery loses its claim, and another
 node or its restart does the work) and scheduled fairly across streams, retried with backoff
@@ -36,6 +37,7 @@ from kvslite.server.delivery.scheduler import DEFAULT_MAX_ATTEMPTS, DeliverySche
 from kvslite.server.archive.fragment_events import IMAGE_GENERATION, EventConfigs
 from kvslite.server.archive.fragments import Archive
 from kvslite.server.archive.sampling import ImageRequest, ImageSampler, jpeg_quality
+from kvslite.server.delivery.sns import SnsSigner, subscription_arn, topic_arn
 from kvslite.server.delivery.webhooks import post_json
 from kvslite.server.store.metadata import ACTIVE, Clock, Delivery, Fragment, MetadataStore, Stream
 from kvslite.server.store.s3 import make_client, parse_s3_url, permanent_failure
@@ -46,16 +48,18 @@ WEBHOOK_DEADLINE_S = 5.0  # a whole POST: connect, send, answer; well inside CLA
 RENDERS = 2  # image deliveries rendering at once: GetImages clients keep the other slots
 KEYS = uuid.UUID("6b767369-6d61-6765-7300-000000000000")  # namespace of RandomIDs
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
+SUBJECT = "Kinesis Video Streams Notification"
 S3_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
 
 
 class Deliverer(DeliveryScheduler):
     def __init__(self, store: MetadataStore, archive: Archive, sampler: ImageSampler,
-                 configs: EventConfigs, *, account_id: str, s3_endpoint_url: str | None = None,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, interval_s: float = 1.0):
+                 configs: EventConfigs, *, account_id: str, signer: SnsSigner,
+                 s3_endpoint_url: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS, interval_s: float = 1.0):
         super().__init__(store, max_attempts=max_attempts, interval_s=interval_s)
         self.archive, self.sampler, self.configs = archive, sampler, configs
         self.account_id = account_id
+        self.signer = signer
         self.s3_endpoint_url = s3_endpoint_url
         self._s3 = None  # made on first image delivery: standard AWS configuration
         self._renders = threading.BoundedSemaphore(RENDERS)
@@ -118,11 +122,19 @@ class Deliverer(DeliveryScheduler):
 
     def _post_notification(self, stream: Stream, fragment: Fragment, config: dict,
                            event: dict) -> None:
-        body = json.dumps(notification_message(stream, fragment, event)).encode()
-        headers = {"Content-Type": "application/json", "x-amz-sns-message-type": "Notification",
+        uri = config["DestinationConfig"]["Uri"]
+        topic = topic_arn(stream.arn, stream.name)
+        subscription = subscription_arn(topic, uri)
+        notification = self.signer.notification(
+            message_id=str(uuid.uuid5(KEYS, f"{stream.arn}/{fragment.number}/notification")),
+            topic_arn=topic, subject=SUBJECT,
+            message=json.dumps(notification_message(stream, fragment, event)),
+            timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"), subscription_arn=subscription)
+        headers = {**self.signer.headers(notification, subscription),
                    "User-Agent": "kvslite-notifications"}
         # one deadline for the whole POST; refused destinations and redirects are permanent
-        post_json(config["DestinationConfig"]["Uri"], body, headers,
+        post_json(uri, json.dumps(notification).encode(), headers,
                   self.configs.webhook_policy, deadline_s=WEBHOOK_DEADLINE_S)
 
 
@@ -152,15 +164,9 @@ def s3_metadata(custom: dict[str, str], aws: dict[str, str]) -> dict[str, str]:
 
 
 def notification_message(stream: Stream, fragment: Fragment, event: dict) -> dict:
-    """The SNS-shaped envelope around AWS's notification message."""
-    message = {"StreamArn": stream.arn, "FragmentNumber": fragment.number,
-               "FragmentStartProducerTimestamp": fragment.producer_ms,
-               "FragmentStartServerTimestamp": fragment.server_ms,
-               "NotificationType": "PERSISTED",
-               "NotificationPayload": event.get("metadata", {})}
-    return {"Type": "Notification",
-            "MessageId": str(uuid.uuid5(KEYS, f"{stream.arn}/{fragment.number}/notification")),
-            "Subject": "Kinesis Video Streams Notification",
-            "Message": json.dumps(message),
-            "Timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")}
+    """AWS's notification message: the SNS Notification's Message."""
+    return {"StreamArn": stream.arn, "FragmentNumber": fragment.number,
+            "FragmentStartProducerTimestamp": fragment.producer_ms,
+            "FragmentStartServerTimestamp": fragment.server_ms,
+            "NotificationType": "PERSISTED",
+            "NotificationPayload": event.get("metadata", {})}

@@ -8,7 +8,7 @@ concurrency (threads, processes and nodes); the rules of the KVS API live in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -243,8 +243,9 @@ class MetadataStore(Protocol):
 
     # -- server secrets --------------------------------------------------------------
 
-    def secret(self, name: str) -> bytes:
-        """A random server secret, created on first use and shared by every node."""
+    def secret(self, name: str, create: Callable[[], bytes] | None = None) -> bytes:
+        """A server secret, created on first use and shared by every node: 32 random
+        bytes, or what `create` makes (the first node's value wins a race)."""
 
     # -- event configurations and the delivery outbox -----------------------------------
 

@@ -18,7 +18,7 @@ it reads what the writer before committed (READ COMMITTED):
 from __future__ import annotations
 
 import secrets as random_secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 import sqlalchemy as sa
@@ -276,11 +276,16 @@ class SqlMetadataStore(FragmentQueries):
 
     # -- secrets ---------------------------------------------------------------------
 
-    def secret(self, name: str) -> bytes:
+    def secret(self, name: str, create: Callable[[], bytes] | None = None) -> bytes:
+        with self._read() as conn:
+            value = conn.execute(sa.select(secrets.c.value)
+                                 .where(secrets.c.name == name)).scalar_one_or_none()
+        if value is not None:
+            return value
+        made = create() if create else random_secrets.token_bytes(32)  # outside a transaction
         with self._write() as conn:
             # a concurrent first insert of the name waits for the other, then does nothing
-            conn.execute(self.insert(secrets)
-                         .values(name=name, value=random_secrets.token_bytes(32))
+            conn.execute(self.insert(secrets).values(name=name, value=made)
                          .on_conflict_do_nothing(index_elements=("name",)))
             return conn.execute(sa.select(secrets.c.value)
                                 .where(secrets.c.name == name)).scalar_one()
