@@ -95,9 +95,10 @@ def _dynamic_periods(session: Session, token: str, tracks: list[Track],
                      fragments: list[Fragment]) -> tuple[list[str], int]:
     """A live MPD keeps one timeline for the whole session, so each refresh only adds
     segments at the end and drops them at the start: every segment at its time since
-    the session's origin (presentationTimeOffset 0), a gap a jump in S@t. A new Period
-    only where the codec data changes, identified by its stored header; the oldest one
-    starts at the origin (its init segment: the session's first listed fragment's).
+    the session's origin, a gap a jump in S@t. Presentation time 0 is ORIGIN_LEAD_MS
+    after the origin, where the session's media begins (GStreamer's dashdemux loses
+    its place when the first segment sits a minute into the Period). A new Period only
+    where the codec data changes, identified by its stored header.
     Returns the Periods and the time span they list."""
     periods = []
     runs = _header_runs(fragments)
