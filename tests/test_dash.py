@@ -138,4 +138,39 @@ def test_live_manifest_is_dynamic(server, archived, h264):
     mpd = ET.fromstring(fetch(url))
     assert mpd.get("type") == "dynamic" and mpd.get("availabilityStartTime")
     s_elements = mpd.findall(".//mpd:S", NS)
-    assert len(s_elements) == 5  # LIVE: the newest MaxManifestFragmentResults (5)
+    # LIVE: the newest MaxManifestFragmentResults (5), one segment per distinct start:
+    # uploaded at once, fragments can share a server timestamp, and $Time$ names one
+    listed = archived.list_fragments(StreamName="dash-gap")["Fragments"]
+    newest = sorted(listed, key=lambda f: int(f["FragmentNumber"]))[-5:]
+    assert len(s_elements) == len({f["ServerTimestamp"] for f in newest})
+    times = [int(s.get("t")) for s in s_elements]
+    assert times == sorted(set(times))  # one timeline, never going back
+
+
+def test_live_manifest_keeps_its_identity_across_refreshes(server, h264):
+    """A dynamic MPD's availabilityStartTime, Period ids and starts and the segments'
+    times stay put while the window slides, as DASH requires of an updated MPD."""
+    server.client("kinesisvideo").create_stream(StreamName="dash-slide",
+                                                DataRetentionInHours=1)
+    now_ms = int(time.time() * 1000)
+    put_mkv(server.port, "dash-slide", synthetic.to_mkv(h264, now_ms - 8000),
+            timecode_type="ABSOLUTE")
+    archived = server.client("kinesis-video-archived-media")
+    url = archived.get_dash_streaming_session_url(
+        StreamName="dash-slide", MaxManifestFragmentResults=3, DASHFragmentSelector={
+            "FragmentSelectorType": "PRODUCER_TIMESTAMP"})["DASHStreamingSessionURL"]
+    before = ET.fromstring(fetch(url))
+    put_mkv(server.port, "dash-slide", synthetic.to_mkv(h264, now_ms - 4000))
+    after = ET.fromstring(fetch(url))
+
+    def identity(mpd):
+        [period] = mpd.findall("mpd:Period", NS)
+        template = period.find(".//mpd:SegmentTemplate", NS)
+        return (mpd.get("availabilityStartTime"), period.get("id"), period.get("start"),
+                template.get("presentationTimeOffset"), template.get("initialization"))
+
+    assert identity(before) == identity(after)
+    times = [[int(s.get("t")) for s in mpd.findall(".//mpd:S", NS)] for mpd in (before, after)]
+    assert len(times[0]) == len(times[1]) == 3
+    assert times[1][0] - times[0][0] == 4000  # the window slid by the 4 s added, in place
+    assert [b - a for a, b in zip(times[1], times[1][1:])] == [1000, 1000]

@@ -10,7 +10,7 @@ import time
 
 from kvslite.server.archive import Fragment
 from kvslite.server.archive.selection import Window, discontinuity
-from kvslite.server.archive.sessions import Session
+from kvslite.server.archive.sessions import ORIGIN_LEAD_MS, Session
 from kvslite.media import remux
 from kvslite.media.mkv import Track
 
@@ -55,44 +55,111 @@ def hls_media(session: Session, token: str, window: Window) -> str:
 
 
 def dash_manifest(session: Session, token: str, tracks: list[Track], window: Window,
-                  now_ms: int) -> str:
-    """One Period per run of fragments without a discontinuity (gap, overlap, new
-    codec data): each Period's media keeps its true timestamps, and the presentation
-    timeline plays the runs back to back, as AWS adjusts its DASH timeline.
-    Segments are addressed by their time ($Time$, the S@t of the SegmentTimeline)."""
-    video = tracks[0]
-    codecs = ",".join(c for c in map(remux.codec_string, tracks) if c)
-    size = f' width="{video.width}" height="{video.height}"' if video.width else ""
-    periods, elapsed = [], 0
-    for run in _runs(session, window.fragments):
-        first = run[0]
-        pto = session.start(first) - session.origin_ms
-        init = f"getMP4InitFragment.mp4?SessionToken={token}&amp;FragmentNumber={first.number}"
-        media = f"getMP4MediaFragment.mp4?SessionToken={token}&amp;FragmentTime=$Time$"
-        timeline = [f'<S t="{session.start(f) - session.origin_ms}" d="{f.duration_ms}"'
-                    + (f' kvs:ts="{iso_time(session.start(f))}"' if session.show_timestamps
-                       else "")
-                    + (f' kvs:fn="{f.number}"' if session.show_numbers else "") + "/>"
-                    for f in run]
-        periods.append(
-            f'<Period id="{first.number}" start="{_duration(elapsed)}">'
-            f'<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">'
-            f'<Representation id="1" codecs="{codecs}" bandwidth="{bandwidth(run)}"{size}>'
-            f'<SegmentTemplate timescale="1000" presentationTimeOffset="{pto}" '
-            f'initialization="{init}" media="{media}">'
-            f'<SegmentTimeline>{"".join(timeline)}</SegmentTimeline>'
-            f"</SegmentTemplate></Representation></AdaptationSet></Period>")
-        elapsed += session.start(run[-1]) + run[-1].duration_ms - session.start(first)
+                  now_ms: int, available_ms: int | None = None) -> str:
+    """A static MPD for ON_DEMAND and LIVE_REPLAY's finished windows, a dynamic one while
+    fragments may still be added. Segments are addressed by their time ($Time$, the S@t
+    of the SegmentTimeline). `available_ms` is the wall-clock time of the session's
+    timeline zero (its origin), which a dynamic MPD announces as availabilityStartTime."""
     if window.complete:
+        periods, elapsed = _static_periods(session, token, tracks, window.fragments)
         timing = f'type="static" mediaPresentationDuration="{_duration(elapsed)}"'
-    else:  # the live edge, where the newest listed media ends, is now
-        timing = (f'type="dynamic" availabilityStartTime="{iso_time(now_ms - elapsed)}" '
+    else:
+        periods, span = _dynamic_periods(session, token, tracks, window.fragments)
+        origin = (session.origin_ms if available_ms is None else available_ms) + ORIGIN_LEAD_MS
+        timing = (f'type="dynamic" availabilityStartTime="{iso_time(origin)}" '
                   f'publishTime="{iso_time(now_ms)}" minimumUpdatePeriod="PT1S" '
-                  f'timeShiftBufferDepth="{_duration(max(elapsed, 1000))}"')
+                  f'timeShiftBufferDepth="{_duration(max(span, 1000))}"')
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" xmlns:kvs="urn:aws:kinesisvideo:dash" '
             f'profiles="urn:mpeg:dash:profile:isoff-live:2011" minBufferTime="PT2S" {timing}>'
             + "".join(periods) + "</MPD>\n")
+
+
+def _static_periods(session: Session, token: str, tracks: list[Track],
+                    fragments: list[Fragment]) -> tuple[list[str], int]:
+    """One Period per run of fragments without a discontinuity (gap, overlap, new
+    codec data): each Period's media keeps its true timestamps, and the presentation
+    timeline plays the runs back to back, as AWS adjusts its DASH timeline.
+    Returns the Periods and the presentation's duration."""
+    periods, elapsed = [], 0
+    for run in _runs(session, fragments):
+        first = run[0]
+        times = [session.start(f) - session.origin_ms for f in run]
+        periods.append(_period(session, token, tracks, run, times, first.number,
+                               elapsed, times[0], first.number))
+        elapsed += times[-1] + run[-1].duration_ms - times[0]
+    return periods, elapsed
+
+
+def _dynamic_periods(session: Session, token: str, tracks: list[Track],
+                     fragments: list[Fragment]) -> tuple[list[str], int]:
+    """A live MPD keeps one timeline for the whole session, so each refresh only adds
+    segments at the end and drops them at the start: every segment at its time since
+    the session's origin, a gap a jump in S@t. Presentation time 0 is ORIGIN_LEAD_MS
+    after the origin, where the session's media begins (GStreamer's dashdemux loses
+    its place when the first segment sits a minute into the Period). A new Period only
+    where the codec data changes, identified by its stored header.
+    Returns the Periods and the time span they list."""
+    periods = []
+    runs = _header_runs(fragments)
+    for i, run in enumerate(runs):
+        times = [session.start(f) - session.origin_ms for f in run]
+        offset = ORIGIN_LEAD_MS if i == 0 else times[0]
+        periods.append(_period(session, token, tracks, run, times, str(run[0].header_id),
+                               offset - ORIGIN_LEAD_MS, offset,
+                               None if i == 0 else run[0].number))
+    if not fragments:
+        return periods, 0
+    return periods, (session.start(fragments[-1]) + fragments[-1].duration_ms
+                     - session.start(fragments[0]))
+
+
+def _period(session: Session, token: str, tracks: list[Track], run: list[Fragment],
+            times: list[int], period_id: str, start: int, offset: int,
+            init_number: str | None) -> str:
+    """A Period whose segments start at `times` on the session timeline, shown from
+    `start` on the presentation timeline (media time `offset` plays at `start`)."""
+    video = tracks[0]
+    codecs = ",".join(c for c in map(remux.codec_string, tracks) if c)
+    size = f' width="{video.width}" height="{video.height}"' if video.width else ""
+    init = f"getMP4InitFragment.mp4?SessionToken={token}" + (
+        f"&amp;FragmentNumber={init_number}" if init_number else "")
+    media = f"getMP4MediaFragment.mp4?SessionToken={token}&amp;FragmentTime=$Time$"
+    return (f'<Period id="{period_id}" start="{_duration(start)}">'
+            f'<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">'
+            f'<Representation id="1" codecs="{codecs}" bandwidth="{bandwidth(run)}"{size}>'
+            f'<SegmentTemplate timescale="1000" presentationTimeOffset="{offset}" '
+            f'initialization="{init}" media="{media}">'
+            f'<SegmentTimeline>{_timeline(session, run, times)}</SegmentTimeline>'
+            f"</SegmentTemplate></Representation></AdaptationSet></Period>")
+
+
+def _timeline(session: Session, run: list[Fragment], times: list[int]) -> str:
+    """S elements; a segment that overlaps the next one is cut where the next starts,
+    so the timeline never goes back (server timestamps jitter by a few ms)."""
+    out = []
+    for i, (fragment, t) in enumerate(zip(run, times)):
+        following = times[i + 1] if i + 1 < len(times) else None
+        d = fragment.duration_ms
+        if following is not None and following <= t:
+            continue  # the same start as the next: $Time$ addresses only one of them
+        if following is not None:
+            d = min(d, following - t)
+        out.append(f'<S t="{t}" d="{d}"'
+                   + (f' kvs:ts="{iso_time(session.start(fragment))}"'
+                      if session.show_timestamps else "")
+                   + (f' kvs:fn="{fragment.number}"' if session.show_numbers else "") + "/>")
+    return "".join(out)
+
+
+def _header_runs(fragments: list[Fragment]) -> list[list[Fragment]]:
+    """Split where the codec data (the stored header) changes."""
+    runs: list[list[Fragment]] = []
+    for fragment in fragments:
+        if not runs or runs[-1][-1].header_id != fragment.header_id:
+            runs.append([])
+        runs[-1].append(fragment)
+    return runs
 
 
 def _runs(session: Session, fragments: list[Fragment]) -> list[list[Fragment]]:

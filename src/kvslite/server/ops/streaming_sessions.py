@@ -179,7 +179,18 @@ class StreamingSessions:
         first = self._fragment(session, None, window)
         return manifests.dash_manifest(session, self.tokens.issue(session),
                                        self.archive.tracks(first.header_id), window,
-                                       self.tokens.now_ms())
+                                       self.tokens.now_ms(), self._origin_on_wall_clock(session))
+
+    def _origin_on_wall_clock(self, session: Session) -> int:
+        """When the session's timeline zero is on the server's clock, the same for every
+        refresh (a live MPD's availabilityStartTime): producer times are moved by how far
+        the producer's clock was from the server's at the session's first fragment."""
+        if session.clock is Clock.SERVER or session.mode != "LIVE":
+            return session.origin_ms
+        first = self.archive.fragments(session.stream_arn, after_seq=session.first_seq - 1,
+                                       limit=1)
+        skew = first[0].server_ms - first[0].producer_ms if first else 0
+        return session.origin_ms + skew
 
     def _init_fragment(self, session: Session, query: dict, name: str) -> bytes:
         if session.container != "FRAGMENTED_MP4":
