@@ -74,6 +74,15 @@ def unpack_frames(data: bytes) -> list[FrameEntry]:
             for track, flags, offset, start, size in _FRAME.iter_unpack(data)]
 
 
+def decode_lead_ms(fragment: Fragment) -> int:
+    """How long before the fragment's start its first frame is decoded: the B-frame
+    reordering delay (see remux.decode_times), less any room its frames leave."""
+    by_track: dict[int, list[int]] = {}
+    for entry in unpack_frames(fragment.frames):
+        by_track.setdefault(entry.track, []).append(entry.offset_ms)
+    return max([0] + [remux.reorder_delay(pts) - min(pts) for pts in by_track.values()])
+
+
 def fragment_duration_ms(frames: list[mkv.Frame], start_ms: int, to_ms, default_ms: int) -> int:
     """Span from the fragment start to the end of its last-shown frame.
 

@@ -4,6 +4,9 @@ A session lives entirely in its token: the stream, the parameters and a timeline
 origin, HMAC-signed with a server secret so it can be neither forged nor altered,
 and expiring. Every session puts media on one timeline: milliseconds since `origin`
 on the session's clock (producer or server), so segments built separately line up.
+The origin is where the session's first fragment is first decoded, so its media starts
+at (about) zero, where the playlist starts: players that take an fMP4 segment's decode
+time as the time to play it (GStreamer's hlsdemux) play at once.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass, replace
 
 from kvslite.server.api_errors import MISSING_PARAMETER, NOT_AUTHORIZED, ApiError
+from kvslite.server.archive.fragments import decode_lead_ms
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS
 from kvslite.server.store.metadata import Clock, Fragment
 
-ORIGIN_LEAD_MS = MAX_FRAGMENT_SPAN_MS  # timeline zero sits this far before the first media
-MAX_REORDER_MS = ORIGIN_LEAD_MS // 2  # frames may be decoded this long before shown
+MAX_REORDER_MS = MAX_FRAGMENT_SPAN_MS // 2  # frames may be decoded this long before shown
 LIVE_RECENT_MS = 30_000  # LIVE sessions need a fragment this recent
 _MAC_BYTES = 16
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]{1,4096}")
@@ -56,8 +59,9 @@ class Session:
     def covers(self, fragment: Fragment) -> bool:
         """Whether the session may serve this fragment of its stream."""
         start = self.start(fragment)
-        if start - self.origin_ms < MAX_REORDER_MS:
-            return False  # would land before the timeline's zero
+        after_zero = start - self.origin_ms
+        if after_zero < MAX_REORDER_MS and after_zero < decode_lead_ms(fragment):
+            return False  # would be decoded before the timeline's zero
         if self.mode == "LIVE":
             return fragment.seq >= self.first_seq
         return overlaps(fragment, start, self.start_ms, self.end_ms)

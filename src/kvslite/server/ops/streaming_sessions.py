@@ -18,10 +18,10 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from kvslite.server.archive import Clock, Fragment, Stream
 from kvslite.server.archive.control_plane import ControlPlane, require_archive
-from kvslite.server.archive.fragments import Archive
 from kvslite.server.archive.segments import check_playable, segment
 from kvslite.server.archive.selection import Window, fragments_in_range, session_window
-from kvslite.server.archive.sessions import LIVE_RECENT_MS, ORIGIN_LEAD_MS, Session, SessionTokens
+from kvslite.server.archive.fragments import Archive, decode_lead_ms
+from kvslite.server.archive.sessions import LIVE_RECENT_MS, Session, SessionTokens
 from kvslite.server.api_errors import MISSING_PARAMETER, RESOURCE_NOT_FOUND, ApiError, invalid, not_found
 from kvslite.media import remux
 from kvslite.server.ops import manifests
@@ -115,12 +115,12 @@ class StreamingSessions:
             first_seq = max(1, latest.seq - max_results + 1)
             window = self.archive.fragments(stream.arn, after_seq=first_seq - 1,
                                             limit=max_results)
-            origin = min(f.start_ms(clock) for f in window) - ORIGIN_LEAD_MS
+            origin = min(_decoded_from(f, clock) for f in window)
             return first_seq, origin, latest
         first = next(fragments_in_range(self.archive, stream.arn, clock, start, end), None)
         if first is None:
             raise not_found("No fragments found in the specified time range")
-        return 0, start - ORIGIN_LEAD_MS, first
+        return 0, _decoded_from(first, clock), first  # the range's earliest fragment
 
     # -- the pages ------------------------------------------------------------------------
 
@@ -238,3 +238,9 @@ class StreamingSessions:
         if found is None or not session.covers(found):
             raise not_found(f"Fragment {number} is not part of this streaming session")
         return found
+
+
+def _decoded_from(fragment: Fragment, clock: Clock) -> int:
+    """When the fragment's first frame is decoded: a session's timeline zero, when the
+    fragment is the session's first, so its media starts at zero, where its playlist does."""
+    return fragment.start_ms(clock) - decode_lead_ms(fragment)
