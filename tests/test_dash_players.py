@@ -133,8 +133,7 @@ def test_live_manifest_is_not_refetched_in_a_loop(server, live_url, player):
     pytest.param("playbin3", marks=pytest.mark.xfail(strict=True, reason=(
         "dashdemux2 holds gst-launch in buffering until 30 s are queued, more than a "
         "live window holds"))),
-    pytest.param("ffmpeg", marks=pytest.mark.xfail(strict=True, reason=(
-        "FFmpeg's DASH demuxer re-reads the manifest for each segment at the live edge")))])
+    "ffmpeg"])
 def test_live_keeps_up_with_the_producer(server, live_url, player):
     before = manifest_requests(server)
     began = time.monotonic()

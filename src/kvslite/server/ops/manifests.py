@@ -10,7 +10,7 @@ import time
 
 from kvslite.server.archive import Fragment
 from kvslite.server.archive.selection import Window, discontinuity
-from kvslite.server.archive.sessions import ORIGIN_LEAD_MS, Session
+from kvslite.server.archive.sessions import Session
 from kvslite.media import remux
 from kvslite.media.mkv import Track
 
@@ -65,7 +65,7 @@ def dash_manifest(session: Session, token: str, tracks: list[Track], window: Win
         timing = f'type="static" mediaPresentationDuration="{_duration(elapsed)}"'
     else:
         periods, span = _dynamic_periods(session, token, tracks, window.fragments)
-        origin = (session.origin_ms if available_ms is None else available_ms) + ORIGIN_LEAD_MS
+        origin = session.origin_ms if available_ms is None else available_ms
         timing = (f'type="dynamic" availabilityStartTime="{iso_time(origin)}" '
                   f'publishTime="{iso_time(now_ms)}" minimumUpdatePeriod="PT1S" '
                   f'timeShiftBufferDepth="{_duration(max(span, 1000))}"')
@@ -95,18 +95,18 @@ def _dynamic_periods(session: Session, token: str, tracks: list[Track],
                      fragments: list[Fragment]) -> tuple[list[str], int]:
     """A live MPD keeps one timeline for the whole session, so each refresh only adds
     segments at the end and drops them at the start: every segment at its time since
-    the session's origin, a gap a jump in S@t. Presentation time 0 is ORIGIN_LEAD_MS
-    after the origin, where the session's media begins (GStreamer's dashdemux loses
-    its place when the first segment sits a minute into the Period). A new Period only
+    the session's origin, a gap a jump in S@t. Presentation time 0 is the origin, where
+    the session's media begins (GStreamer's dashdemux loses its place when the first
+    segment sits a minute into the Period). A new Period only
     where the codec data changes, identified by its stored header.
     Returns the Periods and the time span they list."""
     periods = []
     runs = _header_runs(fragments)
     for i, run in enumerate(runs):
         times = [session.start(f) - session.origin_ms for f in run]
-        offset = ORIGIN_LEAD_MS if i == 0 else times[0]
+        offset = 0 if i == 0 else times[0]
         periods.append(_period(session, token, tracks, run, times, str(run[0].header_id),
-                               offset - ORIGIN_LEAD_MS, offset,
+                               offset, offset,
                                None if i == 0 else run[0].number))
     if not fragments:
         return periods, 0
