@@ -174,3 +174,30 @@ def test_live_manifest_keeps_its_identity_across_refreshes(server, h264):
     assert len(times[0]) == len(times[1]) == 3
     assert times[1][0] - times[0][0] == 4000  # the window slid by the 4 s added, in place
     assert [b - a for a, b in zip(times[1], times[1][1:])] == [1000, 1000]
+
+
+def test_live_segments_keep_their_numbers_as_the_window_slides(server, h264):
+    """SegmentTemplate@startNumber is the session number of the first listed segment, so
+    a segment's number stays the same across refreshes (FFmpeg's DASH demuxer finds its
+    place by number, and looped on one segment while numbers restarted at 1)."""
+    server.client("kinesisvideo").create_stream(StreamName="dash-numbers",
+                                                DataRetentionInHours=1)
+    now_ms = int(time.time() * 1000)
+    put_mkv(server.port, "dash-numbers", synthetic.to_mkv(h264, now_ms - 8000),
+            timecode_type="ABSOLUTE")
+    archived = server.client("kinesis-video-archived-media")
+    url = archived.get_dash_streaming_session_url(
+        StreamName="dash-numbers", MaxManifestFragmentResults=3, DASHFragmentSelector={
+            "FragmentSelectorType": "PRODUCER_TIMESTAMP"})["DASHStreamingSessionURL"]
+
+    def numbered_times(mpd) -> dict[int, int]:
+        template = mpd.find(".//mpd:SegmentTemplate", NS)
+        first = int(template.get("startNumber"))
+        return {first + i: int(s.get("t")) for i, s in enumerate(mpd.findall(".//mpd:S", NS))}
+
+    before = numbered_times(ET.fromstring(fetch(url)))
+    put_mkv(server.port, "dash-numbers", synthetic.to_mkv(h264, now_ms - 4000))
+    after = numbered_times(ET.fromstring(fetch(url)))
+    assert list(before) == [1, 2, 3]  # the session begins with the newest 3
+    assert list(after) == [5, 6, 7]  # 4 segments later, each under its own number
+    assert after[5] - before[1] == 4000

@@ -64,7 +64,7 @@ def dash_manifest(session: Session, token: str, tracks: list[Track], window: Win
         periods, elapsed = _static_periods(session, token, tracks, window.fragments)
         timing = f'type="static" mediaPresentationDuration="{_duration(elapsed)}"'
     else:
-        periods, span = _dynamic_periods(session, token, tracks, window.fragments)
+        periods, span = _dynamic_periods(session, token, tracks, window)
         origin = session.origin_ms if available_ms is None else available_ms
         timing = (f'type="dynamic" availabilityStartTime="{iso_time(origin)}" '
                   f'publishTime="{iso_time(now_ms)}" minimumUpdatePeriod="PT1S" '
@@ -92,22 +92,26 @@ def _static_periods(session: Session, token: str, tracks: list[Track],
 
 
 def _dynamic_periods(session: Session, token: str, tracks: list[Track],
-                     fragments: list[Fragment]) -> tuple[list[str], int]:
+                     window: Window) -> tuple[list[str], int]:
     """A live MPD keeps one timeline for the whole session, so each refresh only adds
     segments at the end and drops them at the start: every segment at its time since
     the session's origin, a gap a jump in S@t. Presentation time 0 is the origin, where
     the session's media begins (GStreamer's dashdemux loses its place when the first
-    segment sits a minute into the Period). A new Period only
-    where the codec data changes, identified by its stored header.
+    segment sits a minute into the Period). A new Period only where the codec data
+    changes, identified by its stored header. Segments keep their number in the session
+    too (startNumber): FFmpeg's DASH demuxer finds its place by number after each
+    refresh, and loops on one segment if numbers restart at 1.
     Returns the Periods and the time span they list."""
     periods = []
-    runs = _header_runs(fragments)
-    for i, run in enumerate(runs):
+    fragments = window.fragments
+    number = window.first_index + 1  # the session's first segment is number 1
+    for i, run in enumerate(_header_runs(fragments)):
         times = [session.start(f) - session.origin_ms for f in run]
         offset = 0 if i == 0 else times[0]
         periods.append(_period(session, token, tracks, run, times, str(run[0].header_id),
                                offset, offset,
-                               None if i == 0 else run[0].number))
+                               None if i == 0 else run[0].number, number))
+        number += len(run)
     if not fragments:
         return periods, 0
     return periods, (session.start(fragments[-1]) + fragments[-1].duration_ms
@@ -116,19 +120,21 @@ def _dynamic_periods(session: Session, token: str, tracks: list[Track],
 
 def _period(session: Session, token: str, tracks: list[Track], run: list[Fragment],
             times: list[int], period_id: str, start: int, offset: int,
-            init_number: str | None) -> str:
+            init_number: str | None, start_number: int | None = None) -> str:
     """A Period whose segments start at `times` on the session timeline, shown from
-    `start` on the presentation timeline (media time `offset` plays at `start`)."""
+    `start` on the presentation timeline (media time `offset` plays at `start`), its
+    first segment numbered `start_number` (1 when None, as DASH defaults)."""
     video = tracks[0]
     codecs = ",".join(c for c in map(remux.codec_string, tracks) if c)
     size = f' width="{video.width}" height="{video.height}"' if video.width else ""
     init = f"getMP4InitFragment.mp4?SessionToken={token}" + (
         f"&amp;FragmentNumber={init_number}" if init_number else "")
     media = f"getMP4MediaFragment.mp4?SessionToken={token}&amp;FragmentTime=$Time$"
+    numbered = f' startNumber="{start_number}"' if start_number is not None else ""
     return (f'<Period id="{period_id}" start="{_duration(start)}">'
             f'<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">'
             f'<Representation id="1" codecs="{codecs}" bandwidth="{bandwidth(run)}"{size}>'
-            f'<SegmentTemplate timescale="1000" presentationTimeOffset="{offset}" '
+            f'<SegmentTemplate timescale="1000" presentationTimeOffset="{offset}"{numbered} '
             f'initialization="{init}" media="{media}">'
             f'<SegmentTimeline>{_timeline(session, run, times)}</SegmentTimeline>'
             f"</SegmentTemplate></Representation></AdaptationSet></Period>")
