@@ -159,6 +159,35 @@ def in_process(tmp_path_factory):
         yield InProcessServer(TestClient(server.app, raise_server_exceptions=False))
 
 
+# ./scripts/test installs Debian's chromium; the browser tests drive it with Playwright
+CHROMIUM = os.environ.get("KVSLITE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic", "--autoplay-policy=no-user-gesture-required"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for a module's browser tests."""
+    import playwright.sync_api as playwright_api
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """(cert, key) paths: self-signed for 127.0.0.1, as CN and as an IP subjectAltName."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 @pytest.fixture(scope="session")
 def h264():
     """The standard test video: 4 s of 320x240 H.264 at 25 fps, 1 s GOPs with B-frames."""

@@ -15,12 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-import playwright.sync_api as playwright_api
 import pytest
 
 from kvs_media import PutMediaConnection, put_mkv
 from kvslite.media import mkv, synthetic
-from test_web import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow  # a browser and a server
 
@@ -112,14 +110,6 @@ def server(module_servers, origins, h264):
 @pytest.fixture(scope="module")
 def archived(server):
     return server.client("kinesis-video-archived-media")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

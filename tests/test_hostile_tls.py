@@ -22,7 +22,6 @@ from conftest import REGION
 from test_hostile_connections import (PARTIAL_HEAD, Observer, cap_under, close_all, connect,
                                       wait_readable)
 from test_hostile_connections import enough_descriptors, limited_server  # noqa: F401 - fixtures
-from test_tls import certificate  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow  # hundreds of TLS connections under a small descriptor limit
 

@@ -70,17 +70,6 @@ class SnsReceiver:
 
 
 @pytest.fixture
-def certificate(tmp_path):
-    """(cert, key): self-signed for 127.0.0.1, as CN and as an IP subjectAltName."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
-@pytest.fixture
 def receiver():
     receiver = SnsReceiver(fail=1)
     yield receiver

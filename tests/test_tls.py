@@ -21,17 +21,6 @@ need(shutil.which("openssl") is not None, "the openssl command (to make a test c
 
 
 @pytest.fixture
-def certificate(tmp_path):
-    """(cert, key) paths: self-signed for 127.0.0.1, as CN and as an IP subjectAltName."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
-@pytest.fixture
 def tls_server(start_server, certificate):
     cert, key = certificate
     return start_server("--tls-cert", str(cert), "--tls-key", str(key))

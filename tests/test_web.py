@@ -26,16 +26,10 @@ from PIL import Image
 from kvs_media import PutMediaConnection, psnr, put_mkv
 from kvslite.media import mkv, synthetic
 
-import playwright.sync_api as playwright_api  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a browser
 
-# ./scripts/test installs Debian's chromium; without it these tests fail, never skip
-CHROMIUM = os.environ.get("KVSLITE_CHROMIUM", "/usr/bin/chromium")
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic", "--autoplay-policy=no-user-gesture-required"]
+from conftest import CHROMIUM  # noqa: E402 - ./scripts/test installs Debian's chromium
 ARTIFACTS = Path(os.environ.get("KVSLITE_TEST_ARTIFACTS",
                                 Path(__file__).parent / "artifacts")) / "web"
 
@@ -77,14 +71,6 @@ def server(tmp_path_factory, h264):
 @pytest.fixture(scope="module")
 def archived(server):
     return server.client("kinesis-video-archived-media")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 class Page:
