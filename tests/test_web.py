@@ -26,10 +26,8 @@ from PIL import Image
 from kvs_media import PutMediaConnection, psnr, put_mkv
 from kvslite.media import mkv, synthetic
 
+pytestmark = pytest.mark.slow  # a browser (conftest's fixture: Debian's chromium)
 
-pytestmark = pytest.mark.slow  # a browser
-
-from conftest import CHROMIUM  # noqa: E402 - ./scripts/test installs Debian's chromium
 ARTIFACTS = Path(os.environ.get("KVSLITE_TEST_ARTIFACTS",
                                 Path(__file__).parent / "artifacts")) / "web"
 
