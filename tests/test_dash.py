@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -201,3 +203,41 @@ def test_live_segments_keep_their_numbers_as_the_window_slides(server, h264):
     assert list(before) == [1, 2, 3]  # the session begins with the newest 3
     assert list(after) == [5, 6, 7]  # 4 segments later, each under its own number
     assert after[5] - before[1] == 4000
+
+
+def test_live_segment_just_past_the_newest_is_served_once_stored(server, h264):
+    """A player (FFmpeg's DASH demuxer) asks for the segment after the newest one listed
+    before it exists: the server holds that request until the fragment is stored, instead
+    of a 404 the player answers by re-reading the MPD and asking again at once. A time
+    that is not the next segment's is a 404 at once."""
+    server.client("kinesisvideo").create_stream(StreamName="dash-next", DataRetentionInHours=1)
+    now_ms = int(time.time() * 1000)
+    put_mkv(server.port, "dash-next", synthetic.to_mkv(h264, now_ms - 8000),
+            timecode_type="ABSOLUTE")
+    url = server.client("kinesis-video-archived-media").get_dash_streaming_session_url(
+        StreamName="dash-next", DASHFragmentSelector={
+            "FragmentSelectorType": "PRODUCER_TIMESTAMP"})["DASHStreamingSessionURL"]
+    template = ET.fromstring(fetch(url)).find(".//mpd:SegmentTemplate", NS)
+    newest = template.findall(".//mpd:S", NS)[-1]
+    next_time = int(newest.get("t")) + int(newest.get("d"))
+
+    def segment_url(t: int) -> str:
+        return urllib.parse.urljoin(url, template.get("media").replace("$Time$", str(t)))
+
+    began = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(segment_url(next_time + 60_000))
+    assert e.value.code == 404
+    assert e.value.headers["x-amzn-ErrorType"].startswith("ResourceNotFoundException")
+    assert time.monotonic() - began < 1  # not held: it is not the next segment
+
+    answer: dict = {}
+    held = threading.Thread(target=lambda: answer.update(body=fetch(segment_url(next_time))))
+    held.start()
+    held.join(0.5)  # no event shows the request is in; it must not be answered meanwhile
+    assert held.is_alive()  # the next fragment is not stored yet: held, not a 404
+    put_mkv(server.port, "dash-next", synthetic.to_mkv(h264, now_ms - 4000))
+    held.join(10)
+    init = fetch(urllib.parse.urljoin(url, template.get("initialization")))
+    frames = decode(init, [answer["body"]])
+    assert len(frames) == 25 and frames[0][0] == next_time  # the fragment stored next

@@ -8,6 +8,7 @@ segments from the archive on demand.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -33,6 +34,15 @@ DEFAULT_EXPIRES_S = 300
 DEFAULT_MAX_RESULTS = {"LIVE": 5, "LIVE_REPLAY": 5, "ON_DEMAND": 1000}
 CONTENT_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".mp4": "video/mp4",
                  ".ts": "video/MP2T", ".mpd": "application/dash+xml"}
+
+# A LIVE DASH segment asked for just past the newest fragment is held until that fragment
+# is stored, at most this long (players such as FFmpeg's ask for the next segment before it
+# exists, and on a 404 re-read the MPD and ask again at once, in a loop)
+LIVE_EDGE_HOLD_S = 3.0
+LIVE_EDGE_RECHECK_S = 1.0  # re-read the index this often even without a wake-up
+# how far from where the next segment is expected a LIVE request may be and still be for it:
+# server timestamps are arrival times, so a fragment starts a few ms off its predecessor's end
+LIVE_EDGE_SLACK_MS = 250
 
 # A page builds its body from the session and the query parameters.
 PageBuilder = Callable[[Session, dict, str], "str | bytes"]
@@ -155,10 +165,25 @@ class StreamingSessions:
         async def page(request: Request) -> Response:
             query = dict(request.query_params)
             session = self.tokens.check(query.get("SessionToken"), protocol)
-            body = await run_in_threadpool(build, session, query, name)
+            body = await self._build_when_stored(build, session, query, name)
             return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
         return page
+
+    async def _build_when_stored(self, build: PageBuilder, session: Session, query: dict,
+                                 name: str) -> str | bytes:
+        """The page, built once the fragment it is for is stored if that is the next one
+        of a LIVE session (woken by the archive when one is committed); else its 404."""
+        deadline = time.monotonic() + LIVE_EDGE_HOLD_S
+        while True:
+            try:
+                return await run_in_threadpool(build, session, query, name)
+            except NotStoredYet as pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                await self.archive.wait_for_new_fragments(
+                    session.stream_arn, pending.seen, min(left, LIVE_EDGE_RECHECK_S))
 
     def _window(self, session: Session) -> Window:
         require_archive(self.control.resolve(arn=session.stream_arn))
@@ -219,10 +244,32 @@ class StreamingSessions:
     def _fragment_at(self, session: Session, time_ms: int) -> Fragment:
         stream = require_archive(self.control.resolve(arn=session.stream_arn))
         start = session.origin_ms + time_ms
+        seen = self.archive.new_fragments_seen(stream.arn)  # before reading the index
         found = self.archive.at(stream.arn, session.clock, start)
-        if found is None or session.start(found) != start or not session.covers(found):
-            raise not_found(f"No fragment of this session starts at {time_ms}")
+        if found is not None and session.start(found) != start:
+            found = self._live_segment_near(session, start) if session.mode == "LIVE" else None
+        if found is None or not session.covers(found):
+            missing = f"No fragment of this session starts at {time_ms}"
+            if session.mode == "LIVE" and self._is_next_live_segment(session, start):
+                raise NotStoredYet(missing, seen)
+            raise not_found(missing)
         return found
+
+    def _live_segment_near(self, session: Session, start: int) -> Fragment | None:
+        """The LIVE segment starting within LIVE_EDGE_SLACK_MS of `start`: the next segment
+        a player asks for at where the newest listed one ends, stored a few ms off that."""
+        near = self.archive.starting(session.stream_arn, session.clock,
+                                     start - LIVE_EDGE_SLACK_MS, start + LIVE_EDGE_SLACK_MS,
+                                     limit=2)
+        return min(near, key=lambda f: abs(session.start(f) - start), default=None)
+
+    def _is_next_live_segment(self, session: Session, start: int) -> bool:
+        """Whether `start` is where the stream's newest fragment ends: the segment a player
+        asks for next, which exists once the producer's next fragment is stored."""
+        latest = self.archive.latest(session.stream_arn)
+        if latest is None or not session.covers(latest):
+            return False
+        return abs(session.start(latest) + latest.duration_ms - start) <= LIVE_EDGE_SLACK_MS
 
     def _fragment(self, session: Session, number: str | None,
                   window: Window | None) -> Fragment:
@@ -238,6 +285,15 @@ class StreamingSessions:
         if found is None or not session.covers(found):
             raise not_found(f"Fragment {number} is not part of this streaming session")
         return found
+
+
+class NotStoredYet(ApiError):
+    """A 404 for the next segment of a LIVE session, which the page waits for a while
+    (from the `seen` mark of new fragments) before answering it."""
+
+    def __init__(self, message: str, seen: int):
+        super().__init__(RESOURCE_NOT_FOUND, message)
+        self.seen = seen
 
 
 def _decoded_from(fragment: Fragment, clock: Clock) -> int:
