@@ -48,7 +48,8 @@ def on_demand_url(server, h264) -> str:
 @pytest.fixture
 def live_url(server, h264, request):
     """A LIVE session on a stream a producer feeds in real time, 1 s fragments."""
-    name = f"live-{request.node.name.split('[')[-1].rstrip(']')}"
+    name = f"live-{request.node.originalname}-{request.node.name.split('[')[-1].rstrip(']')}"
+    name = name.replace("_", "-")[-128:]  # one stream per test: each test has its own producer
     server.client("kinesisvideo").create_stream(StreamName=name, DataRetentionInHours=1)
     stop = threading.Event()
     producer = threading.Thread(target=_produce, args=(server.port, name, h264, stop))
