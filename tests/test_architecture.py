@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import inspect
 import re
 import subprocess
 import sys
@@ -64,6 +65,21 @@ def test_the_readme_tree_names_every_module():
     assert packages - named == set(), "packages missing from the README's tree"
     stale = {n for n in named if n.endswith(".py") and not fnmatch.filter(modules, n)}
     assert stale == set(), "the README's tree names modules that do not exist"
+
+
+def test_base_classes_with_hooks_are_abstract():
+    """Where a base class leaves work to subclasses (the SQL stores' dialect hooks, a
+    background worker's pass, a delivery), the hook is abstract: a subclass that forgets
+    one cannot be made, instead of failing at the first call."""
+    from kvslite.server.archive.background import BackgroundWorker
+    from kvslite.server.delivery.scheduler import DeliveryScheduler
+    from kvslite.server.store.database import SqlDatabase
+
+    assert inspect.isabstract(SqlDatabase)
+    assert inspect.isabstract(BackgroundWorker)
+    assert inspect.isabstract(DeliveryScheduler)
+    assert {"_now_ms", "_schema_version", "_record_schema_version",
+            "_is_disk_full"} <= SqlDatabase.__abstractmethods__
 
 
 def test_no_module_is_two_things():

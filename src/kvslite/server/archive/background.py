@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 
 log = logging.getLogger("kvslite")
 
 
-class BackgroundWorker:
+class BackgroundWorker(ABC):
     name = "kvslite-worker"  # the thread's name, and what the log calls it
 
     def __init__(self, interval_s: float):
@@ -22,9 +23,9 @@ class BackgroundWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @abstractmethod
     def run_pass(self) -> bool:
         """Do one pass; True if more work is waiting already."""
-        raise NotImplementedError
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)

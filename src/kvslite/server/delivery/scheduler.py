@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from abc import abstractmethod
 
 from kvslite.server import metrics
 from kvslite.server.archive.background import BackgroundWorker
@@ -57,10 +58,11 @@ class DeliveryScheduler(BackgroundWorker):
         self._lock = threading.Lock()
         self._in_flight: set[tuple[str, str]] = set()  # destinations being delivered to
 
+    @abstractmethod
     def deliver(self, delivery: Delivery) -> str:
         """Do it; the result to count ("delivered", or "dropped": nothing left to do).
-        Raises on failure (DeliveryError says whether it is permanent)."""
-        raise NotImplementedError
+        Raises on failure (DeliveryError says whether it is permanent). Deliverer does
+        the work; the scheduler decides when."""
 
     def start(self) -> None:
         for index in range(WORKERS):  # daemons: a delivery stuck at exit is redone later

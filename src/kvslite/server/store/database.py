@@ -23,6 +23,7 @@ run on the driver's own cursor (`_run_compiled`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple
@@ -44,7 +45,9 @@ class _Compiled(NamedTuple):
         return named if order is None else [named[name] for name in order]
 
 
-class SqlDatabase:
+class SqlDatabase(ABC):
+    """Abstract: SqliteMetadataStore and PostgresMetadataStore fill in the hooks below."""
+
     BEGIN: ClassVar[str]  # the statement that starts a write transaction
     NOW: ClassVar[sa.ColumnElement[int]]  # now in epoch ms, given parameter "now" (_now_ms)
     MIGRATIONS: ClassVar[list[Migration]]
@@ -137,18 +140,21 @@ class SqlDatabase:
 
     # -- hooks ----------------------------------------------------------------------------
 
+    @abstractmethod
     def _now_ms(self) -> int | None:
         """The parameter "now" of statements that read NOW: the store's clock in epoch ms,
         or None where NOW reads the database's clock."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _schema_version(self, conn: sa.Connection) -> int:
         """The schema's version (0 for a new database), locked until the transaction
         ends: nodes opening the database together migrate it once."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _record_schema_version(self, conn: sa.Connection, old: int, new: int) -> None:
-        raise NotImplementedError
+        """Record that the schema went from version `old` to `new`, in `conn`'s
+        transaction."""
 
+    @abstractmethod
     def _is_disk_full(self, error: BaseException | None) -> bool:
-        raise NotImplementedError
+        """Whether the driver's `error` means the database's disk is full."""
