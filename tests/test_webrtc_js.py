@@ -190,9 +190,9 @@ def test_a_wrong_secret_is_refused_and_nothing_connects(kvs_webrtc, peers):
     # a page signed with a wrong secret: its first call, DescribeSignalingChannel, is refused
     stranger = peers("VIEWER", clientId="stranger", secret="not-the-secret")
     state = stranger.wait_for("false")
-    assert state["errors"] == [
+    assert state["errors"] == [(
         "setup: InvalidSignatureException: The request signature we calculated does not match "
-        "the signature you provided. Check your AWS Secret Access Key and signing method."]
+        "the signature you provided. Check your AWS Secret Access Key and signing method.")]
 
     # a viewer whose WebSocket URL only is signed wrong: refused before the upgrade, 403
     viewer = peers("VIEWER", clientId="viewer-1", signalingSecretAccessKey="not-the-secret")
