@@ -55,7 +55,7 @@ class SignalingChannels:
         prefix = (condition.comparison_value if condition else None) or ""
         limit = request.max_results or DEFAULT_LIST_LIMIT
         after = decode_token(request.next_token)
-        page = self.channels.list(prefix=prefix, after=after, limit=limit + 1)
+        page = self.channels.list_channels(prefix=prefix, after=after, limit=limit + 1)
         result: rs.ListSignalingChannelsOutput = {
             "ChannelInfoList": [channel_info(c) for c in page[:limit]]}
         if len(page) > limit:

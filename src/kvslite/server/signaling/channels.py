@@ -85,7 +85,7 @@ class Channels:
             raise invalid(f"ChannelName {name} and ChannelARN {arn} name different channels")
         return channel
 
-    def list(self, *, prefix: str = "", after: str = "", limit: int) -> list[SignalingChannel]:
+    def list_channels(self, *, prefix: str = "", after: str = "", limit: int) -> list[SignalingChannel]:
         return self.store.list_channels(prefix=prefix, after=after, limit=limit)
 
     def update(self, channel: SignalingChannel, current_version: str, *,

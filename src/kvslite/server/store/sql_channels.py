@@ -57,7 +57,7 @@ class SqlChannels(SqlDatabase):
 
     def update_channel(self, arn: str, expected_version: str, *, version: str,
                        message_ttl_seconds: int | None = None) -> bool:
-        changes = {"version": version}
+        changes: dict[str, str | int] = {"version": version}
         if message_ttl_seconds is not None:
             changes["message_ttl_seconds"] = message_ttl_seconds
         with self._write() as conn:
