@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -144,6 +146,16 @@ def peers(browser, page_origin, kvs_webrtc):
         peer.close()
 
 
+def wait_for_connect_lines(server, timeout_s: float = 5) -> list[tuple[str, str]]:
+    """(operation, status) of the access log's WebSocket lines, once there is one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = re.findall(r" op=(ConnectAs\w+) .* status=(\d+)", server.output())
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def signed_query(url: str) -> dict:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
@@ -158,7 +170,7 @@ def test_viewer_decodes_the_masters_camera_through_kvslite_and_coturn(kvs_webrtc
     assert state["errors"] == []
     assert (state["signaling"], state["connectionState"]) == ("open", "connected")
     assert state["framesDecoded"] > 10
-    state = master.wait_for("peer.connectionState === 'connected'")
+    state = master.wait_for("peer.connectionState === 'connected' && peer.framesEncoded > 10")
     assert (state["errors"], state["connectionState"]) == ([], "connected")
     assert state["framesEncoded"] > 10
 
@@ -202,6 +214,8 @@ def test_a_wrong_secret_is_refused_and_nothing_connects(kvs_webrtc, peers):
     [url] = viewer.websockets
     assert url.startswith(f"wss://127.0.0.1:{kvs_webrtc.port}/?")
     assert any("Unexpected response code: 403" in line for line in viewer.console_errors)
+    # kvslite's access log has the refused upgrade (an accepted one is logged when it ends)
+    assert wait_for_connect_lines(kvs_webrtc) == [("ConnectAsViewer", "403")]
 
     # nothing connected: the master got no offer
     state = master.state()
