@@ -99,7 +99,7 @@ def as_typed(path: Path) -> str:
          help="Origins whose pages may call the APIs from a browser, comma-separated "
               "(https://app.example:8443) or *. HLS/DASH sessions are open to any origin, "
               "as on AWS. [default: none]")
-@_option("--turn-uri", "TURN_URI", multiple=True,
+@_option("--turn-uri", "TURN_URI", multiple=True, default=None,
          help="A TURN server URI GetIceServerConfig hands out (turn:HOST:3478?transport=udp, "
               "turns:HOST:5349?transport=tcp); repeat for more, at most 5 hosts of 4 URIs. "
               "The variable takes them space-separated. [default: none; a STUN server only]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from kvslite.server.api_errors import not_found
 from kvslite.server.ops import requests as rq
 from kvslite.server.ops import responses as rs
 from kvslite.server.signaling.turn import IceServers
@@ -21,6 +22,13 @@ class ChannelLookup(Protocol):
     """kvslite.server.signaling.channels.Channels, as far as this module needs it."""
 
     def resolve(self, name: str | None, arn: str | None) -> ChannelRecord: ...
+
+
+class NoChannels:
+    """The lookup to use while kvslite stores no signaling channels: every ARN is unknown."""
+
+    def resolve(self, name: str | None, arn: str | None) -> ChannelRecord:
+        raise not_found(f"The signaling channel {arn or name} does not exist")
 
 
 class Signaling:
