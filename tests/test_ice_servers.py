@@ -103,6 +103,7 @@ def test_a_service_other_than_turn_is_refused(turn_kvs, channel_arn):
         ("InvalidArgumentException", 400)
 
 
+@pytest.mark.slow  # two servers of its own
 @needs_channels
 def test_without_turn_one_stun_server_is_answered(module_servers, coturn):
     """The C SDK fails on an empty list: without --turn-uri the list names a STUN server,
