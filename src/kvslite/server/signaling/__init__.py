@@ -1,0 +1,1 @@
+"""WebRTC signaling: channels, the WebSocket hub, TURN credentials."""
