@@ -76,16 +76,17 @@ class StoragePeer(Protocol):
 
 @dataclass(eq=False)
 class RateLimit:
-    """A token bucket: `per_s` messages a second, bursts of as many."""
+    """A token bucket: `per_s` messages a second, bursts of as many (at least one)."""
     per_s: float
     tokens: float = -1.0
     updated: float = 0.0
 
     def take(self, now: float) -> bool:
+        burst = max(1.0, self.per_s)
         if self.tokens < 0:
-            self.tokens = self.per_s
+            self.tokens = burst
         else:
-            self.tokens = min(self.per_s, self.tokens + (now - self.updated) * self.per_s)
+            self.tokens = min(burst, self.tokens + (now - self.updated) * self.per_s)
         self.updated = now
         if self.tokens < 1:
             return False
