@@ -24,6 +24,7 @@ from kvslite.server.store.metadata import (
     LeaseLost,
     MetadataStore,
     NameTaken,
+    SignalingChannel,
     Stream,
     StreamNotActive,
 )
@@ -93,6 +94,14 @@ def make_stream(name: str, serial: int = 1, version: str = "v1") -> Stream:
                                  f"{name}/{serial}",
                   version=version, creation_time=1_700_000_000.0 + serial,
                   data_retention_hours=24, kms_key_id="alias/aws/kinesisvideo")
+
+
+def make_channel(name: str, serial: int = 1, version: str = "v1") -> SignalingChannel:
+    return SignalingChannel(name=name, arn=f"arn:aws:kinesisvideo:us-east-1:123456789012:"
+                                           f"channel/{name}/{serial}",
+                            channel_type="SINGLE_MASTER", status="ACTIVE",
+                            message_ttl_seconds=60, version=version,
+                            creation_time=1_700_000_000.0 + serial)
 
 
 def digest_of(text: str) -> bytes:
@@ -413,3 +422,30 @@ def open_fresh_stores(store, w: Writer, factories: list):
         except Exception as e:  # noqa: BLE001 - the test reports them
             errors.append(repr(e))
     return errors
+
+
+def create_named_channel(store, w: Writer, name: str, first_serial: int):
+    channel = make_channel(name, first_serial + w.id)
+    try:
+        store.create_channel(channel, {"writer": str(w.id)})
+    except NameTaken:
+        return channel, False
+    return channel, True
+
+
+def channel_compare_and_set(store, w: Writer, arn: str, expected: str):
+    """As compare_and_set, for a signaling channel."""
+    updated = store.update_channel(arn, expected, version=f"v2w{w.id}",
+                                   message_ttl_seconds=10 + w.id)
+    w.sync()
+    current = store.get_channel(arn=arn).version
+    w.sync()
+    deleted = store.mark_channel_deleting(arn, current)
+    w.sync()
+    late = store.update_channel(arn, current, version=f"v3w{w.id}")
+    return updated, current, deleted, late
+
+
+def put_channel_tags(store, w: Writer, arn: str, batches: list[dict], max_tags: int):
+    w.sync()
+    return store.put_channel_tags(arn, batches[w.id], max_tags)

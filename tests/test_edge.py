@@ -113,9 +113,9 @@ def test_every_model_operation_is_served_or_clearly_not_implemented(in_process):
 
 
 def test_not_implemented_surfaces_in_boto3(shared_server):
-    signaling = shared_server.client("kinesisvideo")
+    kinesisvideo = shared_server.client("kinesisvideo")
     with pytest.raises(ClientError) as e:
-        signaling.list_signaling_channels()
+        kinesisvideo.describe_edge_configuration(StreamName="cam")
     assert e.value.response["Error"]["Code"] == "NotImplementedException"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
 

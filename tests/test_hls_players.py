@@ -34,7 +34,7 @@ CONTAINERS = ["FRAGMENTED_MP4", "MPEG_TS"]
 FPS = 25
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 LIVE_FRAGMENTS = 6  # 1-s GOPs a LIVE cell's producer sends in real time
-FIRST_FRAME_S = 3.0  # a player starts showing a session within this (not a minute)
+FIRST_FRAME_S = 10.0  # a player starts showing a session within this (the bug was a minute)
 
 
 @pytest.fixture(scope="module")

@@ -754,7 +754,7 @@ def test_every_page_is_nosniff_with_a_content_security_policy(server, wire, sess
         "bad JSON": ("POST", "/describeStream", b"{", 400),
         "unknown path": ("POST", "/noSuchOperation", b"{}", 404),
         "wrong method": ("GET", "/describeStream", b"", 405),
-        "not implemented": ("POST", "/listSignalingChannels", b"{}", 501),
+        "not implemented": ("POST", "/describeEdgeConfiguration", b"{}", 501),
         "viewer asset": ("GET", "/web/limits.js", b"", 200),
     }
     for what, (method, path, body, expected) in pages.items():

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # spawned writers import the module below
 import store_contract_workers as workers
-from store_contract_workers import digest_of, fragment_fields, make_stream
+from store_contract_workers import digest_of, fragment_fields, make_channel, make_stream
 
 from kvslite.server.store.metadata import (
     ACTIVE,
@@ -681,3 +681,88 @@ def test_configurations_are_kept_replaced_deleted_and_go_with_their_stream(store
     assert store.get_stream_config(stream.arn, "notification") is None
     store.purge_stream(stream.arn)
     assert store.get_stream_config(stream.arn, "image-generation") is None
+
+
+# -- signaling channels: the same guarantees as streams -----------------------------------
+
+
+@pytest.mark.slow  # worker processes racing
+def test_channel_names_are_unique_among_channels_not_being_deleted(store, store_factory):
+    """6 writers (2 processes, 4 threads) create channel "door" at once: exactly one
+    succeeds, with its tags; the 5 others get NameTaken and leave nothing. A stream may
+    share the name. Once the channel is marked deleting, its name is free while its row
+    stays DELETING (found by ARN only) until purged, with its tags."""
+    new_stream(store, "door")
+    other = make_channel("door-b", 1)
+    store.create_channel(other, {})
+    results = workers.race(store_factory, workers.create_named_channel, processes=2,
+                           threads=4, args=("door", 10))
+    created = [c for c, ok in results if ok]
+    assert len(created) == 1 and sum(not ok for _, ok in results) == 5
+    (old,) = created
+    (winner,) = [w for w, (_, ok) in enumerate(results) if ok]
+    assert store.get_channel(name="door") == old
+    assert store.get_channel_tags(old.arn) == {"writer": str(winner)}
+    for channel, ok in results:
+        if not ok:
+            assert store.get_channel(arn=channel.arn) is None
+            assert store.get_channel_tags(channel.arn) == {}
+
+    assert store.mark_channel_deleting(old.arn, old.version)
+    assert not store.mark_channel_deleting(old.arn, None)  # already deleting
+    assert store.get_channel(name="door") is None
+    assert store.get_channel(arn=old.arn).status == DELETING
+    new = make_channel("door", 99)
+    store.create_channel(new, {"k": "v"})
+    with pytest.raises(NameTaken):
+        store.create_channel(make_channel("door", 100), {})
+    assert store.list_channels(prefix="", after="", limit=10) == [new, other]
+    assert store.list_channels(prefix="door", after="door", limit=10) == [other]
+    assert store.list_channels(prefix="door", after="", limit=1) == [new]
+    assert store.list_channels(prefix="do_r", after="", limit=10) == []  # no wildcards
+
+    store.purge_channel(old.arn)
+    assert store.get_channel(arn=old.arn) is None
+    assert store.get_channel_tags(old.arn) == {}
+    assert store.get_channel(arn=new.arn) == new
+    assert store.get_channel_tags(new.arn) == {"k": "v"}
+
+
+@pytest.mark.slow  # worker processes racing
+def test_channel_updates_and_deletion_are_compare_and_set_on_the_version(store,
+                                                                        store_factory):
+    """6 writers (2 processes, 4 threads) update with the same expected version: exactly
+    one wins and the channel carries its TTL; then all mark it deleting with the version
+    they read: exactly one True; then all update it again: all False."""
+    channel = make_channel("door")
+    store.create_channel(channel, {})
+    results = workers.race(store_factory, workers.channel_compare_and_set, processes=2,
+                           threads=4, args=(channel.arn, channel.version))
+    (winner,) = [w for w, (updated, _, _, _) in enumerate(results) if updated]
+    assert all(current == f"v2w{winner}" for _, current, _, _ in results)
+    assert sum(deleted for _, _, deleted, _ in results) == 1
+    assert sum(late for _, _, _, late in results) == 0
+    final = store.get_channel(arn=channel.arn)
+    assert (final.version, final.message_ttl_seconds, final.status) == \
+        (f"v2w{winner}", 10 + winner, DELETING)
+    assert (final.name, final.channel_type, final.creation_time) == \
+        (channel.name, channel.channel_type, channel.creation_time)
+
+
+def test_the_channel_tag_limit_is_checked_and_applied_in_one_step(store, store_factory):
+    """8 threads, each with its own store or a shared one, put 10 new keys each on a
+    channel with a limit of 50: exactly 5 succeed, and the channel holds exactly their
+    tags; overwriting at the limit fits, one key more does not."""
+    channel = make_channel("door")
+    store.create_channel(channel, {})
+    batches = [{f"w{w}-k{j}": f"{w}.{j}" for j in range(10)} for w in range(8)]
+    results = workers.race(store_factory, workers.put_channel_tags, threads=8,
+                           args=(channel.arn, batches, 50))
+    won = [w for w, ok in enumerate(results) if ok]
+    assert len(won) == 5 and results.count(False) == 3
+    tags = store.get_channel_tags(channel.arn)
+    assert tags == {k: v for w in won for k, v in batches[w].items()}
+    assert store.put_channel_tags(channel.arn, {k: "again" for k in list(tags)[:10]}, 50)
+    assert not store.put_channel_tags(channel.arn, {"one-too-many": "x"}, 50)
+    store.delete_channel_tags(channel.arn, list(tags)[:45])
+    assert len(store.get_channel_tags(channel.arn)) == 5

@@ -96,8 +96,9 @@ def test_both_engines_have_the_same_tables_keys_and_indexes(tmp_path, postgres_u
     PostgresMetadataStore(url).close()
     lite = sqlite_shape(tmp_path / "meta.db", types=False)
     assert postgres_shape(url, types=False) == lite
-    assert sorted(lite) == ["deliveries", "fragments", "headers", "lease_epochs", "leases",
-                            "secrets", "stream_configs", "streams", "tags"]
+    assert sorted(lite) == ["channel_tags", "deliveries", "fragments", "headers",
+                            "lease_epochs", "leases", "secrets", "signaling_channels",
+                            "stream_configs", "streams", "tags"]
     assert [name for name, _, _ in lite["fragments"]["indexes"]] == [
         "fragments_by_blob", "fragments_by_content", "fragments_by_header",
         "fragments_by_number", "fragments_by_producer_time", "fragments_by_server_time"]

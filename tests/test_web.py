@@ -111,6 +111,19 @@ def settle(page: Page) -> None:
     page.page.wait_for_selector("#thumbs[data-ready]", state="attached")
 
 
+def assert_fits_width(page: Page, width: int) -> None:
+    """Nothing sticks out sideways once layout settles (a loaded machine may lay out late);
+    if something does, name it."""
+    try:
+        page.page.wait_for_function(f"document.documentElement.scrollWidth <= {width}",
+                                    timeout=5000)
+    except Exception:
+        wide = page.page.evaluate(f"""[...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > {width})
+            .map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5)""")
+        raise AssertionError(f"wider than {width} px: {wide}") from None
+
+
 def tiles(page: Page) -> list[dict]:
     return page.page.eval_on_selector_all("#thumbs .tile", """tiles => tiles.map(t => ({
         ts: Number(t.dataset.ts), state: t.dataset.state,
@@ -449,7 +462,7 @@ def test_phone_sized_screen(browser, server):
         page.page.tap("#streams tbody tr[data-stream=front-door] a")
         settle(page)
         page.shot("10-phone-timeline")
-        assert page.page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert_fits_width(page, 390)
         box = page.page.eval_on_selector("#timeline", "t => t.getBoundingClientRect().toJSON()")
         assert box["left"] >= 0 and box["right"] <= 390 and box["width"] > 300
         assert len(page.page.query_selector_all("#track .span")) == 2

@@ -40,8 +40,10 @@ from kvslite.server.ops.get_media import GetMedia
 from kvslite.server.ops.health import Health
 from kvslite.server.ops.kinesisvideo import KinesisVideo
 from kvslite.server.ops.put_media import PutMedia
+from kvslite.server.ops.signaling_channels import SignalingChannels
 from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
+from kvslite.server.signaling.channels import Channels
 from kvslite.server.store.blobs import BlobStore
 from kvslite.server.store.metadata import MetadataStore
 from kvslite.server.store.urls import is_embedded, open_blob_store, open_metadata_store
@@ -134,6 +136,7 @@ def build(settings: Settings) -> Server:
                       shared=not is_embedded(settings.metadata_url))
     leases = Leases(metadata)
     control = ControlPlane(metadata, region=settings.region, account_id=settings.account_id)
+    channels = Channels(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
     cache = ImageCache(settings.image_cache_mb << 20) if settings.image_cache_mb else None
@@ -154,7 +157,9 @@ def build(settings: Settings) -> Server:
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
     providers: list[Provider] = [
-        KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake),
+        KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake,
+                     channels=channels),
+        SignalingChannels(channels, endpoint_url=settings.endpoint_url),
         GetMedia(control, archive, leases),
         ArchivedMedia(control, archive, sampler,
                       min_sampling_interval_ms=settings.min_sampling_interval_ms),

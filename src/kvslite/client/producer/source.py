@@ -82,11 +82,11 @@ def _scan_duration_ms(source: str, options: dict, timeout: float) -> int | None:
             stream = container.streams.video[0]
             tb = stream.time_base or Fraction(1, 1000)
             times = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
+            rate = stream.average_rate or stream.guessed_rate  # read while the container is open
     except (OSError, av.FFmpegError):
         return None
     if not times:
         return None
-    rate = stream.average_rate or stream.guessed_rate
     return math.ceil((max(times) - min(times)) * tb * 1000 + (1000 / rate if rate else 0))
 
 

@@ -9,20 +9,24 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from typing import Any
 
 from kvslite.server.archive import Stream
 from kvslite.server.archive.control_plane import ControlPlane
 from kvslite.server.api_errors import INVALID_ARGUMENT, ApiError, invalid, not_found
 from kvslite.server.ops import requests as rq
 from kvslite.server.ops import responses as rs
+from kvslite.server.signaling.channels import Channels, is_channel_arn
 
 DEFAULT_LIST_LIMIT = 10_000
 
 
 class KinesisVideo:
     def __init__(self, control: ControlPlane, *, endpoint_url: str,
-                 on_delete: Callable[[], None] = lambda: None):
+                 on_delete: Callable[[], None] = lambda: None,
+                 channels: Channels | None = None):
         self.control = control
+        self.channels = channels  # TagResource and friends on channel ARNs
         self.endpoint_url = endpoint_url
         self.on_delete = on_delete
 
@@ -67,11 +71,11 @@ class KinesisVideo:
             raise invalid("StreamNameCondition supports only BEGINS_WITH")
         prefix = (condition.comparison_value if condition else None) or ""
         limit = request.max_results or DEFAULT_LIST_LIMIT
-        after = _decode_token(request.next_token)
+        after = decode_token(request.next_token)
         page = self.control.list_streams(prefix=prefix, after=after, limit=limit + 1)
         result: rs.ListStreamsOutput = {"StreamInfoList": [stream_info(s) for s in page[:limit]]}
         if len(page) > limit:
-            result["NextToken"] = _encode_token(page[limit - 1].name)
+            result["NextToken"] = encode_token(page[limit - 1].name)
         return result
 
     def update_stream(self, request: rq.UpdateStreamInput) -> rs.UpdateStreamOutput:
@@ -111,25 +115,31 @@ class KinesisVideo:
                              ) -> rs.ListTagsForStreamOutput:
         return {"Tags": self.control.tags(self._stream(request))}
 
-    # -- tags on resources (by ARN; streams are the only resources kvslite has) -------
+    # -- tags on resources (by ARN: a stream's or a signaling channel's) -------------
 
-    def _resource(self, arn: str) -> Stream:
+    def _resource(self, arn: str) -> tuple[ControlPlane | Channels, Any]:
+        """Who keeps the resource's tags, and the resource."""
+        if is_channel_arn(arn) and self.channels is not None:
+            return self.channels, self.channels.resolve(arn=arn)
         if ":stream/" not in arn:
-            raise not_found(f"The resource {arn} was not found (kvslite has streams only)")
-        return self.control.resolve(arn=arn)
+            raise not_found(f"The resource {arn} was not found (kvslite has streams and "
+                            f"signaling channels)")
+        return self.control, self.control.resolve(arn=arn)
 
     def tag_resource(self, request: rq.TagResourceInput) -> rs.TagResourceOutput:
-        tags = {tag.key: tag.value for tag in request.tags}
-        self.control.tag(self._resource(request.resource_arn), tags)
+        keeper, resource = self._resource(request.resource_arn)
+        keeper.tag(resource, {tag.key: tag.value for tag in request.tags})
         return {}
 
     def untag_resource(self, request: rq.UntagResourceInput) -> rs.UntagResourceOutput:
-        self.control.untag(self._resource(request.resource_arn), request.tag_key_list)
+        keeper, resource = self._resource(request.resource_arn)
+        keeper.untag(resource, request.tag_key_list)
         return {}
 
     def list_tags_for_resource(self, request: rq.ListTagsForResourceInput
                                ) -> rs.ListTagsForResourceOutput:
-        return {"Tags": self.control.tags(self._resource(request.resource_arn))}
+        keeper, resource = self._resource(request.resource_arn)
+        return {"Tags": keeper.tags(resource)}
 
 
 def stream_info(stream: Stream) -> rs.StreamInfo:
@@ -146,11 +156,11 @@ def stream_info(stream: Stream) -> rs.StreamInfo:
     }
 
 
-def _encode_token(last_name: str) -> str:
+def encode_token(last_name: str) -> str:
     return base64.b64encode(last_name.encode()).decode()
 
 
-def _decode_token(token: str | None) -> str:
+def decode_token(token: str | None) -> str:
     if not token:
         return ""
     try:

@@ -38,6 +38,19 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class SignalingChannel:
+    """A WebRTC signaling channel, where a master and its viewers meet."""
+
+    name: str
+    arn: str  # arn:aws:kinesisvideo:<region>:<account>:channel/<name>/<epoch-ms>
+    channel_type: str  # SINGLE_MASTER or FULL_MESH
+    status: str  # ACTIVE, or DELETING while it is removed
+    message_ttl_seconds: int  # how long a message waits for an absent master
+    version: str
+    creation_time: float  # epoch seconds
+
+
+@dataclass(frozen=True)
 class Fragment:
     """One archived fragment: a Matroska cluster that starts with a keyframe."""
 
@@ -74,7 +87,7 @@ DELETING = "DELETING"  # deleted, its media still being removed in the backgroun
 
 
 class NameTaken(Exception):
-    """A stream with this name already exists."""
+    """A stream (or signaling channel) with this name already exists."""
 
 
 class StreamNotActive(Exception):
@@ -157,6 +170,37 @@ class MetadataStore(Protocol):
         """Add or overwrite tags; False (and nothing changed) if the total would exceed max_tags."""
 
     def delete_tags(self, arn: str, keys: list[str]) -> None: ...
+
+    # -- signaling channels: the same guarantees as streams ---------------------------
+
+    def create_channel(self, channel: SignalingChannel, tags: dict[str, str]) -> None:
+        """Insert a channel with its tags atomically; raise NameTaken on a duplicate name."""
+
+    def get_channel(self, *, name: str | None = None, arn: str | None = None
+                    ) -> SignalingChannel | None:
+        """By ARN (whatever its status), or by name (only a channel not being deleted)."""
+
+    def list_channels(self, *, prefix: str, after: str, limit: int) -> list[SignalingChannel]:
+        """Channels not being deleted whose name starts with `prefix` and sorts after
+        `after`, by name."""
+
+    def update_channel(self, arn: str, expected_version: str, *, version: str,
+                       message_ttl_seconds: int | None = None) -> bool:
+        """Set the new `version` (and the TTL, if given) if the version still matches."""
+
+    def mark_channel_deleting(self, arn: str, expected_version: str | None) -> bool:
+        """Set an ACTIVE channel DELETING (freeing its name); False if it is gone, already
+        deleting, or the version moved on."""
+
+    def purge_channel(self, arn: str) -> None:
+        """Remove a channel's row with its tags."""
+
+    def get_channel_tags(self, arn: str) -> dict[str, str]: ...
+
+    def put_channel_tags(self, arn: str, tags: dict[str, str], max_tags: int) -> bool:
+        """Add or overwrite tags; False (and nothing changed) if the total would exceed max_tags."""
+
+    def delete_channel_tags(self, arn: str, keys: list[str]) -> None: ...
 
     # -- fragments -------------------------------------------------------------------
 

@@ -31,7 +31,12 @@ def same_indexes_on_both(conn: sa.Connection) -> None:
         _index(index).create(conn, checkfirst=True)
 
 
-STEPS: list[Migration] = [same_indexes_on_both]
+def signaling_channels(conn: sa.Connection) -> None:
+    """WebRTC signaling channels and their tags."""
+    schema.metadata.create_all(conn, tables=[schema.signaling_channels, schema.channel_tags])
+
+
+STEPS: list[Migration] = [same_indexes_on_both, signaling_channels]
 
 
 def migrate(conn: sa.Connection, migrations: list[Migration], version: int,

@@ -142,3 +142,27 @@ deliveries = sa.Table(
 )
 sa.Index("deliveries_by_due", deliveries.c.due_ms)
 sa.Index("deliveries_by_stream", deliveries.c.arn)
+
+# WebRTC signaling channels. Like a stream, a deleted channel is DELETING (its name free)
+# until its row goes; its tags go with it.
+signaling_channels = sa.Table(
+    "signaling_channels", metadata,
+    sa.Column("arn", KEY, primary_key=True),
+    sa.Column("name", KEY, nullable=False),
+    sa.Column("channel_type", TEXT, nullable=False),
+    sa.Column("status", TEXT, nullable=False),
+    sa.Column("message_ttl_seconds", INT, nullable=False),
+    sa.Column("version", TEXT, nullable=False),
+    sa.Column("creation_time", SECONDS, nullable=False),
+)
+sa.Index("signaling_channels_by_name", signaling_channels.c.name, unique=True,
+         sqlite_where=_not_deleting, postgresql_where=_not_deleting)
+
+channel_tags = sa.Table(
+    "channel_tags", metadata,
+    sa.Column("arn", KEY, sa.ForeignKey("signaling_channels.arn", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("key", KEY, nullable=False),
+    sa.Column("value", TEXT, nullable=False),
+    sa.PrimaryKeyConstraint("arn", "key"),
+)

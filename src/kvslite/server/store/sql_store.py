@@ -28,6 +28,7 @@ from kvslite.server.store.metadata import (ACTIVE, DELETING, Fragment, Lease, Le
                                     Stream, StreamNotActive, fragment_number)
 from kvslite.server.store.schema import fragments, headers, lease_epochs, leases, secrets, streams
 from kvslite.server.store.schema import tags as tag_table
+from kvslite.server.store.sql_channels import SqlChannels
 
 s, h, le = streams.c, headers.c, leases.c
 _STREAM_COLUMNS = (s.name, s.arn, s.version, s.creation_time, s.data_retention_hours,
@@ -61,7 +62,7 @@ def _stream_of(row: sa.Row) -> Stream:
                   status=row.status, device_name=row.device_name, media_type=row.media_type)
 
 
-class SqlMetadataStore(FragmentQueries):
+class SqlMetadataStore(FragmentQueries, SqlChannels):
     """A MetadataStore on a SQL database; sqlite.py and postgres.py say which."""
 
     # -- streams ---------------------------------------------------------------------
