@@ -134,7 +134,7 @@ class Hub:
         self.relay: Relay = relay or LocalRelay(self)
         self.clock = clock
         self.masters: dict[str, Connection] = {}
-        self.viewers: dict[str, dict[str, Connection]] = {}
+        self.viewers: dict[str, dict[str | None, Connection]] = {}  # by ClientId
         self.held: dict[str, deque[Held]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
