@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from coturn_server import coturn  # noqa: F401 - one TURN server for the whole session
 from postgres_server import postgres_url  # noqa: F401 - the PostgreSQL server fixture
 from seaweed_server import seaweed  # noqa: F401 - one SeaweedFS for the whole session
 

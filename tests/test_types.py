@@ -42,7 +42,7 @@ def served_handlers() -> dict:
 
 def test_every_handler_declares_its_operations_request_and_result_shapes():
     handlers = served_handlers()
-    assert len(handlers) == 31  # 24 + 7 signaling-channel operations
+    assert len(handlers) == 32  # 24 + 7 signaling-channel operations + GetIceServerConfig
     for operation, handler in handlers.items():
         hints = typing.get_type_hints(handler)
         returns = hints.pop("return")

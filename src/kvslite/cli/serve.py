@@ -120,6 +120,18 @@ def as_typed(path: Path) -> str:
          default=Settings.signaling_idle_timeout_s, show_default=True,
          type=click.FloatRange(min=0, min_open=True),
          help="WebRTC: a signaling connection that sends nothing this long ends likewise.")
+@_option("--turn-uri", "TURN_URI", multiple=True, default=None,
+         help="A TURN server URI GetIceServerConfig hands out (turn:HOST:3478?transport=udp, "
+              "turns:HOST:5349?transport=tcp); repeat for more, at most 5 hosts of 4 URIs. "
+              "The variable takes them space-separated. [default: none; a STUN server only]")
+@_option("--turn-secret", "TURN_SECRET", default=None,
+         help="The secret shared with the TURN server (coturn's --static-auth-secret): "
+              "credentials are signed with it, coturn's TURN REST scheme.")
+@_option("--turn-ttl-s", "TURN_TTL_S", default=Settings.turn_ttl_s, show_default=True,
+         type=click.IntRange(31, 86_400), help="How long a TURN credential is valid.")
+@_option("--stun-uri", "STUN_URI", default=None,
+         help="The STUN server GetIceServerConfig names when no --turn-uri is set. "
+              "[default: stun:HOST:3478, HOST from --public-url]")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

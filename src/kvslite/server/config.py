@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvslite.client.common import DEFAULT_HOST, DEFAULT_PORT
 from kvslite.server.edge.cors import parse_origins
+from kvslite.server.signaling.turn import DEFAULT_TTL_S, check_turn_settings, stun_uri_for
 from kvslite.server.webhook_policy import WebhookPolicy
 
 
@@ -51,6 +52,10 @@ class Settings:
     signaling_ice_per_s: float = 20  # ICE candidates a second, per connection
     signaling_max_lifetime_s: float = 3600  # a connection ends (GO_AWAY) after this long
     signaling_idle_timeout_s: float = 600  # ... or after this long without a message
+    turn_uri: tuple[str, ...] = ()  # TURN URIs GetIceServerConfig hands out (signaling/turn.py)
+    turn_secret: str | None = field(default=None, repr=False)  # shared with the TURN server
+    turn_ttl_s: int = DEFAULT_TTL_S  # how long a TURN credential is valid
+    stun_uri: str | None = None  # answered without TURN; default: stun:<public host>:3478
 
     @property
     def auth_enabled(self) -> bool:
@@ -67,6 +72,10 @@ class Settings:
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert and self.tls_key)
+
+    @property
+    def stun_server(self) -> str:
+        return self.stun_uri or stun_uri_for(self.endpoint_url)
 
     @property
     def endpoint_url(self) -> str:
@@ -112,6 +121,9 @@ class Settings:
                              "negative")
         WebhookPolicy.parse(self.webhook_allow)  # names the value it cannot read
         parse_origins(self.cors_allow_origins)  # the same
+        check_turn_settings(self.turn_uri, self.turn_secret, self.turn_ttl_s)
+        if self.stun_uri is not None and not self.stun_uri.startswith(("stun:", "stuns:")):
+            raise ValueError(f"--stun-uri must start with stun: or stuns:, got {self.stun_uri!r}")
 
 
 def is_loopback(host: str) -> bool:

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from kvslite.server.archive.leases import Leases
 from kvslite.server.archive.retention import Sweeper
 from kvslite.server.archive.sampling import ImageSampler
 from kvslite.server.archive.sessions import SessionTokens
+from kvslite.server.signaling.turn import IceServers
 from kvslite.server.config import Settings
 from kvslite.server.edge.app import EdgeApp
 from kvslite.server.edge.connections import (
@@ -42,6 +44,7 @@ from kvslite.server.ops.health import Health
 from kvslite.server.ops.kinesisvideo import KinesisVideo
 from kvslite.server.ops.put_media import PutMedia
 from kvslite.server.ops.signaling_channels import SignalingChannels
+from kvslite.server.ops.signaling import Signaling
 from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
 from kvslite.server.signaling.channels import Channels
@@ -169,6 +172,10 @@ def build(settings: Settings) -> Server:
         EventConfigurations(control, event_configs),
         Clips(control, archive, now_ms=tokens.now_ms),
         sessions,
+        Signaling(channels, IceServers(turn_uris=settings.turn_uri,
+                                           secret=settings.turn_secret,
+                                           ttl_s=settings.turn_ttl_s,
+                                           stun_uri=settings.stun_server, clock=time.time)),
     ]
     handlers: dict = {}
     for provider in providers:

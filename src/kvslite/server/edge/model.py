@@ -1,8 +1,8 @@
 """The KVS wire contract, read from botocore's service models.
 
-Routing, input validation and output serialization are all driven by the three
-models (`kinesisvideo`, `kinesis-video-media`, `kinesis-video-archived-media`), so
-kvslite never re-types a member name, a limit or an enum by hand.
+Routing, input validation and output serialization are all driven by the models
+(`kinesisvideo`, `kinesis-video-media`, `kinesis-video-archived-media`,
+`kinesis-video-signaling`), so kvslite never re-types a member name, a limit or an enum by hand.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from botocore.model import OperationModel, Shape
 
 from kvslite.server.api_errors import INTERNAL_FAILURE, SERIALIZATION, ApiError, invalid
 
-SERVICES = ("kinesisvideo", "kinesis-video-media", "kinesis-video-archived-media")
+SERVICES = ("kinesisvideo", "kinesis-video-media", "kinesis-video-archived-media",
+            "kinesis-video-signaling")
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,18 @@ class GetHLSStreamingSessionURLInput:
 
 
 @dataclass(frozen=True, slots=True)
+class GetIceServerConfigRequest:
+    """botocore shape GetIceServerConfigRequest (kinesis-video-signaling)."""
+
+    channel_arn: str  # ChannelARN
+    client_id: str | None = None
+    service: str | None = None
+    username: str | None = None
+
+    _WIRE: ClassVar[dict[str, str]] = {"channel_arn": "ChannelARN"}
+
+
+@dataclass(frozen=True, slots=True)
 class GetImagesInput:
     """botocore shape GetImagesInput (kinesis-video-archived-media)."""
 
@@ -492,6 +504,17 @@ class ScheduleConfig:
 
     schedule_expression: str
     duration_in_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendAlexaOfferToMasterRequest:
+    """botocore shape SendAlexaOfferToMasterRequest (kinesis-video-signaling)."""
+
+    channel_arn: str  # ChannelARN
+    sender_client_id: str
+    message_payload: str
+
+    _WIRE: ClassVar[dict[str, str]] = {"channel_arn": "ChannelARN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,6 +733,7 @@ REQUESTS: dict[str, type] = {
     "GetDASHStreamingSessionURL": GetDASHStreamingSessionURLInput,
     "GetDataEndpoint": GetDataEndpointInput,
     "GetHLSStreamingSessionURL": GetHLSStreamingSessionURLInput,
+    "GetIceServerConfig": GetIceServerConfigRequest,
     "GetImages": GetImagesInput,
     "GetMedia": GetMediaInput,
     "GetMediaForFragmentList": GetMediaForFragmentListInput,
@@ -720,6 +744,7 @@ REQUESTS: dict[str, type] = {
     "ListStreams": ListStreamsInput,
     "ListTagsForResource": ListTagsForResourceInput,
     "ListTagsForStream": ListTagsForStreamInput,
+    "SendAlexaOfferToMaster": SendAlexaOfferToMasterRequest,
     "StartEdgeConfigurationUpdate": StartEdgeConfigurationUpdateInput,
     "TagResource": TagResourceInput,
     "TagStream": TagStreamInput,

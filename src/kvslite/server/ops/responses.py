@@ -285,6 +285,21 @@ class GetHLSStreamingSessionURLOutput(TypedDict, total=False):
     HLSStreamingSessionURL: str | None
 
 
+class IceServer(TypedDict, total=False):
+    """botocore shape IceServer (kinesis-video-signaling)."""
+
+    Uris: list[str] | None
+    Username: str | None
+    Password: str | None
+    Ttl: int | None
+
+
+class GetIceServerConfigResponse(TypedDict, total=False):
+    """botocore shape GetIceServerConfigResponse (kinesis-video-signaling)."""
+
+    IceServerList: list[IceServer] | None
+
+
 class Image(TypedDict, total=False):
     """botocore shape Image (kinesis-video-archived-media)."""
 
@@ -367,6 +382,12 @@ class ListTagsForStreamOutput(TypedDict, total=False):
     Tags: dict[str, str] | None
 
 
+class SendAlexaOfferToMasterResponse(TypedDict, total=False):
+    """botocore shape SendAlexaOfferToMasterResponse (kinesis-video-signaling)."""
+
+    Answer: str | None
+
+
 class StartEdgeConfigurationUpdateOutput(TypedDict, total=False):
     """botocore shape StartEdgeConfigurationUpdateOutput (kinesisvideo)."""
 
@@ -441,6 +462,7 @@ RESPONSES: dict[str, type] = {
     "GetDASHStreamingSessionURL": GetDASHStreamingSessionURLOutput,
     "GetDataEndpoint": GetDataEndpointOutput,
     "GetHLSStreamingSessionURL": GetHLSStreamingSessionURLOutput,
+    "GetIceServerConfig": GetIceServerConfigResponse,
     "GetImages": GetImagesOutput,
     "GetSignalingChannelEndpoint": GetSignalingChannelEndpointOutput,
     "ListEdgeAgentConfigurations": ListEdgeAgentConfigurationsOutput,
@@ -449,6 +471,7 @@ RESPONSES: dict[str, type] = {
     "ListStreams": ListStreamsOutput,
     "ListTagsForResource": ListTagsForResourceOutput,
     "ListTagsForStream": ListTagsForStreamOutput,
+    "SendAlexaOfferToMaster": SendAlexaOfferToMasterResponse,
     "StartEdgeConfigurationUpdate": StartEdgeConfigurationUpdateOutput,
     "TagResource": TagResourceOutput,
     "TagStream": TagStreamOutput,

@@ -1,4 +1,5 @@
-"""WebRTC signaling: channels and the rules of their API, above the stores.
+"""WebRTC signaling: channels and the rules of their API, the WebSocket hub and ICE (TURN)
+servers, above the stores.
 
 The records the operations layer works with are re-exported here, so nothing above
 needs to import a store.
