@@ -99,6 +99,27 @@ def as_typed(path: Path) -> str:
          help="Origins whose pages may call the APIs from a browser, comma-separated "
               "(https://app.example:8443) or *. HLS/DASH sessions are open to any origin, "
               "as on AWS. [default: none]")
+@_option("--signaling-max-viewers", "SIGNALING_MAX_VIEWERS",
+         default=Settings.signaling_max_viewers, show_default=True, type=click.IntRange(min=1),
+         help="WebRTC: viewers connected to one signaling channel at once; one more is "
+              "refused with ClientLimitExceededException.")
+@_option("--signaling-max-payload-bytes", "SIGNALING_MAX_PAYLOAD_BYTES",
+         default=Settings.signaling_max_payload_bytes, show_default=True,
+         type=click.IntRange(min=1), help="WebRTC: the largest messagePayload relayed.")
+@_option("--signaling-sdp-per-s", "SIGNALING_SDP_PER_S", default=Settings.signaling_sdp_per_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="WebRTC: SDP offers and answers a second per connection; more are refused.")
+@_option("--signaling-ice-per-s", "SIGNALING_ICE_PER_S", default=Settings.signaling_ice_per_s,
+         show_default=True, type=click.FloatRange(min=0, min_open=True),
+         help="WebRTC: ICE candidates a second per connection; more are refused.")
+@_option("--signaling-max-lifetime-s", "SIGNALING_MAX_LIFETIME_S",
+         default=Settings.signaling_max_lifetime_s, show_default=True,
+         type=click.FloatRange(min=0, min_open=True),
+         help="WebRTC: a signaling connection ends (GO_AWAY, then closed) after this long.")
+@_option("--signaling-idle-timeout-s", "SIGNALING_IDLE_TIMEOUT_S",
+         default=Settings.signaling_idle_timeout_s, show_default=True,
+         type=click.FloatRange(min=0, min_open=True),
+         help="WebRTC: a signaling connection that sends nothing this long ends likewise.")
 @_option("--turn-uri", "TURN_URI", multiple=True, default=None,
          help="A TURN server URI GetIceServerConfig hands out (turn:HOST:3478?transport=udp, "
               "turns:HOST:5349?transport=tcp); repeat for more, at most 5 hosts of 4 URIs. "

@@ -45,6 +45,13 @@ class Settings:
     delivery_max_attempts: int = 10  # a delivery failing this often is dropped
     webhook_allow: str | None = None  # internal webhook destinations allowed (webhook_policy)
     cors_allow_origins: str | None = None  # other origins' pages that may call the APIs
+    # the WebRTC signaling WebSocket: AWS's quotas (server/signaling/hub.py)
+    signaling_max_viewers: int = 10  # viewers connected to one channel at once
+    signaling_max_payload_bytes: int = 10_240  # one message's messagePayload
+    signaling_sdp_per_s: float = 5  # SDP offers/answers a second, per connection
+    signaling_ice_per_s: float = 20  # ICE candidates a second, per connection
+    signaling_max_lifetime_s: float = 3600  # a connection ends (GO_AWAY) after this long
+    signaling_idle_timeout_s: float = 600  # ... or after this long without a message
     turn_uri: tuple[str, ...] = ()  # TURN URIs GetIceServerConfig hands out (signaling/turn.py)
     turn_secret: str | None = field(default=None, repr=False)  # shared with the TURN server
     turn_ttl_s: int = DEFAULT_TTL_S  # how long a TURN credential is valid

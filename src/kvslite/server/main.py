@@ -35,6 +35,7 @@ from kvslite.server.edge.connections import (
     raise_descriptor_limit,
 )
 from kvslite.server.edge.tls import https_protocol, server_context
+from kvslite.server.edge.websocket import SignalingEndpoint
 from kvslite.server.ops.archived_media import ArchivedMedia
 from kvslite.server.ops.clips import Clips
 from kvslite.server.ops.event_configs import EventConfigurations
@@ -47,6 +48,7 @@ from kvslite.server.ops.signaling import Signaling
 from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
 from kvslite.server.signaling.channels import Channels
+from kvslite.server.signaling.hub import Hub, Limits
 from kvslite.server.store.blobs import BlobStore
 from kvslite.server.store.metadata import MetadataStore
 from kvslite.server.store.urls import is_embedded, open_blob_store, open_metadata_store
@@ -74,6 +76,7 @@ class Server:
     deliverer: Deliverer
     lock: IO | None  # the data directory's, when a store lives in it
     max_connections: int  # --max-connections, or what the descriptor limit allows
+    hub: Hub | None = None  # the signaling WebSockets, told to GO_AWAY on shutdown
 
     def start(self) -> None:
         """Background work: temporary files left by a crash go, then the sweeper runs."""
@@ -184,14 +187,27 @@ def build(settings: Settings) -> Server:
     put_media = PutMedia(control, archive, leases,
                          fragment_deadline_s=settings.fragment_deadline_s,
                          event_configs=event_configs, on_deliveries=deliverer.wake)
+    hub = signaling_hub(settings)
+    channels.on_delete.append(lambda channel: hub.channel_deleted_threadsafe(channel.arn))
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *SnsEndpoints(signer).routes(),
                           *WebViewer(min_sampling_interval_ms=settings.min_sampling_interval_ms
                                      ).routes()],
                   max_media_connections=connections - max(2, connections // 10),
-                  access_log=settings.access_log)
-    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections)
+                  access_log=settings.access_log,
+                  signaling=SignalingEndpoint(settings, channels, hub,
+                                              access_log=settings.access_log))
+    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub)
+
+
+def signaling_hub(settings: Settings) -> Hub:
+    return Hub(Limits(max_viewers=settings.signaling_max_viewers,
+                      max_payload_bytes=settings.signaling_max_payload_bytes,
+                      sdp_per_s=settings.signaling_sdp_per_s,
+                      ice_per_s=settings.signaling_ice_per_s,
+                      max_lifetime_s=settings.signaling_max_lifetime_s,
+                      idle_timeout_s=settings.signaling_idle_timeout_s))
 
 
 class UvicornServer(uvicorn.Server):
@@ -209,8 +225,11 @@ class UvicornServer(uvicorn.Server):
         super().__init__(uvicorn.Config(
             server.app, host=settings.host, port=settings.port, lifespan="off",
             access_log=False, log_level="warning", timeout_graceful_shutdown=5,
-            http=protocol))
+            http=protocol,
+            # a signaling frame is a payload and a few keys; refuse giant frames unread
+            ws_max_size=4 * settings.signaling_max_payload_bytes + 4096))
         self.settings = settings
+        self.hub = server.hub
         self.on_exit = on_exit
 
     async def startup(self, sockets=None) -> None:
@@ -221,6 +240,11 @@ class UvicornServer(uvicorn.Server):
             log.info("kvslite listening on %s://%s:%d (endpoint %s, data in %s, %s)",
                      "https" if s.tls_enabled else "http", s.host, s.port, s.endpoint_url,
                      s.data_dir.resolve(), auth)
+
+    async def shutdown(self, sockets=None) -> None:
+        if self.hub is not None:  # GO_AWAY first: the SDKs reconnect on it
+            await self.hub.go_away_all()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig, frame) -> None:
         if self.on_exit is not None:

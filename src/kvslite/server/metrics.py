@@ -34,3 +34,11 @@ DELIVERIES = Counter("kvslite_deliveries",
                      "failed: given up after its attempts or a permanent error)",
                      ["kind", "result"])
 ERRORS = Counter("kvslite_errors", "AWS-style errors answered, by code", ["code"])
+SIGNALING_CONNECTIONS = Gauge("kvslite_signaling_connections",
+                              "Open signaling WebSockets, by role (master, viewer)", ["role"])
+SIGNALING_MESSAGES = Counter("kvslite_signaling_messages",
+                             "Signaling messages by result (relayed, held for an absent "
+                             "master, expired unheld, rate_limited, refused, invalid)",
+                             ["result"])
+SIGNALING_REFUSALS = Counter("kvslite_signaling_refusals",
+                             "Signaling WebSocket upgrades refused, by error code", ["code"])

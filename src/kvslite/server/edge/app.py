@@ -12,6 +12,7 @@ ids, security headers, errors, access log, media admission) are in edge/middlewa
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -25,6 +26,7 @@ from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
 from kvslite.server.edge.access_log import OPERATION, STREAM
 from kvslite.server.edge.cors import Cors, parse_origins
+from kvslite.server.edge.websocket import SignalingEndpoint
 from kvslite.server.edge.middleware import (
     AccessLog,
     EdgeHeaders,
@@ -48,8 +50,9 @@ class EdgeApp:
     def __init__(self, settings: Settings, handlers: dict[str, Handler],
                  put_media: StreamingHandler | None = None,
                  routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
-                 access_log: bool = False):
+                 access_log: bool = False, signaling: SignalingEndpoint | None = None):
         self.settings = settings
+        self.signaling = signaling  # WebSocket upgrades on any path (edge/websocket.py)
         self.handlers = _checked(handlers)
         kvs = [Route(path, self._operation(route), methods=["POST"])
                for path, route in model.routes().items()]
@@ -60,8 +63,11 @@ class EdgeApp:
                                   parse_origins(settings.cors_allow_origins))
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket" and self.signaling is not None:
+            await self.signaling(scope, receive, send, request_id=str(uuid.uuid4()))
+            return
         if scope["type"] != "http":
-            return  # no lifespan events or websockets: the server runs with lifespan off
+            return  # no lifespan events: the server runs with lifespan off
         scope["app"] = self  # Starlette raises HTTPException instead of answering plain text
         await self.pipeline(scope, receive, send)
 

@@ -113,6 +113,13 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is not self._cycle_awaited:
             self._cancel_head_deadline()  # the head arrived: the request is under way
 
+    def handle_websocket_upgrade(self, event) -> None:
+        """The upgrade's head arrived in time: the socket is the WebSocket protocol's from
+        here on (it still counts under `max_connections`), and must not be closed as a
+        connection that never sent one."""
+        self._cancel_head_deadline()
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():

@@ -19,6 +19,7 @@ import hmac
 import itertools
 import re
 from hashlib import sha256
+from urllib.parse import quote
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
@@ -179,3 +180,101 @@ def _parse_amz_date(value: str) -> dt.datetime:
         raise _forbidden(INCOMPLETE_SIGNATURE,
                          "Requests must carry a valid X-Amz-Date header (YYYYMMDDTHHMMSSZ)."
                          ) from None
+
+
+# -- presigned URLs (query-string authentication) ----------------------------------------
+#
+# The WebRTC SDKs open the signaling WebSocket with every SigV4 field in the query string
+# (WEBRTC-NOTES §4.1): only `host` is signed and the payload is the empty string's hash.
+# `X-Amz-Security-Token` sits inside the signed query, so it is covered like any parameter.
+
+MAX_PRESIGNED_EXPIRES_S = 7 * 24 * 3600  # AWS's upper bound for X-Amz-Expires
+
+
+def verify_presigned(
+    *,
+    access_key_id: str,
+    secret_access_key: str,
+    path: str,
+    query: list[tuple[str, str]],
+    host: str,
+    max_skew_s: int,
+    now: dt.datetime | None = None,
+) -> None:
+    """Raise a 403 ApiError unless the GET `path?query` is a valid presigned URL for
+    `host` (the Host header as received, port included). `query` is the decoded query
+    string in order, as urllib.parse.parse_qsl(keep_blank_values=True) gives it."""
+    params = dict(query)
+    signature = params.get("X-Amz-Signature", "")
+    if not signature:
+        raise _forbidden(MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
+    if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+        raise _forbidden(INCOMPLETE_SIGNATURE, "X-Amz-Algorithm must be AWS4-HMAC-SHA256")
+    scope = params.get("X-Amz-Credential", "").split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        raise _forbidden(INCOMPLETE_SIGNATURE, "X-Amz-Credential is malformed")
+    key_id, date, region, service, _ = scope
+    if key_id != access_key_id:
+        raise _forbidden(UNRECOGNIZED_CLIENT,
+                         "The security token included in the request is invalid.")
+    if service != SIGNING_NAME:
+        raise _forbidden(INVALID_SIGNATURE,
+                         f"Credential should be scoped to correct service: '{SIGNING_NAME}'.")
+    if params.get("X-Amz-SignedHeaders") != "host":
+        raise _forbidden(INCOMPLETE_SIGNATURE, "X-Amz-SignedHeaders must be 'host'")
+    amz_date = params.get("X-Amz-Date", "")
+    signed_at = _parse_amz_date(amz_date)
+    if signed_at.strftime("%Y%m%d") != date:
+        raise _forbidden(INVALID_SIGNATURE, "Credential date does not match X-Amz-Date.")
+    _check_validity(signed_at, params.get("X-Amz-Expires", ""), max_skew_s,
+                    now or dt.datetime.now(dt.timezone.utc))
+
+    canonical = "\n".join([
+        "GET", path or "/", canonical_query(query),
+        f"host:{host}\n", "host", EMPTY_SHA256,
+    ])
+    string_to_sign = "\n".join([
+        "AWS4-HMAC-SHA256", amz_date, f"{date}/{region}/{service}/aws4_request",
+        sha256(canonical.encode()).hexdigest(),
+    ])
+    key = signing_key(secret_access_key, date, region, service)
+    expected = hmac.new(key, string_to_sign.encode(), sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise _forbidden(
+            INVALID_SIGNATURE,
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method.",
+        )
+
+
+def canonical_query(query: list[tuple[str, str]]) -> str:
+    """SigV4's canonical query: every parameter but the signature, RFC 3986-encoded and
+    sorted by key, then value."""
+    pairs = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~"))
+                   for k, v in query if k != "X-Amz-Signature")
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), sha256).digest()
+    return key
+
+
+def _check_validity(signed_at: dt.datetime, expires: str, max_skew_s: int,
+                    now: dt.datetime) -> None:
+    """Valid from X-Amz-Date (less the allowed clock skew) for X-Amz-Expires seconds.
+    The messages are AWS's: the C SDK retries with a corrected clock on these words."""
+    if not expires.isdigit() or not 1 <= int(expires) <= MAX_PRESIGNED_EXPIRES_S:
+        raise _forbidden(INCOMPLETE_SIGNATURE,
+                         f"X-Amz-Expires must be between 1 and {MAX_PRESIGNED_EXPIRES_S}")
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    if (signed_at - now).total_seconds() > max_skew_s:
+        raise _forbidden(INVALID_SIGNATURE,
+                         f"Signature not yet current: {signed_at:%Y%m%dT%H%M%SZ} is still "
+                         f"later than {stamp}")
+    if (now - signed_at).total_seconds() > int(expires):
+        raise _forbidden(INVALID_SIGNATURE,
+                         f"Signature expired: {signed_at:%Y%m%dT%H%M%SZ} plus {expires} s is "
+                         f"now earlier than {stamp}")
