@@ -49,6 +49,8 @@ class ClusterRelay:
         self.count = itertools.count(1)
         self.joins: dict[Key, Joined] = {}
         self.listener: asyncio.Task | None = None
+        self.to_claim: list[int] = []  # messages for connections here, not yet claimed
+        self.claimer: asyncio.Task | None = None
 
     async def deliver(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         if await self.hub.deliver_here(channel_arn, client_id, text):
@@ -90,13 +92,21 @@ class ClusterRelay:
         key: Key = (note["arn"], note["to"])
         if "join" in note:
             await self._on_join(key, note["join"])
-        elif self._here(key):
+        elif self._here(key):  # claimed in batches: one statement for all that came meanwhile
+            self.to_claim.append(note["id"])
+            if self.claimer is None or self.claimer.done():
+                self.claimer = asyncio.create_task(self._claim())
+
+    async def _claim(self) -> None:
+        while self.to_claim:
+            ids, self.to_claim = self.to_claim, []
             try:
-                frame = await self.bus.claim(note["id"])
-            except BusDown:
-                return
-            if frame is not None:
-                await self.hub.deliver_here(*key, frame)
+                claimed = await self.bus.claim(ids)
+            except BusDown as e:
+                log.warning("cannot fetch signaling messages from the database: %s", e)
+                continue
+            for arn, client_id, frame in claimed:
+                await self.hub.deliver_here(arn, client_id, frame)
 
     async def _on_join(self, key: Key, token: str) -> None:
         joined = self.joins.get(key)

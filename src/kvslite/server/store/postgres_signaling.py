@@ -84,13 +84,13 @@ class SignalingBus:
         note = json.dumps({"join": token, "arn": channel_arn, "to": recipient})
         await self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
 
-    async def claim(self, message_id: int) -> str | None:
-        """The frame of message `message_id`, which no other node will get; None if
-        another node claimed it or it expired."""
-        rows = await self._execute(
-            f"DELETE FROM {TABLE} WHERE id = %s AND expires_at > now() RETURNING frame",
-            (message_id,))
-        return rows[0][0] if rows else None
+    async def claim(self, message_ids: list[int]) -> list[tuple[str, str | None, str]]:
+        """(channel ARN, recipient, frame) of each of these messages, oldest first, which no
+        other node will get; none for those another node claimed or that expired."""
+        return await self._execute(f"""
+            WITH m AS (DELETE FROM {TABLE} WHERE id = ANY(%s) AND expires_at > now()
+                       RETURNING id, channel_arn, recipient, frame)
+            SELECT channel_arn, recipient, frame FROM m ORDER BY id""", (message_ids,))
 
     async def claim_waiting(self, channel_arn: str, recipient: str | None) -> list[str]:
         """Every unexpired frame waiting for `recipient`, oldest first."""
