@@ -51,7 +51,7 @@ MODES = ("embedded", "sigv4", "cluster")
 
 def presign(base: str, params: dict[str, str]) -> str:
     """`base?params` presigned like the JS SDK's SigV4RequestSigner (WEBRTC-NOTES §4.1)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     date, stamp = now.strftime("%Y%m%d"), now.strftime("%Y%m%dT%H%M%SZ")
     scope = f"{date}/{REGION}/kinesisvideo/aws4_request"
     query = {**params, "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
@@ -201,8 +201,8 @@ def main() -> None:
 
 
 def table(results: dict, modes: list[str]) -> str:
-    lines = [f"{'mode':<9} {'received':>11} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-             f"{'connect p50/p99 ms':>19} {'KB/idle socket':>15}"]
+    lines = [(f"{'mode':<9} {'received':>11} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+              f"{'connect p50/p99 ms':>19} {'KB/idle socket':>15}")]
     for mode in modes:
         r = results[mode]
         lat, con = r["latency_ms"], r["connect_ms"]
