@@ -164,6 +164,7 @@ def build(settings: Settings) -> Server:
                           max_attempts=settings.delivery_max_attempts)
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
+    hub = signaling_hub(settings)  # the WebSockets' and SendAlexaOfferToMaster's
     providers: list[Provider] = [
         KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake,
                      channels=channels),
@@ -177,7 +178,8 @@ def build(settings: Settings) -> Server:
         Signaling(channels, IceServers(turn_uris=settings.turn_uri,
                                            secret=settings.turn_secret,
                                            ttl_s=settings.turn_ttl_s,
-                                           stun_uri=settings.stun_server, clock=time.time)),
+                                           stun_uri=settings.stun_server, clock=time.time),
+                  hub),
     ]
     handlers: dict = {}
     for provider in providers:
@@ -189,7 +191,6 @@ def build(settings: Settings) -> Server:
     put_media = PutMedia(control, archive, leases,
                          fragment_deadline_s=settings.fragment_deadline_s,
                          event_configs=event_configs, on_deliveries=deliverer.wake)
-    hub = signaling_hub(settings)
     channels.on_delete.append(lambda channel: hub.channel_deleted_threadsafe(channel.arn))
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),

@@ -21,6 +21,8 @@ Seams:
   recipient, and is told of each join (`joined`) to end older connections elsewhere.
 - `Hub.storage_peer`: where master messages for the storage session go (WebRTC
   ingestion, not built yet). While it is None they are dropped.
+- `Hub.send_from`: a message from a viewer that is not a socket (SendAlexaOfferToMaster's
+  one-shot viewer, signaling/alexa.py).
 
 All methods run on the server's event loop; `channel_deleted_threadsafe` may be called
 from any thread (the control plane's handlers run in a thread pool).
@@ -289,6 +291,10 @@ class Hub:
             raise ApiError(INVALID_ARGUMENT, "the recipient is not connected")
         metrics.SIGNALING_MESSAGES.labels("relayed").inc()
 
+    async def send_from(self, conn: Connection, message: dict) -> None:
+        """Route `message` as if `conn` had sent it; a refusal raises its ApiError."""
+        await self._route(conn, message, None)
+
     async def deliver_here(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         """Send to a connection of this process, if it is here."""
         if client_id is None:
@@ -318,6 +324,18 @@ class Hub:
             sender.message_ttl_s, self._expire, sender.channel_arn, item)
         queue.append(item)
         metrics.SIGNALING_MESSAGES.labels("held").inc()
+
+    def forget_held(self, sender: Connection) -> bool:
+        """Drop what `sender` still has waiting for a master; True if there was any."""
+        queue = self.held.get(sender.channel_arn, deque())
+        mine = [item for item in queue if item.sender is sender]
+        for item in mine:
+            queue.remove(item)
+            if item.timer:
+                item.timer.cancel()
+        if not queue:
+            self.held.pop(sender.channel_arn, None)
+        return bool(mine)
 
     def _expire(self, channel_arn: str, item: Held) -> None:
         """Past MessageTtlSeconds with no master: dropped, the sender told if it asked."""
