@@ -159,6 +159,7 @@ class LiveSession {
     const message = JSON.parse(text);
     const payload = message.messagePayload ? JSON.parse(atob(message.messagePayload)) : null;
     const pc = this.pc;
+    if (!pc) return;  // a message that crossed our hang-up
     switch (message.messageType) {
       case 'SDP_ANSWER':
         await pc.setRemoteDescription(payload);
