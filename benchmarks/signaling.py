@@ -1,5 +1,5 @@
-"""Signaling benchmark, embedded mode: latency of a viewer's offer to the master's receipt,
-and the server's memory per idle WebSocket.
+"""Signaling benchmark, embedded or on a 2-node cluster: latency of a viewer's offer to the
+master's receipt, and the server's memory per idle WebSocket.
 
 Starts one `kvslite serve` (SQLite + files, no credentials: signing costs the client, not
 the relay), creates --channels signaling channels (CreateSignalingChannel over boto3), then
@@ -11,8 +11,12 @@ Reports p50/p99/max in ms and the count received (must be channels x viewers x o
 Memory: the server's RSS (VmRSS) with all sockets connected and idle, minus its RSS before
 the first one connected, divided by the number of sockets.
 
+--cluster: two nodes on one throwaway PostgreSQL (tests/postgres_server.py), every master
+on node A and every viewer on node B, so each offer crosses nodes through the database;
+memory is then both nodes' RSS growth over all sockets.
+
 Rerun:  .venv/bin/python benchmarks/signaling.py [--channels 100] [--viewers 5]
-                                                 [--offers 5] [--interval-s 0.5]
+                                                 [--offers 5] [--interval-s 0.5] [--cluster]
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +35,21 @@ from urllib.parse import quote
 from common import Server, pct
 from websockets.asyncio.client import connect
 
+ROOT = Path(__file__).resolve().parent.parent
 
-async def measure(port: int, arns: list[str], viewers: int, offers: int, interval_s: float,
-                  server: Server) -> dict:
-    base = f"ws://127.0.0.1:{port}/?X-Amz-ChannelARN="
-    rss_before = server.mb("VmRSS")
-    masters = [await connect(base + quote(arn, safe="")) for arn in arns]
-    clients = [[await connect(base + quote(arn, safe="") + f"&X-Amz-ClientId=v{i}")
+
+async def measure(servers: list[Server], arns: list[str], viewers: int, offers: int,
+                  interval_s: float) -> dict:
+    """Masters on the first server, viewers on the last (the same one, embedded)."""
+    master_base, viewer_base = (f"ws://127.0.0.1:{s.port}/?X-Amz-ChannelARN="
+                                for s in (servers[0], servers[-1]))
+    rss_before = sum(s.mb("VmRSS") for s in servers)
+    masters = [await connect(master_base + quote(arn, safe="")) for arn in arns]
+    clients = [[await connect(viewer_base + quote(arn, safe="") + f"&X-Amz-ClientId=v{i}")
                 for i in range(viewers)] for arn in arns]
     await asyncio.sleep(1)
     sockets = len(masters) + sum(map(len, clients))
-    rss_idle = server.mb("VmRSS")
+    rss_idle = sum(s.mb("VmRSS") for s in servers)
     latencies: list[float] = []
 
     async def master_reads(master) -> None:
@@ -74,16 +84,38 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=5)
     parser.add_argument("--offers", type=int, default=5)
     parser.add_argument("--interval-s", type=float, default=0.5)
+    parser.add_argument("--cluster", action="store_true",
+                        help="two nodes on one PostgreSQL: masters on one, viewers on the other")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, \
-            Server(Path(tmp), "--log-level", "warning") as server:
-        kvs = server.client("kinesisvideo")
+    if args.cluster:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import postgres_server
+
+        try:
+            database = postgres_server.fresh_database()
+            result = run(args, "--database-url", database, nodes=2)
+        finally:
+            postgres_server.stop()
+    else:
+        result = run(args)
+    print(json.dumps({"cluster" if args.cluster else "embedded": result, "args": vars(args)},
+                     indent=2))
+
+
+def run(args, *server_args: str, nodes: int = 1) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        servers = []
+        for i in range(nodes):
+            (Path(tmp) / f"node{i}").mkdir()
+            servers.append(stack.enter_context(Server(Path(tmp) / f"node{i}", *server_args,
+                                                      "--log-level", "warning")))
+        kvs = servers[0].client("kinesisvideo")
         arns = [kvs.create_signaling_channel(ChannelName=f"bench-{i}")["ChannelARN"]
                 for i in range(args.channels)]
-        result = asyncio.run(measure(server.port, arns, args.viewers, args.offers,
-                                     args.interval_s, server))
-    result["problems"] = server.problems
-    print(json.dumps({"embedded": result, "args": vars(args)}, indent=2))
+        result = asyncio.run(measure(servers, arns, args.viewers, args.offers,
+                                     args.interval_s))
+    result["problems"] = [p for s in servers for p in s.problems]
+    return result
 
 
 if __name__ == "__main__":

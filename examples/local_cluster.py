@@ -199,6 +199,9 @@ defaults
     # likes; kvslite itself sends an IDLE ack every 3 s and ends a silent upload at 30 s.
     timeout client 5m
     timeout server 5m
+    # An upgraded WebSocket (WebRTC signaling) is a tunnel: kvslite ends one idle 10 min
+    # (GO_AWAY), so HAProxy must not cut it first at the 5 min above.
+    timeout tunnel 15m
     timeout check 1s
 
 frontend kvslite

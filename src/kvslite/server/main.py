@@ -48,9 +48,11 @@ from kvslite.server.ops.signaling import Signaling
 from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
 from kvslite.server.signaling.channels import Channels
+from kvslite.server.signaling.cluster import ClusterRelay
 from kvslite.server.signaling.hub import Hub, Limits
 from kvslite.server.store.blobs import BlobStore
 from kvslite.server.store.metadata import MetadataStore
+from kvslite.server.store.postgres_signaling import SignalingBus
 from kvslite.server.store.urls import is_embedded, open_blob_store, open_metadata_store
 from kvslite.server.web import WebViewer
 from kvslite.server.webhook_policy import WebhookPolicy
@@ -202,12 +204,15 @@ def build(settings: Settings) -> Server:
 
 
 def signaling_hub(settings: Settings) -> Hub:
-    return Hub(Limits(max_viewers=settings.signaling_max_viewers,
-                      max_payload_bytes=settings.signaling_max_payload_bytes,
-                      sdp_per_s=settings.signaling_sdp_per_s,
-                      ice_per_s=settings.signaling_ice_per_s,
-                      max_lifetime_s=settings.signaling_max_lifetime_s,
-                      idle_timeout_s=settings.signaling_idle_timeout_s))
+    hub = Hub(Limits(max_viewers=settings.signaling_max_viewers,
+                     max_payload_bytes=settings.signaling_max_payload_bytes,
+                     sdp_per_s=settings.signaling_sdp_per_s,
+                     ice_per_s=settings.signaling_ice_per_s,
+                     max_lifetime_s=settings.signaling_max_lifetime_s,
+                     idle_timeout_s=settings.signaling_idle_timeout_s))
+    if not is_embedded(settings.metadata_url):  # nodes on PostgreSQL relay through it
+        hub.relay = ClusterRelay(hub, SignalingBus(settings.metadata_url))
+    return hub
 
 
 class UvicornServer(uvicorn.Server):

@@ -16,8 +16,9 @@ Seams:
 - `Peer`: one client's socket as the hub sees it (`send`, `close`); the edge adapts a
   WebSocket to it (edge/websocket.py), tests use a list.
 - `Relay`: how a message reaches its recipient. `LocalRelay` delivers to this process's
-  connections (embedded mode); a relay for a cluster (PostgreSQL LISTEN/NOTIFY) implements
-  the same `deliver` and calls `Hub.deliver_here` on the node holding the recipient.
+  connections (embedded mode); a cluster's (signaling/cluster.py, PostgreSQL LISTEN/NOTIFY)
+  implements the same `deliver` and calls `Hub.deliver_here` on the node holding the
+  recipient, and is told of each join (`joined`) to end older connections elsewhere.
 - `Hub.storage_peer`: where master messages for the storage session go (WebRTC
   ingestion, not built yet). While it is None they are dropped.
 
@@ -68,6 +69,9 @@ class Relay(Protocol):
     async def deliver(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         """Hand `text` to the channel's master (client_id None) or the named viewer,
         wherever connected; False if nobody took it."""
+
+    async def joined(self, conn: Connection) -> None:
+        """A connection joined here (after any it replaced here was ended)."""
 
 
 class StoragePeer(Protocol):
@@ -124,6 +128,9 @@ class LocalRelay:
     async def deliver(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         return await self.hub.deliver_here(channel_arn, client_id, text)
 
+    async def joined(self, conn: Connection) -> None:
+        pass  # one process: the hub itself replaces connections and hands over held ones
+
 
 class Hub:
     storage_peer: StoragePeer | None = None  # the storage session's seam (not built yet)
@@ -171,6 +178,7 @@ class Hub:
             await self.end(old)
         if role == MASTER:
             await self._deliver_held(channel_arn, conn)
+        await self.relay.joined(conn)
         return conn
 
     def leave(self, conn: Connection) -> None:

@@ -1,0 +1,126 @@
+// One peer of a KVS WebRTC session, as AWS's example app runs it, pointed at kvslite.
+//
+// The page's query says who it is: endpoint, region, accessKeyId, secretAccessKey,
+// channel, role (MASTER or VIEWER), clientId (viewers) and signalingSecretAccessKey
+// (below). The master sends its camera (Chromium's fake one) to each viewer that
+// offers; the viewer offers to receive video. ICE goes through the TURN servers
+// GetIceServerConfig hands out only ('relay'). What happens lands in window.peer,
+// which the test reads.
+import { KinesisVideoClient, DescribeSignalingChannelCommand, GetSignalingChannelEndpointCommand }
+    from '@aws-sdk/client-kinesis-video';
+import { KinesisVideoSignalingClient, GetIceServerConfigCommand }
+    from '@aws-sdk/client-kinesis-video-signaling';
+import { Role, SignalingClient } from 'amazon-kinesis-video-streams-webrtc';
+
+const query = new URLSearchParams(location.search);
+const options = Object.fromEntries(query.entries());
+const credentials = { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey };
+// signalingSecretAccessKey, when given, signs the WebSocket URL only: the tests' way to get a
+// wrong signature past the HTTPS calls to the WebSocket service
+const signalingCredentials = { ...credentials, secretAccessKey: options.signalingSecretAccessKey || options.secretAccessKey };
+
+const peer = window.peer = {
+    role: options.role,
+    signaling: 'new',          // new, open, closed
+    connectionState: 'new',    // the RTCPeerConnection's
+    framesDecoded: 0,          // inbound video (viewer)
+    framesEncoded: 0,          // outbound video (master)
+    iceServers: null,          // what GetIceServerConfig returned, for the test to check
+    wssEndpoint: null,
+    errors: [],
+};
+// An AWS SDK error says its name (AccessDeniedException); a WebSocket's error event only its type.
+const describe = error => (error instanceof Event ? `${error.type} event` : `${error.name}: ${error.message}`);
+const fail = (where, error) => peer.errors.push(`${where}: ${describe(error)}`);
+
+async function channelEndpoints() {
+    const kinesisVideo = new KinesisVideoClient({ region: options.region, endpoint: options.endpoint, credentials });
+    const described = await kinesisVideo.send(new DescribeSignalingChannelCommand({ ChannelName: options.channel }));
+    const channelARN = described.ChannelInfo.ChannelARN;
+    const answer = await kinesisVideo.send(new GetSignalingChannelEndpointCommand({
+        ChannelARN: channelARN,
+        SingleMasterChannelEndpointConfiguration: { Protocols: ['WSS', 'HTTPS'], Role: options.role },
+    }));
+    const byProtocol = Object.fromEntries(answer.ResourceEndpointList.map(e => [e.Protocol, e.ResourceEndpoint]));
+    return { channelARN, https: byProtocol.HTTPS, wss: byProtocol.WSS };
+}
+
+async function turnServers(channelARN, httpsEndpoint) {
+    const signaling = new KinesisVideoSignalingClient({ region: options.region, endpoint: httpsEndpoint, credentials });
+    const answer = await signaling.send(new GetIceServerConfigCommand({ ChannelARN: channelARN }));
+    peer.iceServers = answer.IceServerList;
+    return answer.IceServerList.map(s => ({ urls: s.Uris, username: s.Username, credential: s.Password }));
+}
+
+function newPeerConnection(iceServers, sendCandidate) {
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+    pc.addEventListener('icecandidate', ({ candidate }) => candidate && sendCandidate(candidate));
+    pc.addEventListener('connectionstatechange', () => { peer.connectionState = pc.connectionState; });
+    setInterval(() => countFrames(pc), 250);
+    return pc;
+}
+
+async function countFrames(pc) {
+    (await pc.getStats()).forEach(report => {
+        if (report.type === 'inbound-rtp' && report.kind === 'video') peer.framesDecoded = report.framesDecoded || 0;
+        if (report.type === 'outbound-rtp' && report.kind === 'video') peer.framesEncoded = report.framesEncoded || 0;
+    });
+}
+
+function openSignaling(channelARN, wssEndpoint) {
+    const client = new SignalingClient({
+        channelARN,
+        channelEndpoint: wssEndpoint,
+        clientId: options.role === 'VIEWER' ? options.clientId : undefined,
+        role: options.role === 'MASTER' ? Role.MASTER : Role.VIEWER,
+        region: options.region,
+        credentials: signalingCredentials,
+    });
+    client.on('open', () => { peer.signaling = 'open'; });
+    client.on('close', () => { peer.signaling = 'closed'; });
+    client.on('error', error => fail('signaling', error));
+    return client;
+}
+
+// The master answers every viewer's offer with its camera.
+async function runMaster(signaling, iceServers) {
+    const camera = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+    signaling.on('sdpOffer', async (offer, viewerId) => {
+        try {
+            const pc = newPeerConnection(iceServers, c => signaling.sendIceCandidate(c, viewerId));
+            camera.getTracks().forEach(track => pc.addTrack(track, camera));
+            const remoteSet = pc.setRemoteDescription(offer);
+            // the SDK emits the viewer's early candidates right after the offer: add them once it is set
+            signaling.on('iceCandidate', (candidate, from) => from === viewerId &&
+                remoteSet.then(() => pc.addIceCandidate(candidate)).catch(e => fail('master', e)));
+            await remoteSet;
+            await pc.setLocalDescription(await pc.createAnswer());
+            signaling.sendSdpAnswer(pc.localDescription, viewerId);
+        } catch (error) { fail('master', error); }
+    });
+}
+
+// The viewer offers to receive video once signaling is open.
+async function runViewer(signaling, iceServers) {
+    const pc = newPeerConnection(iceServers, c => signaling.sendIceCandidate(c));
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    signaling.on('sdpAnswer', answer => pc.setRemoteDescription(answer).catch(e => fail('viewer', e)));
+    signaling.on('iceCandidate', candidate => pc.addIceCandidate(candidate).catch(e => fail('viewer', e)));
+    signaling.on('open', async () => {
+        try {
+            await pc.setLocalDescription(await pc.createOffer());
+            signaling.sendSdpOffer(pc.localDescription);
+        } catch (error) { fail('viewer', error); }
+    });
+}
+
+async function main() {
+    const { channelARN, https, wss } = await channelEndpoints();
+    peer.wssEndpoint = wss;
+    const iceServers = await turnServers(channelARN, https);
+    const signaling = openSignaling(channelARN, wss);
+    await (options.role === 'MASTER' ? runMaster : runViewer)(signaling, iceServers);
+    signaling.open();
+}
+
+main().catch(error => fail('setup', error));
