@@ -17,7 +17,8 @@ export class ApiError extends Error {
   }
 }
 
-/** POST /<operation> with a JSON body; the parsed JSON, or the Response itself with raw. */
+/** POST /<operation> (or a URL: the signaling HTTPS endpoint) with a JSON body; the parsed
+ * JSON, or the Response itself with raw. */
 export async function api(path, params = {}, { signal, raw = false } = {}) {
   const body = JSON.stringify(params);
   const headers = { 'content-type': 'application/json' };

@@ -7,11 +7,16 @@
  *   #/stream/<name>?start=<ms>&end=<ms> one stream: timeline, thumbnails, player, downloads,
  *                                       details (stream.js, timeline.js, player.js,
  *                                       downloads.js, details.js)
+ *   #/channel/<name>                    one signaling channel, live over WebRTC (live.js);
+ *                                       the list of channels sits below the streams
+ *                                       (channels.js)
  */
 
+import { setupChannels, showChannels } from './channels.js';
 import { setupCredentials } from './credentials.js';
 import { $, showError } from './dom.js';
 import { setupDownloads } from './downloads.js';
+import { setupLive, showChannel, stopLive } from './live.js';
 import { scheduleLoad } from './loader.js';
 import { setupPlayer } from './player.js';
 import { S, streamShown } from './state.js';
@@ -27,14 +32,22 @@ function route() {
   const query = new URLSearchParams(queryString || '');
   $('#list-view').hidden = true;
   $('#stream-view').hidden = true;
+  $('#channel-view').hidden = true;
   delete $('#list-view').dataset.ready;
   delete $('#stream-view').dataset.ready;
+  delete $('#channel-view').dataset.ready;
   const match = /^\/stream\/(.+)$/.exec(path);
+  const channel = /^\/channel\/(.+)$/.exec(path);
+  if (!channel) stopLive();
   if (match) {
     showStream(decodeURIComponent(match[1]), query);
+  } else if (channel) {
+    if (S.stream) resetStream(null);
+    showChannel(decodeURIComponent(channel[1]));
   } else {
     if (S.stream) resetStream(null);
     showList();
+    showChannels();
   }
 }
 
@@ -45,6 +58,8 @@ function main() {
   setupPlayer();
   setupDownloads();
   setupList();
+  setupChannels();
+  setupLive();
   window.addEventListener('hashchange', route);
   // A view that reaches the present refreshes itself while new fragments arrive.
   setInterval(() => {

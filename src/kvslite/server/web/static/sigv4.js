@@ -1,6 +1,7 @@
-/* AWS Signature Version 4 for the viewer's API calls, with SHA-256 and HMAC in plain JS:
- * WebCrypto (crypto.subtle) only exists in secure contexts, and a self-hosted server is
- * often reached over plain http on a LAN address. */
+/* AWS Signature Version 4 for the viewer's API calls (headers) and its signaling WebSocket
+ * (a presigned URL), with SHA-256 and HMAC in plain JS: WebCrypto (crypto.subtle) only
+ * exists in secure contexts, and a self-hosted server is often reached over plain http on a
+ * LAN address. */
 
 const SHA256_K = new Uint32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -63,25 +64,68 @@ function hmacSha256(key, message) {
 const utf8 = (text) => new TextEncoder().encode(text);
 const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 
-/** SigV4 headers for a POST of `body` to `path` on this origin (service kinesisvideo). */
-export function signRequest(path, body, credentials, now = new Date()) {
+/** The key that signs a day's requests in a region (service kinesisvideo). */
+function signingKey(credentials, date, region) {
+  let key = utf8('AWS4' + credentials.secretAccessKey);
+  for (const part of [date, region, 'kinesisvideo', 'aws4_request']) key = hmacSha256(key, utf8(part));
+  return key;
+}
+
+/** {amzDate, scope, signature of canonicalRequest} for `now`. */
+function sign(canonicalRequest, credentials, now) {
   const amzDate = now.toISOString().replace(/[-:]|\.\d{3}/g, '');
   const date = amzDate.slice(0, 8);
   const region = credentials.region || 'us-east-1';
   const scope = `${date}/${region}/kinesisvideo/aws4_request`;
-  // The browser sends Host itself, as location.host (no port for the scheme's default).
-  const signedHeaders = 'host;x-amz-date';
-  const canonicalRequest = ['POST', path.split('/').map(encodeURIComponent).join('/'), '',
-    `host:${location.host}\nx-amz-date:${amzDate}\n`, signedHeaders,
-    hex(sha256(utf8(body)))].join('\n');
   const stringToSign = ['AWS4-HMAC-SHA256', amzDate, scope,
-    hex(sha256(utf8(canonicalRequest)))].join('\n');
-  let key = utf8('AWS4' + credentials.secretAccessKey);
-  for (const part of [date, region, 'kinesisvideo', 'aws4_request']) key = hmacSha256(key, utf8(part));
-  const signature = hex(hmacSha256(key, utf8(stringToSign)));
+    hex(sha256(utf8(canonicalRequest(amzDate, scope))))].join('\n');
+  return { amzDate, scope, signature: hex(hmacSha256(signingKey(credentials, date, region),
+    utf8(stringToSign))) };
+}
+
+/** SigV4 headers for a POST of `body` to `url` (service kinesisvideo). */
+export function signRequest(url, body, credentials, now = new Date()) {
+  // The browser sends Host itself, as url.host (no port for the scheme's default).
+  const { host, pathname } = new URL(url, location.href);
+  const signedHeaders = 'host;x-amz-date';
+  const { amzDate, scope, signature } = sign((amzDate) => ['POST',
+    pathname.split('/').map((part) => encodeURIComponent(decodeURIComponent(part))).join('/'),
+    '', `host:${host}\nx-amz-date:${amzDate}\n`, signedHeaders,
+    hex(sha256(utf8(body)))].join('\n'), credentials, now);
   return {
     'x-amz-date': amzDate,
     authorization: `AWS4-HMAC-SHA256 Credential=${credentials.accessKeyId}/${scope}, ` +
       `SignedHeaders=${signedHeaders}, Signature=${signature}`,
   };
+}
+
+// RFC 3986: encodeURIComponent leaves !'()* alone, SigV4 encodes them.
+const rfc3986 = (text) => encodeURIComponent(text)
+  .replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
+
+/** `url` (a ws:// or wss:// URL without a query) with `params` and, given credentials, a
+ * SigV4 query signature, as the WebRTC SDKs open the signaling WebSocket. */
+export function presignUrl(url, params, credentials, now = new Date()) {
+  const { protocol, host, pathname } = new URL(url);
+  const path = pathname || '/';
+  const query = (extra) => Object.entries({ ...params, ...extra })
+    .map(([key, value]) => [rfc3986(key), rfc3986(String(value))])
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([key, value]) => `${key}=${value}`).join('&');
+  if (!credentials) return `${protocol}//${host}${path}?${query({})}`;
+  let fields = null;
+  const { signature } = sign((amzDate, scope) => {
+    fields = {
+      'X-Amz-Algorithm': 'AWS4-HMAC-SHA256',
+      'X-Amz-Credential': `${credentials.accessKeyId}/${scope}`,
+      'X-Amz-Date': amzDate,
+      'X-Amz-Expires': '299',
+      'X-Amz-SignedHeaders': 'host',
+      // temporary keys: the token is signed with the rest, as the SDKs do
+      ...(credentials.sessionToken ? { 'X-Amz-Security-Token': credentials.sessionToken } : {}),
+    };
+    return ['GET', path, query(fields), `host:${host}\n`, 'host', hex(sha256(utf8('')))]
+      .join('\n');
+  }, credentials, now);
+  return `${protocol}//${host}${path}?${query(fields)}&X-Amz-Signature=${signature}`;
 }
