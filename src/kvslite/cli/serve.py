@@ -132,6 +132,11 @@ def as_typed(path: Path) -> str:
 @_option("--stun-uri", "STUN_URI", default=None,
          help="The STUN server GetIceServerConfig names when no --turn-uri is set. "
               "[default: stun:HOST:3478, HOST from --public-url]")
+@_option("--storage-session-max-s", "STORAGE_SESSION_MAX_S",
+         default=Settings.storage_session_max_s, show_default=True,
+         type=click.FloatRange(min=0, min_open=True),
+         help="WebRTC ingestion: a storage session ends after this long (AWS's maximum); "
+              "the master rejoins with JoinStorageSession.")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

@@ -56,6 +56,7 @@ class Settings:
     turn_secret: str | None = field(default=None, repr=False)  # shared with the TURN server
     turn_ttl_s: int = DEFAULT_TTL_S  # how long a TURN credential is valid
     stun_uri: str | None = None  # answered without TURN; default: stun:<public host>:3478
+    storage_session_max_s: float = 3600  # a WebRTC storage session ends after this (AWS's max)
 
     @property
     def auth_enabled(self) -> bool:

@@ -47,6 +47,8 @@ from kvslite.server.ops.signaling_channels import SignalingChannels
 from kvslite.server.ops.signaling import Signaling
 from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
+from kvslite.server.ops.webrtc_storage import WebRtcStorage
+from kvslite.server.ingestion import sessions as storage
 from kvslite.server.signaling.channels import Channels
 from kvslite.server.signaling.cluster import ClusterRelay
 from kvslite.server.signaling.hub import Hub, Limits
@@ -165,6 +167,14 @@ def build(settings: Settings) -> Server:
     sessions = StreamingSessions(control, archive, endpoint_url=settings.endpoint_url,
                                  tokens=tokens)
     hub = signaling_hub(settings)  # the WebSockets' and SendAlexaOfferToMaster's
+    ice_servers = IceServers(turn_uris=settings.turn_uri, secret=settings.turn_secret,
+                             ttl_s=settings.turn_ttl_s, stun_uri=settings.stun_server,
+                             clock=time.time)
+    storage_sessions = storage.StorageSessions(
+        hub, channels, ice_servers, control, archive, leases,
+        settings=storage.Settings(max_duration_s=settings.storage_session_max_s,
+                                  fragment_deadline_s=settings.fragment_deadline_s),
+        event_configs=event_configs, on_deliveries=deliverer.wake)
     providers: list[Provider] = [
         KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake,
                      channels=channels),
@@ -175,11 +185,8 @@ def build(settings: Settings) -> Server:
         EventConfigurations(control, event_configs),
         Clips(control, archive, now_ms=tokens.now_ms),
         sessions,
-        Signaling(channels, IceServers(turn_uris=settings.turn_uri,
-                                           secret=settings.turn_secret,
-                                           ttl_s=settings.turn_ttl_s,
-                                           stun_uri=settings.stun_server, clock=time.time),
-                  hub),
+        Signaling(channels, ice_servers, hub),
+        WebRtcStorage(storage_sessions),
     ]
     handlers: dict = {}
     for provider in providers:
@@ -248,6 +255,8 @@ class UvicornServer(uvicorn.Server):
                      s.data_dir.resolve(), auth)
 
     async def shutdown(self, sockets=None) -> None:
+        if self.hub is not None and isinstance(self.hub.storage_peer, storage.StorageSessions):
+            await self.hub.storage_peer.close_all()  # last fragments archived, leases released
         if self.hub is not None:  # GO_AWAY first: the SDKs reconnect on it
             await self.hub.go_away_all()
         await super().shutdown(sockets)

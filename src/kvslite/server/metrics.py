@@ -42,3 +42,9 @@ SIGNALING_MESSAGES = Counter("kvslite_signaling_messages",
                              ["result"])
 SIGNALING_REFUSALS = Counter("kvslite_signaling_refusals",
                              "Signaling WebSocket upgrades refused, by error code", ["code"])
+STORAGE_SESSIONS = Gauge("kvslite_storage_sessions",
+                         "WebRTC storage sessions open on this node (JoinStorageSession)")
+STORAGE_FRAGMENTS = Counter("kvslite_storage_fragments",
+                            "Fragments archived from WebRTC storage sessions")
+STORAGE_KEYFRAME_REQUESTS = Counter("kvslite_storage_keyframe_requests",
+                                    "Keyframes (RTCP PLI) the storage peer asked masters for")

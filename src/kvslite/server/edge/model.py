@@ -2,7 +2,8 @@
 
 Routing, input validation and output serialization are all driven by the models
 (`kinesisvideo`, `kinesis-video-media`, `kinesis-video-archived-media`,
-`kinesis-video-signaling`), so kvslite never re-types a member name, a limit or an enum by hand.
+`kinesis-video-signaling`, `kinesis-video-webrtc-storage`), so kvslite never re-types a
+member name, a limit or an enum by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from botocore.model import OperationModel, Shape
 from kvslite.server.api_errors import INTERNAL_FAILURE, SERIALIZATION, ApiError, invalid
 
 SERVICES = ("kinesisvideo", "kinesis-video-media", "kinesis-video-archived-media",
-            "kinesis-video-signaling")
+            "kinesis-video-signaling", "kinesis-video-webrtc-storage")
 
 
 @dataclass(frozen=True)

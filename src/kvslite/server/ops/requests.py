@@ -387,6 +387,25 @@ class ImageGenerationDestinationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinStorageSessionAsViewerInput:
+    """botocore shape JoinStorageSessionAsViewerInput (kinesis-video-webrtc-storage)."""
+
+    channel_arn: str  # channelArn
+    client_id: str  # clientId
+
+    _WIRE: ClassVar[dict[str, str]] = {"channel_arn": "channelArn", "client_id": "clientId"}
+
+
+@dataclass(frozen=True, slots=True)
+class JoinStorageSessionInput:
+    """botocore shape JoinStorageSessionInput (kinesis-video-webrtc-storage)."""
+
+    channel_arn: str  # channelArn
+
+    _WIRE: ClassVar[dict[str, str]] = {"channel_arn": "channelArn"}
+
+
+@dataclass(frozen=True, slots=True)
 class ListEdgeAgentConfigurationsInput:
     """botocore shape ListEdgeAgentConfigurationsInput (kinesisvideo)."""
 
@@ -738,6 +757,8 @@ REQUESTS: dict[str, type] = {
     "GetMedia": GetMediaInput,
     "GetMediaForFragmentList": GetMediaForFragmentListInput,
     "GetSignalingChannelEndpoint": GetSignalingChannelEndpointInput,
+    "JoinStorageSession": JoinStorageSessionInput,
+    "JoinStorageSessionAsViewer": JoinStorageSessionAsViewerInput,
     "ListEdgeAgentConfigurations": ListEdgeAgentConfigurationsInput,
     "ListFragments": ListFragmentsInput,
     "ListSignalingChannels": ListSignalingChannelsInput,

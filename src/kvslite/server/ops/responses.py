@@ -328,6 +328,16 @@ class GetSignalingChannelEndpointOutput(TypedDict, total=False):
     ResourceEndpointList: list[ResourceEndpointListItem] | None
 
 
+class JoinStorageSessionAsViewerOutput(TypedDict):
+    """The JoinStorageSessionAsViewer result: kinesis-video-webrtc-storage models no output shape
+    for it.
+    """
+
+
+class JoinStorageSessionOutput(TypedDict):
+    """The JoinStorageSession result: kinesis-video-webrtc-storage models no output shape for it."""
+
+
 class ListEdgeAgentConfigurationsEdgeConfig(TypedDict, total=False):
     """botocore shape ListEdgeAgentConfigurationsEdgeConfig (kinesisvideo)."""
 
@@ -465,6 +475,8 @@ RESPONSES: dict[str, type] = {
     "GetIceServerConfig": GetIceServerConfigResponse,
     "GetImages": GetImagesOutput,
     "GetSignalingChannelEndpoint": GetSignalingChannelEndpointOutput,
+    "JoinStorageSession": JoinStorageSessionOutput,
+    "JoinStorageSessionAsViewer": JoinStorageSessionAsViewerOutput,
     "ListEdgeAgentConfigurations": ListEdgeAgentConfigurationsOutput,
     "ListFragments": ListFragmentsOutput,
     "ListSignalingChannels": ListSignalingChannelsOutput,

@@ -20,7 +20,8 @@ Seams:
   implements the same `deliver` and calls `Hub.deliver_here` on the node holding the
   recipient, and is told of each join (`joined`) to end older connections elsewhere.
 - `Hub.storage_peer`: where master messages for the storage session go (WebRTC
-  ingestion, not built yet). While it is None they are dropped.
+  ingestion, server/ingestion). While it is None they are refused.
+- `Hub.send_to_master`: the storage session's messages to a master (no `senderClientId`).
 - `Hub.send_from`: a message from a viewer that is not a socket (SendAlexaOfferToMaster's
   one-shot viewer, signaling/alexa.py).
 
@@ -135,7 +136,7 @@ class LocalRelay:
 
 
 class Hub:
-    storage_peer: StoragePeer | None = None  # the storage session's seam (not built yet)
+    storage_peer: StoragePeer | None = None  # the storage session's seam (server/ingestion)
 
     def __init__(self, limits: Limits = Limits(), relay: Relay | None = None,
                  clock=time.monotonic):
@@ -294,6 +295,13 @@ class Hub:
     async def send_from(self, conn: Connection, message: dict) -> None:
         """Route `message` as if `conn` had sent it; a refusal raises its ApiError."""
         await self._route(conn, message, None)
+
+    async def send_to_master(self, channel_arn: str, action: str, payload: str) -> bool:
+        """A message from the storage session to the channel's master: no
+        `senderClientId` (WEBRTC-NOTES §0.4), so the master answers with no recipient.
+        False if no master took it."""
+        text = json.dumps({"messageType": action, "messagePayload": payload})
+        return await self.relay.deliver(channel_arn, None, text)
 
     async def deliver_here(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         """Send to a connection of this process, if it is here."""

@@ -1,0 +1,218 @@
+"""Storage sessions: JoinStorageSession's work (WEBRTC-NOTES §6).
+
+A master connected to a channel whose media storage is ENABLED calls JoinStorageSession;
+kvslite's storage peer then sends it a fresh SDP offer over its signaling WebSocket (no
+`senderClientId`), the master answers with no recipient (the hub routes that here,
+`receive`), and its media is recorded into the channel's stream.
+
+One session per channel on this node: each JoinStorageSession replaces the channel's
+session (the newest master wins). Across nodes, the stream's PutMedia lease keeps one
+writer per stream (channel and stream are mapped one to one), so a second node's session
+for the same channel is refused until the first one's lease is released or expires.
+
+A session ends, releasing its peer connection, ingest and lease, when it reaches its
+maximum duration (AWS: 1 h; the master rejoins), when its master disconnects or is
+replaced, when the peer connection fails, or when no media arrives within `no_media_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio.from_thread
+
+from kvslite.server import metrics
+from kvslite.server.api_errors import CLIENT_LIMIT_EXCEEDED, ApiError, invalid
+from kvslite.server.archive.control_plane import ControlPlane
+from kvslite.server.archive.fragment_events import EventConfigs
+from kvslite.server.archive.fragments import Archive
+from kvslite.server.archive.ingest import IngestSession
+from kvslite.server.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
+from kvslite.server.ingestion.recorder import Recorder
+from kvslite.server.ingestion.storage_peer import StoragePeer
+from kvslite.server.signaling.channels import Channels
+from kvslite.server.signaling.hub import Connection, Hub
+from kvslite.server.signaling.turn import IceServers
+from kvslite.server.store.metadata import Lease, Stream
+
+log = logging.getLogger("kvslite.ingestion")
+
+ENABLED = "ENABLED"
+MAX_DURATION_S = 3600  # AWS's storage session limit
+NO_MEDIA_S = 15.0  # a session whose master sends nothing this long (from the offer) ends
+WATCH_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_duration_s: float = MAX_DURATION_S
+    no_media_s: float = NO_MEDIA_S
+    fragment_deadline_s: float = 20.0
+
+
+class StorageSessions:
+    """The hub's `storage_peer`: this node's storage sessions, by channel ARN."""
+
+    def __init__(self, hub: Hub, channels: Channels, ice_servers: IceServers,
+                 control: ControlPlane, archive: Archive, leases: Leases, *,
+                 settings: Settings = Settings(), event_configs: EventConfigs | None = None,
+                 on_deliveries=lambda: None):
+        self.hub, self.channels, self.ice_servers = hub, channels, ice_servers
+        self.control, self.archive, self.leases = control, archive, leases
+        self.settings = settings
+        self.event_configs, self.on_deliveries = event_configs, on_deliveries
+        self.sessions: dict[str, StorageSession] = {}
+        hub.storage_peer = self
+
+    # -- JoinStorageSession ----------------------------------------------------------------
+
+    def join_from_thread(self, channel_arn: str) -> None:
+        """JoinStorageSession, from a handler in the server's thread pool."""
+        channel = self.channels.resolve(None, channel_arn)  # 404 for an unknown channel
+        status, stream_arn = self.channels.media_storage(channel.arn)
+        if status != ENABLED or stream_arn is None:
+            raise invalid(f"The channel {channel.arn} has no media storage enabled "
+                          "(UpdateMediaStorageConfiguration)")
+        stream = self.control.resolve(None, stream_arn)
+        anyio.from_thread.run(functools.partial(self.join, channel.arn, stream))
+
+    async def join(self, channel_arn: str, stream: Stream) -> None:
+        master = self.hub.masters.get(channel_arn)
+        if master is None:
+            raise invalid(f"No master is connected to the channel {channel_arn} on this "
+                          "endpoint: connect as master (ConnectAsMaster) first")
+        old = self.sessions.pop(channel_arn, None)
+        if old is not None:  # the newest master wins
+            await old.end("a newer JoinStorageSession replaced it")
+        lease = await asyncio.to_thread(self.leases.acquire, PUT_MEDIA, stream)
+        if lease is None:
+            raise ApiError(CLIENT_LIMIT_EXCEEDED, f"The stream {stream.name} is being written "
+                           "(PutMedia or a storage session elsewhere); try later")
+        session = StorageSession(self, channel_arn, master, stream, lease)
+        self.sessions[channel_arn] = session
+        try:
+            await session.start()
+        except BaseException:
+            await session.end("its offer could not be sent")
+            raise
+
+    # -- the hub's seam: the master's answer and candidates -----------------------------------
+
+    async def receive(self, channel_arn: str, message: dict) -> None:
+        session = self.sessions.get(channel_arn)
+        if session is None:
+            raise invalid("a message without recipientClientId is for the storage session, "
+                          "and the channel has none: call JoinStorageSession")
+        await session.receive(message)
+
+    def ended(self, session: StorageSession) -> None:
+        if self.sessions.get(session.channel_arn) is session:
+            del self.sessions[session.channel_arn]
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(s.end("the server is stopping")
+                               for s in list(self.sessions.values())), return_exceptions=True)
+
+
+class StorageSession:
+    def __init__(self, owner: StorageSessions, channel_arn: str, master: Connection,
+                 stream: Stream, lease: Lease):
+        self.owner, self.channel_arn, self.master = owner, channel_arn, master
+        self.stream, self.lease = stream, lease
+        settings = owner.settings
+        ingest = IngestSession(owner.archive, stream, timecode_type="RELATIVE",
+                               producer_start_ms=None, lease=lease,
+                               fragment_deadline_ms=int(settings.fragment_deadline_s * 1000),
+                               event_configs=owner.event_configs,
+                               on_deliveries=owner.on_deliveries)
+        self.recorder = Recorder(ingest)
+        name = channel_arn.split("/")[-2] if channel_arn.count("/") >= 2 else channel_arn
+        self.peer = StoragePeer(owner.ice_servers.for_client(f"storage-{name}"),
+                                on_video=self.recorder.video, on_audio=self.recorder.audio)
+        self.started = time.monotonic()
+        self.renewed = self.started
+        self.ending: asyncio.Future | None = None
+        self.watcher: asyncio.Task | None = None
+        metrics.STORAGE_SESSIONS.inc()
+
+    async def start(self) -> None:
+        """Send the master a fresh offer; then watch the session until it ends."""
+        offer = await self.peer.offer()
+        payload = base64.b64encode(json.dumps(offer).encode()).decode("ascii")
+        if not await self.owner.hub.send_to_master(self.channel_arn, "SDP_OFFER", payload):
+            raise invalid(f"the master of {self.channel_arn} disconnected")
+        self.peer.last_media = time.monotonic()  # the no-media bound runs from the offer
+        self.watcher = asyncio.ensure_future(self._watch())
+        log.info("storage session for %s into %s: offer sent", self.channel_arn,
+                 self.stream.name)
+
+    async def receive(self, message: dict) -> None:
+        action = message.get("action") or message.get("Action")
+        encoded = message.get("messagePayload") or message.get("MessagePayload")
+        try:
+            payload = json.loads(base64.b64decode(encoded, validate=True))
+            if not isinstance(payload, dict):
+                raise ValueError("not a JSON object")
+            if action == "SDP_ANSWER":
+                await self.peer.accept_answer(payload)
+            elif action == "ICE_CANDIDATE":
+                await self.peer.add_candidate(payload)
+            else:
+                raise ValueError(f"the storage session takes SDP_ANSWER and ICE_CANDIDATE, "
+                                 f"not {str(action)[:32]}")
+        except Exception as e:  # garbage from the master: its STATUS_RESPONSE says why
+            raise invalid(f"the storage session could not use the {str(action)[:32]}: "
+                          f"{str(e)[:200]}") from e
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            reason = self._why_end()
+            if reason:
+                asyncio.ensure_future(self.end(reason))
+                return
+            if time.monotonic() - self.renewed >= RENEW_EVERY_S:
+                if not await asyncio.to_thread(self.owner.leases.renew, self.lease):
+                    metrics.LEASES_LOST.inc()
+                    asyncio.ensure_future(self.end("its lease on the stream was lost"))
+                    return
+                self.renewed = time.monotonic()
+
+    def _why_end(self) -> str | None:
+        now, settings = time.monotonic(), self.owner.settings
+        if now - self.started >= settings.max_duration_s:
+            return f"it reached its maximum duration ({settings.max_duration_s:g} s)"
+        if self.owner.hub.masters.get(self.channel_arn) is not self.master:
+            return "its master disconnected"
+        if self.peer.failed:
+            return "the peer connection failed"
+        if now - self.peer.last_media >= settings.no_media_s:
+            return f"the master sent no media for {settings.no_media_s:g} s"
+        if self.recorder.error:
+            return self.recorder.error
+        return None
+
+    async def end(self, reason: str) -> None:
+        """Release everything, once; later calls wait for the first."""
+        if self.ending is None:
+            self.ending = asyncio.ensure_future(self._end(reason))
+        await asyncio.shield(self.ending)
+
+    async def _end(self, reason: str) -> None:
+        self.owner.ended(self)
+        if self.watcher is not None and self.watcher is not asyncio.current_task():
+            self.watcher.cancel()
+        try:
+            await self.peer.close()
+            await self.recorder.close()
+        finally:
+            await asyncio.to_thread(self.owner.leases.release, self.lease)
+            metrics.STORAGE_SESSIONS.dec()
+            log.info("storage session for %s ended (%s): %d fragments archived",
+                     self.channel_arn, reason, self.recorder.fragments)

@@ -1,0 +1,195 @@
+"""The storage session's WebRTC peer: it offers to the master, and receives the master's
+H.264 access units as sent (never decoded) and its Opus audio (decoded, for AAC).
+
+aiortc (WEBRTC-NOTES §8) depayloads RTP into Annex-B access units and hands each to a
+decoder thread; `use_pass_through_h264` swaps the H.264 decoder for one that returns the
+access unit itself as an `av.Packet` (pts in 90 kHz ticks from the first frame), so
+`track.recv()` yields the bytes the camera encoded. Browsers send an IDR at the start and
+then mostly on request, so the peer asks for one (RTCP PLI) at the start and whenever
+none came within `keyframe_every_s`: fragments are cut at IDRs and must stay short.
+
+aiortc gathers its candidates before the offer is made (they are in its SDP, no trickle);
+the master's trickled candidates come in through `add_candidate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from fractions import Fraction
+
+import av
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
+from aiortc import rtcrtpreceiver
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from kvslite.server import metrics
+from kvslite.server.signaling.turn import IceServer
+
+log = logging.getLogger("kvslite.ingestion")
+
+VIDEO_CLOCK = Fraction(1, 90_000)
+IDR_NAL_TYPE = 5
+KEYFRAME_EVERY_S = 2.0  # ask for an IDR when none came this long (fragments stay short)
+
+# what the master's media goes to: (access unit in Annex-B, pts in 90 kHz, arrival epoch s)
+OnVideo = Callable[[bytes, int, float], Awaitable[None]]
+OnAudio = Callable[[av.AudioFrame, float], Awaitable[None]]  # (decoded frame, arrival)
+
+
+class _PassThroughH264:
+    """A 'decoder' that returns the access unit it is given, undecoded."""
+
+    def decode(self, frame) -> list[av.Packet]:  # frame: aiortc's JitterFrame
+        packet = av.Packet(frame.data)
+        packet.pts = frame.timestamp
+        packet.time_base = VIDEO_CLOCK
+        return [packet]
+
+
+def use_pass_through_h264() -> None:
+    """Make aiortc's receivers hand out H.264 undecoded (idempotent).
+
+    aiortc's decoder threads look `get_decoder` up in `aiortc.rtcrtpreceiver` each time a
+    receiver's codec is set, and offer no per-receiver hook, so this is process-wide; the
+    storage peer is the only aiortc receiver in a kvslite server. Other codecs (Opus) keep
+    aiortc's own decoders."""
+    if getattr(rtcrtpreceiver.get_decoder, "passes_h264_through", False):
+        return
+    stock = rtcrtpreceiver.get_decoder
+
+    def get_decoder(codec):
+        if codec.mimeType.lower() == "video/h264":
+            return _PassThroughH264()
+        return stock(codec)
+
+    get_decoder.passes_h264_through = True  # type: ignore[attr-defined]
+    rtcrtpreceiver.get_decoder = get_decoder
+
+
+def is_idr(access_unit: bytes) -> bool:
+    """Whether an Annex-B access unit holds an IDR slice."""
+    for start in _nal_starts(access_unit):
+        if start < len(access_unit) and access_unit[start] & 0x1F == IDR_NAL_TYPE:
+            return True
+    return False
+
+
+def _nal_starts(data: bytes):
+    """Offsets of the first byte after each 00 00 01 start code."""
+    at = data.find(b"\x00\x00\x01")
+    while at >= 0:
+        yield at + 3
+        at = data.find(b"\x00\x00\x01", at + 3)
+
+
+def rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
+    """GetIceServerConfig's servers as aiortc takes them (TURN with its credentials)."""
+    return [RTCIceServer(urls=list(s.uris), username=s.username or None,
+                         credential=s.password or None) for s in servers]
+
+
+class StoragePeer:
+    def __init__(self, ice_servers: Sequence[IceServer], *, on_video: OnVideo,
+                 on_audio: OnAudio, keyframe_every_s: float = KEYFRAME_EVERY_S):
+        use_pass_through_h264()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=rtc_ice_servers(ice_servers)))
+        self.on_video, self.on_audio = on_video, on_audio
+        self.keyframe_every_s = keyframe_every_s
+        self.last_idr = 0.0  # monotonic; 0: none yet
+        self.last_media = time.monotonic()  # of any frame, for "the master sends nothing"
+        self.keyframe_requests = 0
+        self.tasks: list[asyncio.Task] = []
+        self.pc.on("track", self._on_track)
+
+    async def offer(self) -> dict:
+        """The SDP offer (video H.264, audio Opus, both receive-only) with its
+        candidates, as the signaling payload {"type", "sdp"}."""
+        for kind, mime in (("video", "video/H264"), ("audio", "audio/opus")):
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            codecs = [c for c in RTCRtpReceiver.getCapabilities(kind).codecs
+                      if c.mimeType.lower() in (mime.lower(), f"{kind}/rtx")]
+            transceiver.setCodecPreferences(codecs)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return {"type": "offer", "sdp": self.pc.localDescription.sdp}
+
+    async def accept_answer(self, payload: dict) -> None:
+        if payload.get("type") != "answer" or not isinstance(payload.get("sdp"), str):
+            raise ValueError("the payload is not an SDP answer")
+        await self.pc.setRemoteDescription(RTCSessionDescription(payload["sdp"], "answer"))
+
+    async def add_candidate(self, payload: dict) -> None:
+        """A trickled ICE candidate: {candidate, sdpMid, sdpMLineIndex}; an empty one
+        (the end of the master's candidates) is ignored."""
+        line = payload.get("candidate")
+        if not isinstance(line, str) or not line:
+            return
+        candidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:")
+                                       else line)
+        candidate.sdpMid = payload.get("sdpMid")
+        candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
+        await self.pc.addIceCandidate(candidate)
+
+    @property
+    def failed(self) -> bool:
+        return self.pc.connectionState in ("failed", "closed")
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.pc.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # -- media ----------------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "video")
+            self.tasks.append(asyncio.ensure_future(self._receive_video(track)))
+            self.tasks.append(asyncio.ensure_future(self._request_keyframes(receiver)))
+        else:
+            self.tasks.append(asyncio.ensure_future(self._receive_audio(track)))
+
+    async def _receive_video(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                packet = await track.recv()
+                now = time.time()
+                self.last_media = time.monotonic()
+                access_unit = bytes(packet)
+                if is_idr(access_unit):
+                    self.last_idr = self.last_media
+                await self.on_video(access_unit, int(packet.pts), now)
+        except MediaStreamError:
+            pass  # the track ended
+
+    async def _receive_audio(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.last_media = time.monotonic()
+                await self.on_audio(frame, time.time())
+        except MediaStreamError:
+            pass
+
+    async def _request_keyframes(self, receiver: RTCRtpReceiver) -> None:
+        """PLI at the start (once the master's SSRC is known) and whenever no IDR came
+        within the bound."""
+        while True:
+            await asyncio.sleep(0.2)
+            sources = receiver.getSynchronizationSources()
+            if not sources or time.monotonic() - self.last_idr < self.keyframe_every_s:
+                continue
+            await receiver._send_rtcp_pli(sources[0].source)  # aiortc has no public call
+            self.keyframe_requests += 1
+            metrics.STORAGE_KEYFRAME_REQUESTS.inc()
+            self.last_idr = time.monotonic()  # give the master a bound to answer in
