@@ -126,7 +126,7 @@ class StorageSession:
         self.owner, self.channel_arn, self.master = owner, channel_arn, master
         self.stream, self.lease = stream, lease
         settings = owner.settings
-        ingest = IngestSession(owner.archive, stream, timecode_type="RELATIVE",
+        ingest = IngestSession(owner.archive, stream, timecode_type="ABSOLUTE",
                                producer_start_ms=None, lease=lease,
                                fragment_deadline_ms=int(settings.fragment_deadline_s * 1000),
                                event_configs=owner.event_configs,

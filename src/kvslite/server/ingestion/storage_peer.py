@@ -1,10 +1,11 @@
 """The storage session's WebRTC peer: it offers to the master, and receives the master's
-H.264 access units as sent (never decoded) and its Opus audio (decoded, for AAC).
+H.264 access units and Opus packets as sent (never decoded here).
 
-aiortc (WEBRTC-NOTES §8) depayloads RTP into Annex-B access units and hands each to a
-decoder thread; `use_pass_through_h264` swaps the H.264 decoder for one that returns the
-access unit itself as an `av.Packet` (pts in 90 kHz ticks from the first frame), so
-`track.recv()` yields the bytes the camera encoded. Browsers send an IDR at the start and
+aiortc (WEBRTC-NOTES §8) depayloads RTP into frames (Annex-B access units for H.264) and
+hands each to a decoder thread; `use_pass_through` swaps the H.264 and Opus decoders for
+one that returns the frame itself as an `av.Packet` (pts in RTP ticks from the first
+frame: 90 kHz video, 48 kHz Opus), so `track.recv()` yields the bytes the camera encoded.
+Video is stored as sent; Opus goes to `OpusToAac` (media/opus_aac.py), which decodes it. Browsers send an IDR at the start and
 then mostly on request, so the peer asks for one (RTCP PLI) at the start and whenever
 none came within `keyframe_every_s`: fragments are cut at IDRs and must stay short.
 
@@ -37,42 +38,44 @@ from kvslite.server.signaling.turn import IceServer
 
 log = logging.getLogger("kvslite.ingestion")
 
-VIDEO_CLOCK = Fraction(1, 90_000)
+CLOCKS = {"video/h264": Fraction(1, 90_000), "audio/opus": Fraction(1, 48_000)}
 IDR_NAL_TYPE = 5
 KEYFRAME_EVERY_S = 2.0  # ask for an IDR when none came this long (fragments stay short)
 
-# what the master's media goes to: (access unit in Annex-B, pts in 90 kHz, arrival epoch s)
-OnVideo = Callable[[bytes, int, float], Awaitable[None]]
-OnAudio = Callable[[av.AudioFrame, float], Awaitable[None]]  # (decoded frame, arrival)
+# what the master's media goes to: (H.264 access unit in Annex-B or Opus packet, its RTP
+# timestamp from the track's first frame, arrival in epoch seconds)
+OnMedia = Callable[[bytes, int, float], Awaitable[None]]
 
 
-class _PassThroughH264:
-    """A 'decoder' that returns the access unit it is given, undecoded."""
+class _PassThrough:
+    """A 'decoder' that returns the frame it is given, undecoded."""
+
+    def __init__(self, time_base: Fraction):
+        self.time_base = time_base
 
     def decode(self, frame) -> list[av.Packet]:  # frame: aiortc's JitterFrame
         packet = av.Packet(frame.data)
         packet.pts = frame.timestamp
-        packet.time_base = VIDEO_CLOCK
+        packet.time_base = self.time_base
         return [packet]
 
 
-def use_pass_through_h264() -> None:
-    """Make aiortc's receivers hand out H.264 undecoded (idempotent).
+def use_pass_through() -> None:
+    """Make aiortc's receivers hand out H.264 and Opus undecoded (idempotent).
 
     aiortc's decoder threads look `get_decoder` up in `aiortc.rtcrtpreceiver` each time a
     receiver's codec is set, and offer no per-receiver hook, so this is process-wide; the
-    storage peer is the only aiortc receiver in a kvslite server. Other codecs (Opus) keep
-    aiortc's own decoders."""
-    if getattr(rtcrtpreceiver.get_decoder, "passes_h264_through", False):
+    storage peer is the only aiortc receiver in a kvslite server. Other codecs keep
+    aiortc's decoders (the offer names none)."""
+    if getattr(rtcrtpreceiver.get_decoder, "passes_through", False):
         return
     stock = rtcrtpreceiver.get_decoder
 
     def get_decoder(codec):
-        if codec.mimeType.lower() == "video/h264":
-            return _PassThroughH264()
-        return stock(codec)
+        clock = CLOCKS.get(codec.mimeType.lower())
+        return _PassThrough(clock) if clock else stock(codec)
 
-    get_decoder.passes_h264_through = True  # type: ignore[attr-defined]
+    get_decoder.passes_through = True  # type: ignore[attr-defined]
     rtcrtpreceiver.get_decoder = get_decoder
 
 
@@ -99,9 +102,9 @@ def rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
 
 
 class StoragePeer:
-    def __init__(self, ice_servers: Sequence[IceServer], *, on_video: OnVideo,
-                 on_audio: OnAudio, keyframe_every_s: float = KEYFRAME_EVERY_S):
-        use_pass_through_h264()
+    def __init__(self, ice_servers: Sequence[IceServer], *, on_video: OnMedia,
+                 on_audio: OnMedia, keyframe_every_s: float = KEYFRAME_EVERY_S):
+        use_pass_through()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=rtc_ice_servers(ice_servers)))
         self.on_video, self.on_audio = on_video, on_audio
         self.keyframe_every_s = keyframe_every_s
@@ -154,32 +157,23 @@ class StoragePeer:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video":
             receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "video")
-            self.tasks.append(asyncio.ensure_future(self._receive_video(track)))
+            self.tasks.append(asyncio.ensure_future(self._receive(track, self.on_video)))
             self.tasks.append(asyncio.ensure_future(self._request_keyframes(receiver)))
         else:
-            self.tasks.append(asyncio.ensure_future(self._receive_audio(track)))
+            self.tasks.append(asyncio.ensure_future(self._receive(track, self.on_audio)))
 
-    async def _receive_video(self, track: MediaStreamTrack) -> None:
+    async def _receive(self, track: MediaStreamTrack, to: OnMedia) -> None:
         try:
             while True:
                 packet = await track.recv()
-                now = time.time()
+                arrived = time.time()
                 self.last_media = time.monotonic()
-                access_unit = bytes(packet)
-                if is_idr(access_unit):
+                data = bytes(packet)
+                if track.kind == "video" and is_idr(data):
                     self.last_idr = self.last_media
-                await self.on_video(access_unit, int(packet.pts), now)
+                await to(data, int(packet.pts), arrived)
         except MediaStreamError:
             pass  # the track ended
-
-    async def _receive_audio(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                self.last_media = time.monotonic()
-                await self.on_audio(frame, time.time())
-        except MediaStreamError:
-            pass
 
     async def _request_keyframes(self, receiver: RTCRtpReceiver) -> None:
         """PLI at the start (once the master's SSRC is known) and whenever no IDR came
