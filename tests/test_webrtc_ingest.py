@@ -26,11 +26,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from botocore.exceptions import ClientError
+from kvs_media import mkv_events, wait_until
 from PIL import Image
 from test_signaling_ws import create_channel, master_url, received
 from websockets.asyncio.client import connect
 
-from kvs_media import mkv_events, wait_until
 from kvslite.media import synthetic
 
 FPS, GOP, SECONDS = 25, 25, 6

@@ -48,7 +48,7 @@ from kvslite.server.ops.signaling import Signaling
 from kvslite.server.ops.sns_endpoints import SnsEndpoints
 from kvslite.server.ops.streaming_sessions import StreamingSessions
 from kvslite.server.ops.webrtc_storage import WebRtcStorage
-from kvslite.server.ingestion import sessions as storage
+from kvslite.server.ingestion import storage_sessions as storage
 from kvslite.server.signaling.channels import Channels
 from kvslite.server.signaling.cluster import ClusterRelay
 from kvslite.server.signaling.hub import Hub, Limits

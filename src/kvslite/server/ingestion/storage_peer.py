@@ -28,8 +28,8 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCSessionDescription,
+    rtcrtpreceiver,
 )
-from aiortc import rtcrtpreceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 

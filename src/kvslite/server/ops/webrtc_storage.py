@@ -1,15 +1,18 @@
-"""The `kinesis-video-webrtc-storage` service: JoinStorageSession and
-JoinStorageSessionAsViewer (server/ingestion/sessions.py does the work).
+"""The `kinesis-video-webrtc-storage` service: JoinStorageSession
+(server/ingestion/storage_sessions.py does the work).
 
 JoinStorageSession answers an empty 200 once the storage peer's offer is on its way to
 the master; the session itself runs on (the master answers over its WebSocket).
+JoinStorageSessionAsViewer is not served (501, as every operation kvslite does not
+implement): the storage peer records the master's media, it does not forward it to
+viewers.
 """
 
 from __future__ import annotations
 
-from kvslite.server.api_errors import INVALID_ARGUMENT, ApiError
-from kvslite.server.ingestion.sessions import StorageSessions
+from kvslite.server.ingestion.storage_sessions import StorageSessions
 from kvslite.server.ops import requests as rq
+from kvslite.server.ops import responses as rs
 
 
 class WebRtcStorage:
@@ -17,18 +20,9 @@ class WebRtcStorage:
         self.sessions = sessions
 
     def operations(self) -> dict:
-        return {"JoinStorageSession": self.join_storage_session,
-                "JoinStorageSessionAsViewer": self.join_storage_session_as_viewer}
+        return {"JoinStorageSession": self.join_storage_session}
 
-    def join_storage_session(self, request: rq.JoinStorageSessionInput) -> dict:
+    def join_storage_session(self, request: rq.JoinStorageSessionInput
+                             ) -> rs.JoinStorageSessionOutput:
         self.sessions.join_from_thread(request.channel_arn)
         return {}
-
-    def join_storage_session_as_viewer(self, request: rq.JoinStorageSessionAsViewerInput
-                                       ) -> dict:
-        """Forwarding the master's media to viewers is not built: the storage peer
-        receives, it does not relay. InvalidArgumentException is the model's error for a
-        request the service cannot take (ClientLimitExceeded would make clients retry)."""
-        self.sessions.channels.resolve(None, request.channel_arn)  # 404 first, as AWS
-        raise ApiError(INVALID_ARGUMENT, "JoinStorageSessionAsViewer is not supported by "
-                                         "kvslite: viewers connect to the master directly")

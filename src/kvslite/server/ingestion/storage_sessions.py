@@ -158,7 +158,7 @@ class StorageSession:
         try:
             payload = json.loads(base64.b64decode(encoded, validate=True))
             if not isinstance(payload, dict):
-                raise ValueError("not a JSON object")
+                raise TypeError("not a JSON object")
             if action == "SDP_ANSWER":
                 await self.peer.accept_answer(payload)
             elif action == "ICE_CANDIDATE":
