@@ -211,3 +211,22 @@ def test_deleting_a_channel_drops_its_messages_waiting_in_the_database(nodes, da
         assert waiting_in_database(database, arn) == 0
     asyncio.run(scenario())
 
+
+def test_a_node_without_sockets_announces_a_deletion_too(nodes, database, tmp_path):
+    from conftest import ServerProcess
+
+    a, b = nodes
+    arn = create_channel(a, "doomed-elsewhere")
+    third = ServerProcess(tmp_path / "node2", "--database-url", database, *SIGNED).start()
+
+    async def scenario():
+        async with connect(master_url(a, arn)) as master, \
+                connect(viewer_url(b, arn, "v")) as viewer:
+            await viewer.send(offer("b2ZmZXI="))  # both joined, on their two nodes
+            assert (await received(master))["messagePayload"] == "b2ZmZXI="
+            await asyncio.to_thread(delete_channel, third, arn)
+            await asyncio.gather(goes_away(master), goes_away(viewer))
+    try:
+        asyncio.run(scenario())
+    finally:
+        third.stop()
