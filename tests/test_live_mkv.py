@@ -13,11 +13,12 @@ import io
 import av
 import numpy as np
 import pytest
-
 from kvs_media import mkv_events
+
 from kvslite.media import h264, mkv, synthetic
 from kvslite.media.limits import MAX_FRAGMENT_MS
 from kvslite.media.live_mkv import LiveMkv
+from kvslite.media.opus_aac import OpusToAac
 
 START_MS = 1_700_000_000_000
 FPS, GOP, SECONDS = 30, 10, 2
@@ -180,3 +181,115 @@ def test_sps_fields():
                                        width=width, height=height)
         info = h264.parse_sps(parameter_sets(video.codec_private)[0])
         assert (info.width, info.height) == (width, height)
+
+
+TONE_HZ = 1000
+
+
+def opus_packets(seconds: float) -> list[bytes]:
+    """A 1 kHz stereo sine encoded by libopus in 20 ms packets (960 samples each)."""
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48_000, "stereo", "s16"
+    encoder.bit_rate = 64_000
+    t = np.arange(int(seconds * 48_000)) / 48_000
+    tone = (0.5 * np.sin(2 * np.pi * TONE_HZ * t) * 32767).astype(np.int16)
+    packets = []
+    for at in range(0, len(tone), 960):
+        pcm = np.repeat(tone[at:at + 960], 2)[None, :]  # interleaved L R
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
+        frame.sample_rate, frame.pts = 48_000, at
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    return [bytes(p) for p in packets]
+
+
+def peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * 48_000 / len(samples))
+
+
+def decode_aac(config: bytes, frames: list[tuple[bytes, int]]) -> tuple[list[int], np.ndarray]:
+    """(pts of each decoded frame, the left channel's samples) of AAC frames."""
+    decoder = av.CodecContext.create("aac", "r")
+    decoder.extradata = config
+    pts, pcm = [], []
+    for payload, ts in frames:
+        packet = av.Packet(payload)
+        packet.pts = ts
+        for frame in decoder.decode(packet):
+            pts.append(frame.pts)
+            pcm.append(frame.to_ndarray()[0])
+    return pts, np.concatenate(pcm)
+
+
+def test_opus_becomes_aac_that_keeps_the_tone_and_its_times():
+    packets = opus_packets(2.0)  # 100 packets
+    lost = range(40, 45)  # 100 ms lost on the way: filled with silence
+    transcoder = OpusToAac()
+    frames = [f for i, p in enumerate(packets) if i not in lost
+              for f in transcoder.push(p, i * 960)]
+    frames += transcoder.flush()
+    assert transcoder.audio_specific_config[:2] == bytes([0x11, 0x90])  # AAC-LC 48 kHz 2 ch
+    assert (transcoder.silence_samples, transcoder.dropped_packets) == (5 * 960, 0)
+    # one AAC frame per 1024 samples, the priming one first, no gap where packets were lost
+    sent = len(packets) * 960
+    assert [ts for _, ts in frames] == list(range(-1024, sent, 1024))
+    pts, left = decode_aac(transcoder.audio_specific_config, frames)
+    assert pts == [ts for _, ts in frames]
+    assert abs(peak_hz(left[4800:4800 + 16384]) - TONE_HZ) < 5
+    assert abs(peak_hz(left[60_000:60_000 + 16384]) - TONE_HZ) < 5  # after the loss
+
+
+def test_a_long_gap_starts_a_new_aac_run_at_the_new_time():
+    packets = opus_packets(1.0)
+    transcoder = OpusToAac(max_gap_s=1.0)
+    first = [f for i, p in enumerate(packets[:10]) for f in transcoder.push(p, i * 960)]
+    resumed_at = 10 * 960 + 48_000 * 3  # 3 s of nothing
+    second = [f for i, p in enumerate(packets[10:20])
+              for f in transcoder.push(p, resumed_at + i * 960)]
+    assert transcoder.push(packets[20], resumed_at) == []  # older than what was sent
+    second += transcoder.flush()
+    assert transcoder.silence_samples == 0 and transcoder.dropped_packets == 1
+    # the first run ends (its last frame padded); the new one primes 1024 before its start
+    assert [ts for _, ts in first + second] == list(range(-1024, 9600, 1024)) + \
+        list(range(resumed_at - 1024, resumed_at + 9600, 1024))
+
+
+def test_video_and_aac_audio_in_one_stream(video):
+    transcoder = OpusToAac()
+    live = LiveMkv(START_MS, audio=transcoder.config)
+    out = b""
+    units = access_units(video)
+    packets = opus_packets(SECONDS)
+    for i, (au, ts, _) in enumerate(units):  # 30 fps video, 50 audio packets/s, by time
+        for n in range(i * 50 // FPS, (i + 1) * 50 // FPS):
+            for payload, at in transcoder.push(packets[n], n * 960):
+                live.add_audio(payload, at)
+        out += live.add_video(au, ts)
+    for payload, at in transcoder.flush():
+        live.add_audio(payload, at)
+    out += live.flush()
+    events = mkv_events(out)
+    header, clusters = events[0], events[1:]
+    assert [(t.codec_id, t.codec_private) for t in header.tracks] == [
+        ("V_MPEG4/ISO/AVC", h264.avc_decoder_config(*map(list, zip(parameter_sets(
+            video.codec_private))))),
+        ("A_AAC", transcoder.audio_specific_config)]
+    assert len(clusters) == SECONDS * FPS // GOP
+    # audio frames go with the fragment whose time they fall in: before the next IDR
+    for n, cluster in enumerate(clusters):
+        audio = [f.timecode for f in cluster.frames if f.track_number == 2]
+        end = frame_ms((n + 1) * GOP) if n + 1 < len(clusters) else float("inf")
+        assert audio and all(cluster.timecode - 1000 <= t < end for t in audio)
+        # audio that came after its Cluster was cut (the encoder holds a frame back)
+        # leads the next one; the video starts at its IDR all the same
+        assert next(f.keyframe for f in cluster.frames if f.track_number == 1)
+    audio_ms = [f.timecode - START_MS for c in clusters for f in c.frames
+                if f.track_number == 2]
+    assert audio_ms == [(2000 * ts + 48_000) // 96_000 for ts in
+                        range(-1024, SECONDS * 48_000, 1024)]
+    assert live.dropped_audio == 0
+    with av.open(io.BytesIO(out)) as container:
+        left = np.concatenate([f.to_ndarray()[0] for f in
+                               container.decode(container.streams.audio[0])])
+    assert abs(peak_hz(left[4800:4800 + 16384]) - TONE_HZ) < 5

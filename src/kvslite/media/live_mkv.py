@@ -85,7 +85,7 @@ class LiveMkv:
         self.audio_start_ms = start_ms  # epoch ms of audio timestamp 0 (may be set apart)
         self.audio = audio
         self.title = title
-        self.video_clock, self.audio_clock = RtpClock(), RtpClock()
+        self.video_clock = RtpClock()
         self.parameter_sets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
         self.open: _Fragment | None = None
         self.last_video_ms: int | None = None
@@ -115,12 +115,12 @@ class LiveMkv:
         return b""
 
     def add_audio(self, frame: bytes, timestamp: int) -> None:
-        """One AAC frame, `timestamp` in samples since `audio_start_ms`."""
+        """One AAC frame, `timestamp` in samples since `audio_start_ms` (unwrapped, and
+        negative for the encoder's priming frame: as OpusToAac gives them)."""
         if self.audio is None:
             raise ValueError("this stream has no audio track")
-        ticks = self.audio_clock.ticks(timestamp)
         rate = self.audio.sample_rate
-        timecode = self.audio_start_ms + (2000 * ticks + rate) // (2 * rate)
+        timecode = self.audio_start_ms + (2000 * timestamp + rate) // (2 * rate)
         if self.fragments == 0 and self.open is None or len(self.pending_audio) >= \
                 MAX_PENDING_AUDIO:
             self.dropped_audio += 1
