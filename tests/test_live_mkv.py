@@ -8,12 +8,14 @@ its ingest uses) and FFmpeg read what LiveMkv makes of them.
 
 from __future__ import annotations
 
+import base64
 import io
 
 import av
 import numpy as np
 import pytest
-from kvs_media import mkv_events
+from kvs_media import mkv_events, persisted_numbers, put_mkv
+from PIL import Image
 
 from kvslite.media import h264, mkv, synthetic
 from kvslite.media.limits import MAX_FRAGMENT_MS
@@ -293,3 +295,33 @@ def test_video_and_aac_audio_in_one_stream(video):
         left = np.concatenate([f.to_ndarray()[0] for f in
                                container.decode(container.streams.audio[0])])
     assert abs(peak_hz(left[4800:4800 + 16384]) - TONE_HZ) < 5
+
+
+@pytest.mark.slow
+def test_putmedia_archives_it_and_getimages_finds_each_frame(video, start_server):
+    """What LiveMkv makes goes through kvslite's real ingest (PutMedia) like a producer's
+    upload: a fragment per IDR, and the picture at each frame's time is that frame."""
+    transcoder = OpusToAac()
+    live = LiveMkv(START_MS, audio=transcoder.config)
+    out = b"".join(live.add_video(au, ts) for au, ts, _ in access_units(video))
+    for n, packet in enumerate(opus_packets(SECONDS)):
+        for payload, at in transcoder.push(packet, n * 960):
+            live.add_audio(payload, at)
+    for payload, at in transcoder.flush():
+        live.add_audio(payload, at)
+    out += live.flush()
+    server = start_server("--min-sampling-interval-ms", "1")
+    server.client("kinesisvideo").create_stream(StreamName="live", DataRetentionInHours=1)
+    assert len(persisted_numbers(put_mkv(server.port, "live", out))) == SECONDS * FPS // GOP
+    archived = server.client("kinesis-video-archived-media")
+    fragments = archived.list_fragments(StreamName="live")["Fragments"]
+    assert sorted(round(f["ProducerTimestamp"].timestamp() * 1000) for f in fragments) == \
+        [frame_ms(i) for i in range(0, SECONDS * FPS, GOP)]
+    for i in (0, 1, 9, 10, 31, 59):
+        image = archived.get_images(
+            StreamName="live", ImageSelectorType="PRODUCER_TIMESTAMP", Format="PNG",
+            StartTimestamp=frame_ms(i) / 1000, EndTimestamp=(frame_ms(i) + 1) / 1000,
+            SamplingInterval=1)["Images"][0]
+        assert round(image["TimeStamp"].timestamp() * 1000) == frame_ms(i)
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(image["ImageContent"]))))
+        assert read_index(picture[..., :3]) == i
