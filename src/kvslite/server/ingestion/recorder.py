@@ -34,7 +34,6 @@ class Recorder:
         self.aac = OpusToAac()
         self.mkv: LiveMkv | None = None  # made at the first video frame (its arrival is t0)
         self.audio_zero_ms: int | None = None  # epoch ms of Opus RTP time 0
-        self.audio_started = False  # LiveMkv's audio clock set (at the first AAC frame)
         self.queue: asyncio.Queue[tuple[bytes, int | None] | None] = asyncio.Queue()
         self.fragments = 0
         self.error: str | None = None  # why the archive refused the media, if it did
@@ -44,18 +43,18 @@ class Recorder:
         if self.mkv is None:
             zero_ms = int(arrived_s * 1000) - rtp_time * 1000 // VIDEO_CLOCK_HZ
             self.mkv = LiveMkv(zero_ms, audio=self.aac.config)
+            if self.audio_zero_ms is not None:
+                self.mkv.audio_start_ms = self.audio_zero_ms
         self._put(self.mkv.add_video(access_unit, rtp_time), arrived_s)
 
     async def audio(self, opus: bytes, rtp_time: int, arrived_s: float) -> None:
         if self.audio_zero_ms is None:
             self.audio_zero_ms = int(arrived_s * 1000) - rtp_time * 1000 // SAMPLE_RATE
-        for aac, samples in self.aac.push(opus, rtp_time):
-            if self.mkv is None:
-                continue  # no fragment to hold it yet (LiveMkv would drop it too)
-            if not self.audio_started:  # LiveMkv counts from the first AAC frame it gets
-                self.mkv.audio_start_ms = self.audio_zero_ms + samples * 1000 // SAMPLE_RATE
-                self.audio_started = True
-            self.mkv.add_audio(aac, samples)
+            if self.mkv is not None:
+                self.mkv.audio_start_ms = self.audio_zero_ms
+        for aac, samples in self.aac.push(opus, rtp_time):  # samples since Opus time 0
+            if self.mkv is not None:  # else no fragment to hold it yet (LiveMkv drops it)
+                self.mkv.add_audio(aac, samples)
 
     async def close(self) -> None:
         """Finish the last fragment and wait until the archive has everything."""

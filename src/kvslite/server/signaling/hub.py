@@ -20,9 +20,8 @@ Seams:
   implements the same `deliver` and calls `Hub.deliver_here` on the node holding the
   recipient, and is told of each join (`joined`) to end older connections elsewhere and
   of each deletion (`channel_deleted`) to end the channel's connections elsewhere.
-- `Hub.storage_peer`: where master messages for the storage session go (WebRTC
-  ingestion, server/ingestion). While it is None they are refused.
-- `Hub.send_to_master`: the storage session's messages to a master (no `senderClientId`).
+- `Hub.storage_peer`, `Hub.send_to_master`: the storage session's messages (WebRTC
+  ingestion, server/ingestion) from and to a master; without one, they are refused.
 - `Hub.send_from`: a message from a viewer that is not a socket (SendAlexaOfferToMaster's
   one-shot viewer, signaling/alexa.py).
 
@@ -311,11 +310,8 @@ class Hub:
         await self._route(conn, message, None)
 
     async def send_to_master(self, channel_arn: str, action: str, payload: str) -> bool:
-        """A message from the storage session to the channel's master: no
-        `senderClientId` (WEBRTC-NOTES §0.4), so the master answers with no recipient.
-        False if no master took it."""
-        text = json.dumps({"messageType": action, "messagePayload": payload})
-        return await self.relay.deliver(channel_arn, None, text)
+        message = {"messageType": action, "messagePayload": payload}  # no senderClientId
+        return await self.relay.deliver(channel_arn, None, json.dumps(message))
 
     async def deliver_here(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         """Send to a connection of this process, if it is here."""
