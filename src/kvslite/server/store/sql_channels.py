@@ -150,7 +150,8 @@ def _lock_active(conn: sa.Connection, table: sa.Table, arn: str, *, exclusive: b
     """Lock an ACTIVE row of `table` until the transaction ends, so it is not marked
     deleting meanwhile (FOR NO KEY UPDATE where `exclusive`, else FOR SHARE);
     MappedElsewhere if there is none."""
-    lock = {"key_share": True} if exclusive else {"read": True}
-    if conn.execute(sa.select(table.c.arn).where(table.c.arn == arn, table.c.status == ACTIVE)
-                    .with_for_update(**lock)).first() is None:
+    query = sa.select(table.c.arn).where(table.c.arn == arn, table.c.status == ACTIVE)
+    query = (query.with_for_update(key_share=True) if exclusive
+             else query.with_for_update(read=True))
+    if conn.execute(query).first() is None:
         raise MappedElsewhere(f"{arn} is not ACTIVE")
