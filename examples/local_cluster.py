@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -156,15 +157,22 @@ class Node:
 
 class HAProxy:
     """Debian's HAProxy on 127.0.0.1:`port`, round-robin over `servers` (name -> port),
-    config and log in `root`; its statistics at /haproxy-stats (and `server_states()`)."""
+    config and log in `root`; its statistics at /haproxy-stats (and `server_states()`).
+
+    With `tls_pem` (a certificate and its key in one PEM file) it speaks HTTPS (and so
+    wss://) on every port it listens on, and plain HTTP to the nodes. `pinned_ports` (name
+    -> port) are more ports where every request goes to that one node: a test's way to put
+    two clients on two chosen nodes, through the balancer still."""
 
     STATS = "/haproxy-stats"
 
-    def __init__(self, root: Path, port: int, servers: dict[str, int]):
+    def __init__(self, root: Path, port: int, servers: dict[str, int], *,
+                 tls_pem: Path | None = None, pinned_ports: dict[str, int] | None = None):
         self.binary = haproxy_binary()
         if self.binary is None:
             raise EngineMissing(HAPROXY_MISSING)
         self.root, self.port, self.servers = Path(root), port, servers
+        self.tls_pem, self.pinned_ports = tls_pem, pinned_ports or {}
         self.config_path = self.root / "haproxy.cfg"
         self.log_path = self.root / "haproxy.log"
         self.proc: subprocess.Popen | None = None
@@ -172,6 +180,11 @@ class HAProxy:
     def config(self) -> str:
         servers = "".join(f"    server {name} 127.0.0.1:{port}\n"
                           for name, port in self.servers.items())
+        tls = f" ssl crt {self.tls_pem}" if self.tls_pem else ""
+        pinned_binds = "".join(f"    bind 127.0.0.1:{port}{tls}\n"
+                               for port in self.pinned_ports.values())
+        pinned_servers = "".join(f"    use-server {name} if {{ dst_port {port} }}\n"
+                                 for name, port in self.pinned_ports.items())
         # HTTP mode streams both ways at once (no option http-buffer-request): PutMedia's
         # acks come back while its chunked body is still going up, GetMedia streams out.
         return f"""\
@@ -205,8 +218,8 @@ defaults
     timeout check 1s
 
 frontend kvslite
-    bind 127.0.0.1:{self.port}
-    stats enable
+    bind 127.0.0.1:{self.port}{tls}
+{pinned_binds}    stats enable
     stats uri {self.STATS}
     stats refresh 2s
     http-request set-log-level silent if {{ path_beg {self.STATS} }}
@@ -219,7 +232,7 @@ backend nodes
     http-check send meth GET uri /ready
     http-check expect status 200
     default-server check inter 500ms fastinter 250ms downinter 500ms fall 2 rise 1
-{servers}"""
+{pinned_servers}{servers}"""
 
     def start(self, timeout: float = 15.0) -> None:
         self.config_path.write_text(self.config())
@@ -242,8 +255,14 @@ backend nodes
     def stats(self) -> dict[str, dict[str, str]]:
         """HAProxy's statistics of each node (its CSV columns: "status" is "UP", "DOWN",
         "UP 1/2", ...; "stot" counts the requests it was sent)."""
-        url = f"http://127.0.0.1:{self.port}{self.STATS};csv"
-        with _local.open(url, timeout=5) as response:
+        scheme = "https" if self.tls_pem else "http"
+        url = f"{scheme}://127.0.0.1:{self.port}{self.STATS};csv"
+        opener = _local
+        if self.tls_pem:  # trust its own certificate (the key beside it is skipped)
+            tls = ssl.create_default_context(cafile=self.tls_pem)
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                 urllib.request.HTTPSHandler(context=tls))
+        with opener.open(url, timeout=5) as response:
             rows = csv.DictReader(io.StringIO(response.read().decode().lstrip("# ")))
             return {r["svname"]: r for r in rows if r["svname"] not in ("FRONTEND", "BACKEND")}
 

@@ -10,12 +10,15 @@ import asyncio
 import json
 import time
 
+import psycopg
 import pytest
 from cluster_engines import free_ports, postgres_bin_dir
 from engines import need
 from local_cluster import HAProxy, haproxy_binary
 from postgres_server import fresh_database
 from test_signaling_ws import (
+    KEY,
+    SECRET,
     SIGNED,
     create_channel,
     master_url,
@@ -33,12 +36,16 @@ BIG = "QUJD" * 2560  # a 10,240-byte messagePayload: larger than a NOTIFY may ca
 
 
 @pytest.fixture(scope="module")
-def nodes(postgres_url, tmp_path_factory):
+def database(postgres_url):
+    need(postgres_bin_dir() is not None, "PostgreSQL (Debian's postgresql package)")
+    return fresh_database(postgres_url)
+
+
+@pytest.fixture(scope="module")
+def nodes(database, tmp_path_factory):
     """Two nodes on one fresh database (media in each node's own files: not used here)."""
     from conftest import ServerProcess
 
-    need(postgres_bin_dir() is not None, "PostgreSQL (Debian's postgresql package)")
-    database = fresh_database(postgres_url)
     root = tmp_path_factory.mktemp("signaling-cluster")
     pair = [ServerProcess(root / f"node{i}", "--database-url", database, *SIGNED,
                           "--access-log") for i in range(2)]
@@ -150,3 +157,76 @@ def test_signaling_through_haproxy_reaches_two_nodes(nodes, tmp_path):
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted(upgrades) == [["ConnectAsMaster"], ["ConnectAsViewer"]]
+
+
+async def goes_away(socket) -> None:
+    assert await received(socket) == {"messageType": "GO_AWAY"}
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(socket.recv(), 5)
+
+
+def delete_channel(node, arn: str) -> None:
+    node.client("kinesisvideo", key=KEY, secret=SECRET).delete_signaling_channel(
+        ChannelARN=arn)
+
+
+def waiting_in_database(database: str, arn: str) -> int:
+    with psycopg.connect(database) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM kvslite_signaling_messages "
+                                "WHERE channel_arn = %s", (arn,)).fetchone()[0]
+        except psycopg.errors.UndefinedTable:  # no node has used the database yet
+            return 0
+
+
+@pytest.mark.parametrize("via", [0, 1], ids=["sent-to-the-masters-node",
+                                              "sent-to-the-viewers-node"])
+def test_deleting_a_channel_ends_its_sockets_on_every_node(nodes, via):
+    a, b = nodes
+    arn = create_channel(a, f"doomed-{via}")
+
+    async def scenario():
+        async with connect(master_url(a, arn)) as master, \
+                connect(viewer_url(b, arn, "v")) as viewer:
+            await viewer.send(offer("b2ZmZXI="))  # both joined, on their two nodes
+            assert (await received(master))["messagePayload"] == "b2ZmZXI="
+            await asyncio.to_thread(delete_channel, nodes[via], arn)
+            await asyncio.gather(goes_away(master), goes_away(viewer))
+    asyncio.run(scenario())
+
+
+def test_deleting_a_channel_drops_its_messages_waiting_in_the_database(nodes, database):
+    a, _ = nodes
+    arn = create_channel(a, "doomed-held", ttl=30)
+
+    async def scenario():
+        async with connect(viewer_url(a, arn, "v")) as viewer:
+            await viewer.send(offer("Zmlyc3Q="))  # no master anywhere: it waits there
+            deadline = time.monotonic() + 5
+            while waiting_in_database(database, arn) == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert waiting_in_database(database, arn) == 1
+            await asyncio.to_thread(delete_channel, a, arn)  # the viewer's own node
+            await goes_away(viewer)
+        assert waiting_in_database(database, arn) == 0
+    asyncio.run(scenario())
+
+
+def test_a_node_without_sockets_announces_a_deletion_too(nodes, database, tmp_path):
+    from conftest import ServerProcess
+
+    a, b = nodes
+    arn = create_channel(a, "doomed-elsewhere")
+    third = ServerProcess(tmp_path / "node2", "--database-url", database, *SIGNED).start()
+
+    async def scenario():
+        async with connect(master_url(a, arn)) as master, \
+                connect(viewer_url(b, arn, "v")) as viewer:
+            await viewer.send(offer("b2ZmZXI="))  # both joined, on their two nodes
+            assert (await received(master))["messagePayload"] == "b2ZmZXI="
+            await asyncio.to_thread(delete_channel, third, arn)
+            await asyncio.gather(goes_away(master), goes_away(viewer))
+    try:
+        asyncio.run(scenario())
+    finally:
+        third.stop()

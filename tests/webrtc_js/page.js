@@ -1,8 +1,8 @@
 // One peer of a KVS WebRTC session, as AWS's example app runs it, pointed at kvslite.
 //
 // The page's query says who it is: endpoint, region, accessKeyId, secretAccessKey,
-// channel, role (MASTER or VIEWER), clientId (viewers) and signalingSecretAccessKey
-// (below). The master sends its camera (Chromium's fake one) to each viewer that
+// channel, role (MASTER or VIEWER), clientId (viewers), signalingSecretAccessKey and
+// wssEndpoint (below). The master sends its camera (Chromium's fake one) to each viewer that
 // offers; the viewer offers to receive video. ICE goes through the TURN servers
 // GetIceServerConfig hands out only ('relay'). What happens lands in window.peer,
 // which the test reads.
@@ -116,9 +116,11 @@ async function runViewer(signaling, iceServers) {
 
 async function main() {
     const { channelARN, https, wss } = await channelEndpoints();
-    peer.wssEndpoint = wss;
+    // wssEndpoint, when given, replaces the WSS endpoint kvslite returned: the cluster test's
+    // way to open the WebSocket on a node of its choosing
+    peer.wssEndpoint = options.wssEndpoint || wss;
     const iceServers = await turnServers(channelARN, https);
-    const signaling = openSignaling(channelARN, wss);
+    const signaling = openSignaling(channelARN, peer.wssEndpoint);
     await (options.role === 'MASTER' ? runMaster : runViewer)(signaling, iceServers);
     signaling.open();
 }

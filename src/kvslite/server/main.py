@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -240,6 +241,8 @@ class UvicornServer(uvicorn.Server):
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
+        if self.hub is not None:  # a deletion is announced from here, connections or not
+            self.hub.loop = asyncio.get_running_loop()
         if self.started:
             s = self.settings
             auth = "SigV4 required" if s.auth_enabled else "no credentials required"

@@ -11,6 +11,9 @@ Newest connection wins across nodes: each join is announced, and PostgreSQL hand
 node the announcements in one order (commit order). A node whose connection was announced
 before a join for the same master (or ClientId) elsewhere ends it with GO_AWAY.
 
+A deleted channel is announced the same way: every node ends its connections to it with
+GO_AWAY, and the messages waiting for it in the database go with the announcement.
+
 What the database does not take falls back to this node alone: a viewer's message is held
 here, a master's is refused with the usual STATUS_RESPONSE.
 """
@@ -77,6 +80,13 @@ class ClusterRelay:
         except BusDown as e:
             log.warning("cannot announce a signaling connection to the other nodes: %s", e)
 
+    async def channel_deleted(self, channel_arn: str) -> None:
+        try:
+            await self.bus.publish_deleted(channel_arn)
+        except BusDown as e:
+            log.warning("cannot announce a deleted signaling channel to the other nodes: "
+                        "%s", e)
+
     async def _listening(self) -> None:
         """Listen from the first connection on (a node without any has nothing to do)."""
         if self.listener is None:
@@ -90,7 +100,9 @@ class ClusterRelay:
 
     async def _on_note(self, note: dict) -> None:
         key: Key = (note["arn"], note["to"])
-        if "join" in note:
+        if "deleted" in note:
+            await self.hub.end_channel(note["arn"])
+        elif "join" in note:
             await self._on_join(key, note["join"])
         elif self._here(key):  # claimed in batches: one statement for all that came meanwhile
             self.to_claim.append(note["id"])

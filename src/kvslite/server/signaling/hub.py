@@ -18,7 +18,8 @@ Seams:
 - `Relay`: how a message reaches its recipient. `LocalRelay` delivers to this process's
   connections (embedded mode); a cluster's (signaling/cluster.py, PostgreSQL LISTEN/NOTIFY)
   implements the same `deliver` and calls `Hub.deliver_here` on the node holding the
-  recipient, and is told of each join (`joined`) to end older connections elsewhere.
+  recipient, and is told of each join (`joined`) to end older connections elsewhere and
+  of each deletion (`channel_deleted`) to end the channel's connections elsewhere.
 - `Hub.storage_peer`: where master messages for the storage session go (WebRTC
   ingestion, not built yet). While it is None they are dropped.
 - `Hub.send_from`: a message from a viewer that is not a socket (SendAlexaOfferToMaster's
@@ -74,6 +75,10 @@ class Relay(Protocol):
 
     async def joined(self, conn: Connection) -> None:
         """A connection joined here (after any it replaced here was ended)."""
+
+    async def channel_deleted(self, channel_arn: str) -> None:
+        """The channel was deleted through this node (whose connections to it are ended):
+        end its connections and drop its messages wherever they are."""
 
 
 class StoragePeer(Protocol):
@@ -132,6 +137,9 @@ class LocalRelay:
 
     async def joined(self, conn: Connection) -> None:
         pass  # one process: the hub itself replaces connections and hands over held ones
+
+    async def channel_deleted(self, channel_arn: str) -> None:
+        pass  # one process: the hub has ended them all
 
 
 class Hub:
@@ -220,6 +228,12 @@ class Hub:
         await asyncio.gather(*(self.end(c) for c in self._all()), return_exceptions=True)
 
     async def channel_deleted(self, channel_arn: str) -> None:
+        """Deleted through this node: its connections end here, then on every node."""
+        await self.end_channel(channel_arn)
+        await self.relay.channel_deleted(channel_arn)
+
+    async def end_channel(self, channel_arn: str) -> None:
+        """The channel is gone: GO_AWAY to its connections here; drop what it held here."""
         held = self.held.pop(channel_arn, deque())
         for item in held:
             if item.timer:

@@ -9,9 +9,11 @@ DELETE ... RETURNING, so exactly one node delivers it; a row nobody claims waits
 master that connects later (held messages, across nodes) until it expires. Joins are
 notes too (`{"join", "arn", "to"}`): PostgreSQL hands every listener the notifications
 in commit order, which decides which of two masters connecting at once is the newer.
+A deleted channel is a note too (`{"deleted", "arn", "to"}`), sent by the statement that
+deletes the messages waiting for it.
 
 The table is UNLOGGED (a message lives seconds; a database crash may drop it, as a node
-crash would) and made when the first node listens, outside the metadata schema: only
+crash would) and made when a node first uses the database, outside the metadata schema: only
 PostgreSQL has it, and nothing else reads it. Everything runs on the event loop
 (psycopg's asyncio connections): one connection listening, one for the statements.
 """
@@ -84,6 +86,13 @@ class SignalingBus:
         note = json.dumps({"join": token, "arn": channel_arn, "to": recipient})
         await self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, note))
 
+    async def publish_deleted(self, channel_arn: str) -> None:
+        """Drop the messages waiting for the channel's connections and tell every node."""
+        note = json.dumps({"deleted": True, "arn": channel_arn, "to": None})
+        await self._execute(f"""
+            WITH gone AS (DELETE FROM {TABLE} WHERE channel_arn = %s)
+            SELECT pg_notify(%s, %s)""", (channel_arn, CHANNEL, note))
+
     async def claim(self, message_ids: list[int]) -> list[tuple[str, str | None, str]]:
         """(channel ARN, recipient, frame) of each of these messages, oldest first, which no
         other node will get; none for those another node claimed or that expired."""
@@ -134,6 +143,8 @@ class SignalingBus:
                 if self._conn is None or self._conn.closed:
                     self._conn = await psycopg.AsyncConnection.connect(self.url,
                                                                        autocommit=True)
+                    # a node may delete a channel before any node has listened
+                    await self._create_table(self._conn)
                 cursor = await self._conn.execute(sql, params)
                 return await cursor.fetchall() if cursor.description else []
             except psycopg.OperationalError as e:
