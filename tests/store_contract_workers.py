@@ -22,6 +22,7 @@ from pathlib import Path
 from kvslite.server.store.metadata import (
     Lease,
     LeaseLost,
+    MappedElsewhere,
     MetadataStore,
     NameTaken,
     SignalingChannel,
@@ -449,3 +450,23 @@ def channel_compare_and_set(store, w: Writer, arn: str, expected: str):
 def put_channel_tags(store, w: Writer, arn: str, batches: list[dict], max_tags: int):
     w.sync()
     return store.put_channel_tags(arn, batches[w.id], max_tags)
+
+
+def map_channels_to_one_stream(store, w: Writer, channel_arns: list[str], stream_arn: str):
+    """Map this writer's channel to the stream everyone maps: True if it got it."""
+    w.sync()
+    try:
+        store.set_media_storage(channel_arns[w.id], "ENABLED", stream_arn)
+    except MappedElsewhere:
+        return False
+    return True
+
+
+def map_one_channel_to_streams(store, w: Writer, channel_arn: str, stream_arns: list[str]):
+    """Map the channel everyone maps to this writer's stream: True if it got it."""
+    w.sync()
+    try:
+        store.set_media_storage(channel_arn, "ENABLED", stream_arns[w.id])
+    except MappedElsewhere:
+        return False
+    return True

@@ -24,6 +24,7 @@ from kvslite.server.store.metadata import (
     ACTIVE,
     DELETING,
     LeaseLost,
+    MappedElsewhere,
     NameTaken,
     StreamNotActive,
     fragment_number,
@@ -766,3 +767,84 @@ def test_the_channel_tag_limit_is_checked_and_applied_in_one_step(store, store_f
     assert not store.put_channel_tags(channel.arn, {"one-too-many": "x"}, 50)
     store.delete_channel_tags(channel.arn, list(tags)[:45])
     assert len(store.get_channel_tags(channel.arn)) == 5
+
+
+# -- media storage: one stream per channel, one channel per stream ------------------------
+
+
+@pytest.mark.slow  # worker processes racing
+def test_two_channels_racing_for_a_stream_one_gets_it(store, store_factory):
+    """6 writers (2 processes, 4 threads) map 6 channels to one stream at once: exactly
+    one wins and is the stream's channel; the 5 others get MappedElsewhere and have no
+    mapping."""
+    stream, _ = new_stream(store, "cam")
+    channels = [make_channel(f"door-{w}") for w in range(6)]
+    for channel in channels:
+        store.create_channel(channel, {})
+    arns = [channel.arn for channel in channels]
+    results = workers.race(store_factory, workers.map_channels_to_one_stream, processes=2,
+                           threads=4, args=(arns, stream.arn))
+    (winner,) = [w for w, ok in enumerate(results) if ok]
+    assert results.count(False) == 5
+    assert store.channel_for_stream(stream.arn) == arns[winner]
+    assert [store.get_media_storage(arn) for arn in arns] == [
+        ("ENABLED", stream.arn) if w == winner else None for w in range(6)]
+
+
+def test_writers_racing_to_map_a_channel_to_different_streams_one_wins(store,
+                                                                       store_factory):
+    """6 threads map one channel to 6 streams at once: exactly one wins; the channel is
+    mapped to its stream, and the 5 other streams to no channel."""
+    streams = [new_stream(store, f"cam-{w}", w)[0] for w in range(6)]
+    channel = make_channel("door")
+    store.create_channel(channel, {})
+    arns = [stream.arn for stream in streams]
+    results = workers.race(store_factory, workers.map_one_channel_to_streams, threads=6,
+                           args=(channel.arn, arns))
+    (winner,) = [w for w, ok in enumerate(results) if ok]
+    assert results.count(False) == 5
+    assert store.get_media_storage(channel.arn) == ("ENABLED", arns[winner])
+    assert [store.channel_for_stream(arn) for arn in arns] == [
+        channel.arn if w == winner else None for w in range(6)]
+
+
+def test_a_mapping_is_kept_changed_and_goes_with_its_channel_or_stream(store):
+    """Status changes in place; a mapping is removed on request, when its stream is
+    marked deleting and when its channel is purged; nothing maps to a channel or stream
+    that is not ACTIVE, nor a channel already mapped to another stream."""
+    (cam, _), (yard, _) = new_stream(store, "cam", 1), new_stream(store, "yard", 2)
+    door, gate = make_channel("door", 1), make_channel("gate", 2)
+    store.create_channel(door, {})
+    store.create_channel(gate, {})
+    assert store.get_media_storage(door.arn) is None
+    assert store.channel_for_stream(cam.arn) is None
+
+    store.set_media_storage(door.arn, "ENABLED", cam.arn)
+    store.set_media_storage(door.arn, "DISABLED", cam.arn)
+    assert store.get_media_storage(door.arn) == ("DISABLED", cam.arn)
+    assert store.channel_for_stream(cam.arn) == door.arn
+    with pytest.raises(MappedElsewhere):  # the channel has a stream
+        store.set_media_storage(door.arn, "ENABLED", yard.arn)
+    with pytest.raises(MappedElsewhere):  # the stream has a channel
+        store.set_media_storage(gate.arn, "ENABLED", cam.arn)
+    assert store.get_media_storage(gate.arn) is None
+    store.set_media_storage(door.arn, "DISABLED", None)
+    assert store.get_media_storage(door.arn) is None
+    assert store.channel_for_stream(cam.arn) is None
+
+    store.set_media_storage(door.arn, "ENABLED", cam.arn)
+    store.set_media_storage(gate.arn, "ENABLED", yard.arn)
+    assert store.mark_deleting(yard.arn, None)
+    assert store.get_media_storage(gate.arn) is None
+    with pytest.raises(MappedElsewhere):  # the stream is being deleted
+        store.set_media_storage(gate.arn, "ENABLED", yard.arn)
+    with pytest.raises(MappedElsewhere):  # the stream does not exist
+        store.set_media_storage(gate.arn, "ENABLED", cam.arn + "0")
+    assert store.mark_channel_deleting(door.arn, None)
+    with pytest.raises(MappedElsewhere):  # the channel is being deleted
+        store.set_media_storage(door.arn, "ENABLED", cam.arn)
+    store.purge_channel(door.arn)
+    assert store.get_media_storage(door.arn) is None
+    assert store.channel_for_stream(cam.arn) is None
+    store.set_media_storage(gate.arn, "ENABLED", cam.arn)  # free again
+    assert store.channel_for_stream(cam.arn) == gate.arn

@@ -97,7 +97,8 @@ def test_both_engines_have_the_same_tables_keys_and_indexes(tmp_path, postgres_u
     lite = sqlite_shape(tmp_path / "meta.db", types=False)
     assert postgres_shape(url, types=False) == lite
     assert sorted(lite) == ["channel_tags", "deliveries", "fragments", "headers",
-                            "lease_epochs", "leases", "secrets", "signaling_channels",
+                            "lease_epochs", "leases", "media_storage", "secrets",
+                            "signaling_channels",
                             "stream_configs", "streams", "tags"]
     assert [name for name, _, _ in lite["fragments"]["indexes"]] == [
         "fragments_by_blob", "fragments_by_content", "fragments_by_header",

@@ -42,7 +42,7 @@ def served_handlers() -> dict:
 
 def test_every_handler_declares_its_operations_request_and_result_shapes():
     handlers = served_handlers()
-    assert len(handlers) == 33  # 24 + 7 signaling-channel operations + GetIceServerConfig
+    assert len(handlers) == 35  # 24 + 9 signaling-channel operations + GetIceServerConfig
     # + SendAlexaOfferToMaster
     for operation, handler in handlers.items():
         hints = typing.get_type_hints(handler)

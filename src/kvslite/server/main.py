@@ -179,7 +179,7 @@ def build(settings: Settings) -> Server:
     providers: list[Provider] = [
         KinesisVideo(control, endpoint_url=settings.endpoint_url, on_delete=sweeper.wake,
                      channels=channels),
-        SignalingChannels(channels, endpoint_url=settings.endpoint_url),
+        SignalingChannels(channels, control, endpoint_url=settings.endpoint_url),
         GetMedia(control, archive, leases),
         ArchivedMedia(control, archive, sampler,
                       min_sampling_interval_ms=settings.min_sampling_interval_ms),

@@ -21,6 +21,7 @@ import regex  # the models' patterns use \p{L}-style classes that `re` lacks
 from botocore.model import OperationModel, Shape
 
 from kvslite.server.api_errors import INTERNAL_FAILURE, SERIALIZATION, ApiError, invalid
+from kvslite.server.ops.wire import NULL_WHEN_NONE
 
 SERVICES = ("kinesisvideo", "kinesis-video-media", "kinesis-video-archived-media",
             "kinesis-video-signaling", "kinesis-video-webrtc-storage")
@@ -239,12 +240,21 @@ def serialize_output(operation: OperationModel, result: Mapping[str, Any]) -> di
     """Render an operation's result as its JSON body, following the output shape.
 
     Timestamps given as float epoch seconds stay numbers on the wire; members the
-    model does not know are dropped so the response matches the contract exactly.
+    model does not know are dropped so the response matches the contract exactly, and
+    so are members left None, but for the few AWS writes as null.
     """
     shape = operation.output_shape
     if shape is None:
         return {}
     return _serialize(shape, result)
+
+
+def _written(shape: Shape, name: str, value: Mapping[str, Any]) -> bool:
+    """Whether a structure's member goes on the wire: when set, or as null where AWS
+    writes null (ops.wire.NULL_WHEN_NONE)."""
+    if value.get(name) is not None:
+        return True
+    return name in value and (shape.name, name) in NULL_WHEN_NONE
 
 
 def _serialize(shape: Shape, value: Any) -> Any:
@@ -253,7 +263,7 @@ def _serialize(shape: Shape, value: Any) -> Any:
         return {
             name: _serialize(member, value[name])
             for name, member in shape.members.items()
-            if value.get(name) is not None and "location" not in member.serialization
+            if _written(shape, name, value) and "location" not in member.serialization
         }
     if kind == "list":
         return [_serialize(shape.member, item) for item in value]

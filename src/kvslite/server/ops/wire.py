@@ -18,6 +18,11 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 T = TypeVar("T")
 Converter = Callable[[Any], Any]
 
+# Output members written as JSON null when a result leaves them None, as AWS does, where
+# clients tell null from absent: (structure shape, member). Every other None is left out.
+# AWS's JS WebRTC example tests `StreamARN !== null` to tell whether media storage is set.
+NULL_WHEN_NONE = frozenset({("MediaStorageConfiguration", "StreamARN")})
+
 
 def from_wire(cls: type[T], params: dict[str, Any]) -> T:
     """Build a `cls` from parsed request parameters keyed by AWS member names.

@@ -4,6 +4,11 @@ Resolving ChannelName/ChannelARN, ARNs, defaults, version checks and tag limits 
 here; the store only persists and enforces atomicity. The WebSocket signaling service
 asks `find` and `resolve` for the channel a connection names, and subscribes to
 `on_delete` to send GO_AWAY to the connections of a deleted channel.
+
+Media storage (WebRTC ingestion) maps a channel to the stream its master's media is
+recorded in: one stream per channel, one channel per stream. Whether that stream exists
+and keeps data is the archive's to say, a layer signaling does not import: the
+operations check it before `update_media_storage`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from kvslite.server.api_errors import (
 from kvslite.server.store.metadata import (
     ACTIVE,
     DELETING,
+    MappedElsewhere,
     MetadataStore,
     NameTaken,
     SignalingChannel,
@@ -35,6 +41,7 @@ SINGLE_MASTER = "SINGLE_MASTER"
 DEFAULT_MESSAGE_TTL_S = 60  # AWS's default, which the C SDK also uses
 MIN_MESSAGE_TTL_S, MAX_MESSAGE_TTL_S = 5, 120
 MAX_TAGS = 50
+ENABLED, DISABLED = "ENABLED", "DISABLED"  # media storage statuses
 
 
 class Channels:
@@ -108,6 +115,31 @@ class Channels:
                 listener(channel)
             except Exception:  # one failing listener must not undo the delete
                 log.exception("on_delete listener failed for %s", channel.arn)
+
+    # -- media storage -----------------------------------------------------------------
+
+    def media_storage(self, channel_arn: str) -> tuple[str, str | None]:
+        """(status, stream ARN) of the channel's media storage; (DISABLED, None) when it
+        was never configured."""
+        return self.store.get_media_storage(channel_arn) or (DISABLED, None)
+
+    def update_media_storage(self, channel: SignalingChannel, status: str,
+                             stream_arn: str | None) -> None:
+        """Map the channel to the stream (which the caller checked exists and keeps data)
+        with `status`; DISABLED with no stream removes the mapping. ResourceInUse if the
+        stream is mapped to another channel or the channel to another stream."""
+        if status == ENABLED and stream_arn is None:
+            raise invalid("MediaStorageConfiguration needs a StreamARN to be ENABLED")
+        try:
+            self.store.set_media_storage(channel.arn, status, stream_arn)
+        except MappedElsewhere as e:
+            raise ApiError(RESOURCE_IN_USE, f"The media storage of signaling channel "
+                                            f"{channel.name} cannot be changed: {e}") from None
+
+    def channel_for_stream(self, stream_arn: str) -> SignalingChannel | None:
+        """The channel whose media is stored in the stream, if there is one."""
+        arn = self.store.channel_for_stream(stream_arn)
+        return None if arn is None else self.store.get_channel(arn=arn)
 
     # -- tags ------------------------------------------------------------------------
 

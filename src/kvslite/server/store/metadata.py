@@ -90,6 +90,11 @@ class NameTaken(Exception):
     """A stream (or signaling channel) with this name already exists."""
 
 
+class MappedElsewhere(Exception):
+    """The stream is mapped to another channel, the channel to another stream, or one of
+    them is not ACTIVE: the media storage mapping was left as it was."""
+
+
 class StreamNotActive(Exception):
     """The stream is gone or being deleted: nothing may be added to it."""
 
@@ -201,6 +206,22 @@ class MetadataStore(Protocol):
         """Add or overwrite tags; False (and nothing changed) if the total would exceed max_tags."""
 
     def delete_channel_tags(self, arn: str, keys: list[str]) -> None: ...
+
+    # -- media storage: one stream per channel, one channel per stream ----------------
+
+    def set_media_storage(self, channel_arn: str, status: str, stream_arn: str | None
+                          ) -> None:
+        """Map the ACTIVE channel to the ACTIVE stream with `status` (ENABLED or DISABLED),
+        or, with no stream, remove the channel's mapping. Checked and applied in one step:
+        raise MappedElsewhere if the stream is mapped to another channel, the channel to
+        another stream, or either is not ACTIVE. A mapping goes when its channel is purged
+        or its stream marked deleting."""
+
+    def get_media_storage(self, channel_arn: str) -> tuple[str, str] | None:
+        """(status, stream ARN) the channel is mapped to; None if it is not mapped."""
+
+    def channel_for_stream(self, stream_arn: str) -> str | None:
+        """The ARN of the channel mapped to the stream; None if there is none."""
 
     # -- fragments -------------------------------------------------------------------
 

@@ -36,7 +36,12 @@ def signaling_channels(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.signaling_channels, schema.channel_tags])
 
 
-STEPS: list[Migration] = [same_indexes_on_both, signaling_channels]
+def media_storage(conn: sa.Connection) -> None:
+    """WebRTC ingestion: the stream each channel's media is stored in."""
+    schema.metadata.create_all(conn, tables=[schema.media_storage])
+
+
+STEPS: list[Migration] = [same_indexes_on_both, signaling_channels, media_storage]
 
 
 def migrate(conn: sa.Connection, migrations: list[Migration], version: int,

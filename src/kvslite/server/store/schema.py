@@ -166,3 +166,16 @@ channel_tags = sa.Table(
     sa.Column("value", TEXT, nullable=False),
     sa.PrimaryKeyConstraint("arn", "key"),
 )
+
+# WebRTC ingestion: the stream a channel's media is stored in. One stream per channel
+# (the key) and one channel per stream (a unique index); a row goes with its channel,
+# and with its stream when that is marked deleting (sql_store.mark_deleting).
+media_storage = sa.Table(
+    "media_storage", metadata,
+    sa.Column("channel_arn", KEY,
+              sa.ForeignKey("signaling_channels.arn", ondelete="CASCADE"), primary_key=True),
+    sa.Column("stream_arn", KEY, sa.ForeignKey("streams.arn", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("status", TEXT, nullable=False),  # ENABLED or DISABLED
+)
+sa.Index("media_storage_by_stream", media_storage.c.stream_arn, unique=True)

@@ -1,8 +1,12 @@
-"""WebRTC signaling channels and their tags, for both SQL stores (see MetadataStore).
+"""WebRTC signaling channels, their tags and their media storage (the stream a channel's
+media is stored in), for both SQL stores (see MetadataStore).
 
 The same guarantees as for streams: names unique among channels not being deleted (a
 partial unique index), updates and deletion compare-and-set on the version, the tag
-limit checked and applied in one transaction that first locks the channel's row.
+limit checked and applied in one transaction that first locks the channel's row. A media
+storage mapping is set in one transaction that locks the channel's and the stream's rows
+(so neither is marked deleting meanwhile); the unique index on the stream lets only one
+of two channels racing for a stream have it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from kvslite.server.store.database import SqlDatabase
-from kvslite.server.store.metadata import ACTIVE, DELETING, NameTaken, SignalingChannel
-from kvslite.server.store.schema import channel_tags, signaling_channels
+from kvslite.server.store.metadata import (
+    ACTIVE,
+    DELETING,
+    MappedElsewhere,
+    NameTaken,
+    SignalingChannel,
+)
+from kvslite.server.store.schema import channel_tags, media_storage, signaling_channels, streams
 
-c, t = signaling_channels.c, channel_tags.c
+c, t, m = signaling_channels.c, channel_tags.c, media_storage.c
 _COLUMNS = (c.name, c.arn, c.channel_type, c.status, c.message_ttl_seconds, c.version,
             c.creation_time)
 
@@ -100,3 +110,48 @@ class SqlChannels(SqlDatabase):
     def delete_channel_tags(self, arn: str, keys: list[str]) -> None:
         with self._write() as conn:
             conn.execute(sa.delete(channel_tags).where(t.arn == arn, t.key.in_(keys)))
+
+    # -- media storage ---------------------------------------------------------------
+
+    def set_media_storage(self, channel_arn: str, status: str, stream_arn: str | None
+                          ) -> None:
+        try:
+            with self._write() as conn:
+                # exclusively: two updates of one channel run one after the other
+                _lock_active(conn, signaling_channels, channel_arn, exclusive=True)
+                if stream_arn is None:
+                    conn.execute(sa.delete(media_storage).where(m.channel_arn == channel_arn))
+                    return
+                current = conn.execute(sa.select(m.stream_arn)
+                                       .where(m.channel_arn == channel_arn)).scalar()
+                if current not in (None, stream_arn):
+                    raise MappedElsewhere(f"{channel_arn} is mapped to {current}")
+                _lock_active(conn, streams, stream_arn, exclusive=False)
+                upsert = self.insert(media_storage).values(
+                    channel_arn=channel_arn, stream_arn=stream_arn, status=status)
+                conn.execute(upsert.on_conflict_do_update(
+                    index_elements=("channel_arn",), set_={"status": status}))
+        except sa.exc.IntegrityError as e:  # the stream's unique index: another channel's
+            raise MappedElsewhere(f"{stream_arn} is mapped to another channel") from e
+
+    def get_media_storage(self, channel_arn: str) -> tuple[str, str] | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(m.status, m.stream_arn)
+                               .where(m.channel_arn == channel_arn)).first()
+        return None if row is None else (row.status, row.stream_arn)
+
+    def channel_for_stream(self, stream_arn: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(sa.select(m.channel_arn)
+                                .where(m.stream_arn == stream_arn)).scalar()
+
+
+def _lock_active(conn: sa.Connection, table: sa.Table, arn: str, *, exclusive: bool) -> None:
+    """Lock an ACTIVE row of `table` until the transaction ends, so it is not marked
+    deleting meanwhile (FOR NO KEY UPDATE where `exclusive`, else FOR SHARE);
+    MappedElsewhere if there is none."""
+    query = sa.select(table.c.arn).where(table.c.arn == arn, table.c.status == ACTIVE)
+    query = (query.with_for_update(key_share=True) if exclusive
+             else query.with_for_update(read=True))
+    if conn.execute(query).first() is None:
+        raise MappedElsewhere(f"{arn} is not ACTIVE")

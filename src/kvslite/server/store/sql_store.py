@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from kvslite.server.store.fragment_queries import BY_CONTENT, FragmentQueries, fragment_of
 from kvslite.server.store.metadata import (ACTIVE, DELETING, Fragment, Lease, LeaseLost, NameTaken,
                                     Stream, StreamNotActive, fragment_number)
-from kvslite.server.store.schema import fragments, headers, lease_epochs, leases, secrets, streams
+from kvslite.server.store.schema import (fragments, headers, lease_epochs, leases,
+                                         media_storage, secrets, streams)
 from kvslite.server.store.schema import tags as tag_table
 from kvslite.server.store.sql_channels import SqlChannels
 
@@ -116,7 +117,11 @@ class SqlMetadataStore(FragmentQueries, SqlChannels):
         if expected_version is not None:
             query = query.where(s.version == expected_version)
         with self._write() as conn:
-            return conn.execute(query.values(status=DELETING)).rowcount == 1
+            if conn.execute(query.values(status=DELETING)).rowcount != 1:
+                return False
+            # a deleted stream stores no channel's media
+            conn.execute(sa.delete(media_storage).where(media_storage.c.stream_arn == arn))
+            return True
 
     def deleting_streams(self) -> list[Stream]:
         return self._streams(s.status == DELETING, order_by=s.arn)
