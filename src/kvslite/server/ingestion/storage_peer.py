@@ -119,7 +119,9 @@ class StoragePeer:
         candidates, as the signaling payload {"type", "sdp"}."""
         for kind, mime in (("video", "video/H264"), ("audio", "audio/opus")):
             transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-            codecs = [c for c in RTCRtpReceiver.getCapabilities(kind).codecs
+            capabilities = RTCRtpReceiver.getCapabilities(kind)
+            assert capabilities is not None  # aiortc knows both kinds
+            codecs = [c for c in capabilities.codecs
                       if c.mimeType.lower() in (mime.lower(), f"{kind}/rtx")]
             transceiver.setCodecPreferences(codecs)
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -166,12 +168,13 @@ class StoragePeer:
         try:
             while True:
                 packet = await track.recv()
+                assert isinstance(packet, av.Packet)  # the pass-through decoders hand over packets
                 arrived = time.time()
                 self.last_media = time.monotonic()
                 data = bytes(packet)
                 if track.kind == "video" and is_idr(data):
                     self.last_idr = self.last_media
-                await to(data, int(packet.pts), arrived)
+                await to(data, int(packet.pts or 0), arrived)
         except MediaStreamError:
             pass  # the track ended
 

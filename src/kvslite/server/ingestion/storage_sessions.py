@@ -156,7 +156,7 @@ class StorageSession:
         action = message.get("action") or message.get("Action")
         encoded = message.get("messagePayload") or message.get("MessagePayload")
         try:
-            payload = json.loads(base64.b64decode(encoded, validate=True))
+            payload = json.loads(base64.b64decode(encoded or "", validate=True))
             if not isinstance(payload, dict):
                 raise TypeError("not a JSON object")
             if action == "SDP_ANSWER":
