@@ -6,10 +6,16 @@
 // offers; the viewer offers to receive video. ICE goes through the TURN servers
 // GetIceServerConfig hands out only ('relay'). What happens lands in window.peer,
 // which the test reads.
-import { KinesisVideoClient, DescribeSignalingChannelCommand, GetSignalingChannelEndpointCommand }
-    from '@aws-sdk/client-kinesis-video';
+//
+// Ingestion, as the example's "auto-determine" does it: when the channel's media storage is
+// ENABLED, the master sends its camera and microphone to the storage session instead
+// (JoinStorageSession on the WEBRTC endpoint, retried until the session's offer arrives).
+import { KinesisVideoClient, DescribeSignalingChannelCommand, GetSignalingChannelEndpointCommand,
+    DescribeMediaStorageConfigurationCommand } from '@aws-sdk/client-kinesis-video';
 import { KinesisVideoSignalingClient, GetIceServerConfigCommand }
     from '@aws-sdk/client-kinesis-video-signaling';
+import { KinesisVideoWebRTCStorageClient, JoinStorageSessionCommand }
+    from '@aws-sdk/client-kinesis-video-webrtc-storage';
 import { Role, SignalingClient } from 'amazon-kinesis-video-streams-webrtc';
 
 const query = new URLSearchParams(location.search);
@@ -27,6 +33,11 @@ const peer = window.peer = {
     framesEncoded: 0,          // outbound video (master)
     iceServers: null,          // what GetIceServerConfig returned, for the test to check
     wssEndpoint: null,
+    ingestion: false,          // media storage ENABLED: the master joins the storage session
+    joins: 0,                  // JoinStorageSession calls made (ingestion)
+    storageOffers: 0,          // SDP offers from the storage session (no senderClientId)
+    audioPacketsSent: 0,       // outbound audio (ingestion)
+    codecs: [],                // the outbound codecs' MIME types
     errors: [],
 };
 // An AWS SDK error says its name (AccessDeniedException); a WebSocket's error event only its type.
@@ -37,12 +48,18 @@ async function channelEndpoints() {
     const kinesisVideo = new KinesisVideoClient({ region: options.region, endpoint: options.endpoint, credentials });
     const described = await kinesisVideo.send(new DescribeSignalingChannelCommand({ ChannelName: options.channel }));
     const channelARN = described.ChannelInfo.ChannelARN;
+    if (options.role === 'MASTER') {
+        const storage = await kinesisVideo.send(new DescribeMediaStorageConfigurationCommand({ ChannelARN: channelARN }));
+        const { Status, StreamARN } = storage.MediaStorageConfiguration;
+        peer.ingestion = Status === 'ENABLED' && StreamARN !== null;  // the example's test
+    }
     const answer = await kinesisVideo.send(new GetSignalingChannelEndpointCommand({
         ChannelARN: channelARN,
-        SingleMasterChannelEndpointConfiguration: { Protocols: ['WSS', 'HTTPS'], Role: options.role },
+        SingleMasterChannelEndpointConfiguration: {
+            Protocols: peer.ingestion ? ['WSS', 'HTTPS', 'WEBRTC'] : ['WSS', 'HTTPS'], Role: options.role },
     }));
     const byProtocol = Object.fromEntries(answer.ResourceEndpointList.map(e => [e.Protocol, e.ResourceEndpoint]));
-    return { channelARN, https: byProtocol.HTTPS, wss: byProtocol.WSS };
+    return { channelARN, https: byProtocol.HTTPS, wss: byProtocol.WSS, webrtc: byProtocol.WEBRTC };
 }
 
 async function turnServers(channelARN, httpsEndpoint) {
@@ -61,9 +78,15 @@ function newPeerConnection(iceServers, sendCandidate) {
 }
 
 async function countFrames(pc) {
-    (await pc.getStats()).forEach(report => {
+    const stats = await pc.getStats();
+    stats.forEach(report => {
         if (report.type === 'inbound-rtp' && report.kind === 'video') peer.framesDecoded = report.framesDecoded || 0;
         if (report.type === 'outbound-rtp' && report.kind === 'video') peer.framesEncoded = report.framesEncoded || 0;
+        if (report.type === 'outbound-rtp' && report.kind === 'audio') peer.audioPacketsSent = report.packetsSent || 0;
+        if (report.type === 'outbound-rtp' && stats.has(report.codecId)) {
+            const codec = stats.get(report.codecId).mimeType;
+            if (!peer.codecs.includes(codec)) peer.codecs.push(codec);
+        }
     });
 }
 
@@ -75,6 +98,8 @@ function openSignaling(channelARN, wssEndpoint) {
         role: options.role === 'MASTER' ? Role.MASTER : Role.VIEWER,
         region: options.region,
         credentials: signalingCredentials,
+        // ingestion: the storage session's candidates wait until its offer is handled
+        enableEarlyIceCandidateBuffering: peer.ingestion,
     });
     client.on('open', () => { peer.signaling = 'open'; });
     client.on('close', () => { peer.signaling = 'closed'; });
@@ -100,6 +125,44 @@ async function runMaster(signaling, iceServers) {
     });
 }
 
+// Ingestion: the storage session offers (no senderClientId) after each JoinStorageSession;
+// the master answers its newest offer with camera and microphone, answer and candidates
+// sent with no recipient. JoinStorageSession is retried about every 6 s until an offer
+// arrives, at most 5 times, as the example does.
+const JOIN_EVERY_MS = 6000, JOIN_TRIES = 5;
+
+async function runIngestingMaster(signaling, iceServers, channelARN, webrtcEndpoint) {
+    const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+    const storage = new KinesisVideoWebRTCStorageClient({
+        region: options.region, endpoint: webrtcEndpoint, credentials, maxAttempts: 1 });
+    let pc = null;
+    signaling.on('sdpOffer', async (offer, senderClientId) => {
+        if (senderClientId) return;  // only the storage session offers in ingestion mode
+        peer.storageOffers += 1;
+        try {
+            if (pc) pc.close();  // a newer offer replaces the session
+            pc = newPeerConnection(iceServers, c => signaling.sendIceCandidate(c));
+            media.getTracks().forEach(track => pc.addTrack(track, media));
+            await pc.setRemoteDescription(offer);
+            signaling.drainPendingIceCandidates();
+            await pc.setLocalDescription(await pc.createAnswer());
+            signaling.sendSdpAnswer(pc.localDescription);
+        } catch (error) { fail('master', error); }
+    });
+    signaling.on('iceCandidate', (candidate, from) => !from && pc &&
+        pc.addIceCandidate(candidate).catch(e => fail('master', e)));
+    signaling.on('open', async () => {
+        while (peer.storageOffers === 0 && peer.joins < JOIN_TRIES) {
+            peer.joins += 1;
+            try {
+                await storage.send(new JoinStorageSessionCommand({ channelArn: channelARN }));
+            } catch (error) { fail('joinStorageSession', error); return; }
+            const jitter = Math.random() * 500;
+            await new Promise(resolve => setTimeout(resolve, JOIN_EVERY_MS + jitter));
+        }
+    });
+}
+
 // The viewer offers to receive video once signaling is open.
 async function runViewer(signaling, iceServers) {
     const pc = newPeerConnection(iceServers, c => signaling.sendIceCandidate(c));
@@ -115,13 +178,14 @@ async function runViewer(signaling, iceServers) {
 }
 
 async function main() {
-    const { channelARN, https, wss } = await channelEndpoints();
+    const { channelARN, https, wss, webrtc } = await channelEndpoints();
     // wssEndpoint, when given, replaces the WSS endpoint kvslite returned: the cluster test's
     // way to open the WebSocket on a node of its choosing
     peer.wssEndpoint = options.wssEndpoint || wss;
     const iceServers = await turnServers(channelARN, https);
     const signaling = openSignaling(channelARN, peer.wssEndpoint);
-    await (options.role === 'MASTER' ? runMaster : runViewer)(signaling, iceServers);
+    if (peer.ingestion) await runIngestingMaster(signaling, iceServers, channelARN, webrtc);
+    else await (options.role === 'MASTER' ? runMaster : runViewer)(signaling, iceServers);
     signaling.open();
 }
 
