@@ -5,9 +5,10 @@ aiortc (WEBRTC-NOTES §8) depayloads RTP into frames (Annex-B access units for H
 hands each to a decoder thread; `use_pass_through` swaps the H.264 and Opus decoders for
 one that returns the frame itself as an `av.Packet` (pts in RTP ticks from the first
 frame: 90 kHz video, 48 kHz Opus), so `track.recv()` yields the bytes the camera encoded.
-Video is stored as sent; Opus goes to `OpusToAac` (media/opus_aac.py), which decodes it. Browsers send an IDR at the start and
-then mostly on request, so the peer asks for one (RTCP PLI) at the start and whenever
-none came within `keyframe_every_s`: fragments are cut at IDRs and must stay short.
+Video is stored as sent; Opus goes to `OpusToAac` (media/opus_aac.py), which decodes it.
+Browsers send an IDR at the start and then mostly on request, so the peer asks for one
+(RTCP PLI) at the start if the first frame is none, and whenever none came within
+`keyframe_every_s`: fragments are cut at IDRs and must stay short.
 
 aiortc gathers its candidates before the offer is made (they are in its SDP, no trickle);
 the master's trickled candidates come in through `add_candidate`.
@@ -31,7 +32,7 @@ from aiortc import (
     rtcrtpreceiver,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from kvslite.server import metrics
 from kvslite.server.signaling.turn import IceServer
@@ -95,6 +96,12 @@ def _nal_starts(data: bytes):
         at = data.find(b"\x00\x00\x01", at + 3)
 
 
+def retransmission_ssrcs(sdp: str) -> set[int]:
+    """The RTX SSRCs an SDP declares (`a=ssrc-group:FID <media> <rtx>`)."""
+    return {int(group.items[1]) for media in SessionDescription.parse(sdp).media
+            for group in media.ssrc_group if group.semantic == "FID" and len(group.items) > 1}
+
+
 def rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
     """GetIceServerConfig's servers as aiortc takes them (TURN with its credentials)."""
     return [RTCIceServer(urls=list(s.uris), username=s.username or None,
@@ -109,6 +116,7 @@ class StoragePeer:
         self.on_video, self.on_audio = on_video, on_audio
         self.keyframe_every_s = keyframe_every_s
         self.last_idr = 0.0  # monotonic; 0: none yet
+        self.video_started = False  # a first video frame came (an IDR from a browser)
         self.last_media = time.monotonic()  # of any frame, for "the master sends nothing"
         self.keyframe_requests = 0
         self.tasks: list[asyncio.Task] = []
@@ -172,21 +180,34 @@ class StoragePeer:
                 arrived = time.time()
                 self.last_media = time.monotonic()
                 data = bytes(packet)
-                if track.kind == "video" and is_idr(data):
-                    self.last_idr = self.last_media
+                if track.kind == "video":
+                    self.video_started = True
+                    if is_idr(data):
+                        self.last_idr = self.last_media
                 await to(data, int(packet.pts or 0), arrived)
         except MediaStreamError:
             pass  # the track ended
 
     async def _request_keyframes(self, receiver: RTCRtpReceiver) -> None:
-        """PLI at the start (once the master's SSRC is known) and whenever no IDR came
-        within the bound."""
+        """PLI at the start if the first frame is no IDR, and whenever no IDR came within
+        the bound. (Not before the first frame: a browser starts with an IDR, and a PLI
+        then would make a second one at once, a one-frame first fragment.)"""
         while True:
             await asyncio.sleep(0.2)
-            sources = receiver.getSynchronizationSources()
-            if not sources or time.monotonic() - self.last_idr < self.keyframe_every_s:
+            sources = self._media_ssrcs(receiver)
+            if not (self.video_started and sources) or \
+                    time.monotonic() - self.last_idr < self.keyframe_every_s:
                 continue
-            await receiver._send_rtcp_pli(sources[0].source)  # aiortc has no public call
+            await receiver._send_rtcp_pli(sources[0])  # aiortc has no public call
             self.keyframe_requests += 1
             metrics.STORAGE_KEYFRAME_REQUESTS.inc()
             self.last_idr = time.monotonic()  # give the master a bound to answer in
+
+    def _media_ssrcs(self, receiver: RTCRtpReceiver) -> list[int]:
+        """The SSRCs the master's video came from lately, but its RTX ones: aiortc lists
+        those too, and browsers probe bandwidth with RTX padding from the start, so the
+        first source may be RTX; an encoder ignores a PLI for it (Chromium's did for the
+        10 s aiortc keeps a source, leaving a 10 s first fragment)."""
+        remote = self.pc.remoteDescription
+        rtx = retransmission_ssrcs(remote.sdp) if remote is not None else set()
+        return [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
