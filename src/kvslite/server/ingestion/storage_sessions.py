@@ -5,10 +5,11 @@ kvslite's storage peer then sends it a fresh SDP offer over its signaling WebSoc
 `senderClientId`), the master answers with no recipient (the hub routes that here,
 `receive`), and its media is recorded into the channel's stream.
 
-One session per channel on this node: each JoinStorageSession replaces the channel's
-session (the newest master wins). Across nodes, the stream's PutMedia lease keeps one
-writer per stream (channel and stream are mapped one to one), so a second node's session
-for the same channel is refused until the first one's lease is released or expires.
+One session per channel: each JoinStorageSession replaces the channel's session (the
+newest master wins), on this node or, in a cluster, on another (hosting.py: a lease per
+channel names the node hosting its session, and the master's messages are relayed there).
+The session also holds the stream's PutMedia lease, as PutMedia would: one writer per
+stream.
 
 A session ends, releasing its peer connection, ingest and lease, when it reaches its
 maximum duration (AWS: 1 h; the master rejoins), when its master disconnects or is
@@ -34,6 +35,7 @@ from kvslite.server.archive.fragment_events import EventConfigs
 from kvslite.server.archive.fragments import Archive
 from kvslite.server.archive.ingest import IngestSession
 from kvslite.server.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
+from kvslite.server.ingestion.hosting import Hosting
 from kvslite.server.ingestion.recorder import Recorder
 from kvslite.server.ingestion.storage_peer import StoragePeer
 from kvslite.server.signaling.channels import Channels
@@ -68,7 +70,9 @@ class StorageSessions:
         self.settings = settings
         self.event_configs, self.on_deliveries = event_configs, on_deliveries
         self.sessions: dict[str, StorageSession] = {}
+        self.hosting = Hosting(hub, leases)
         hub.storage_peer = self
+        self.hosting.serve(self)
 
     # -- JoinStorageSession ----------------------------------------------------------------
 
@@ -83,18 +87,23 @@ class StorageSessions:
         anyio.from_thread.run(functools.partial(self.join, channel.arn, stream))
 
     async def join(self, channel_arn: str, stream: Stream) -> None:
-        master = self.hub.masters.get(channel_arn)
-        if master is None:
+        master = self.hub.masters.get(channel_arn)  # None: on another node, if any
+        if master is None and not self.hosting.clustered:
             raise invalid(f"No master is connected to the channel {channel_arn} on this "
                           "endpoint: connect as master (ConnectAsMaster) first")
         old = self.sessions.pop(channel_arn, None)
         if old is not None:  # the newest master wins
             await old.end("a newer JoinStorageSession replaced it")
-        lease = await asyncio.to_thread(self.leases.acquire, PUT_MEDIA, stream)
+        host = await self.hosting.take(channel_arn)
+        if host is None:
+            raise ApiError(CLIENT_LIMIT_EXCEEDED, f"Another node hosts the storage session "
+                           f"of {channel_arn} and did not end it; try later")
+        lease = await self.hosting.wait_for(lambda: self.leases.acquire(PUT_MEDIA, stream))
         if lease is None:
+            await asyncio.to_thread(self.leases.release, host)
             raise ApiError(CLIENT_LIMIT_EXCEEDED, f"The stream {stream.name} is being written "
                            "(PutMedia or a storage session elsewhere); try later")
-        session = StorageSession(self, channel_arn, master, stream, lease)
+        session = StorageSession(self, channel_arn, master, stream, lease, host)
         self.sessions[channel_arn] = session
         try:
             await session.start()
@@ -106,10 +115,32 @@ class StorageSessions:
 
     async def receive(self, channel_arn: str, message: dict) -> None:
         session = self.sessions.get(channel_arn)
-        if session is None:
+        if session is not None:
+            await session.receive(message)
+        elif not await self.hosting.to_host(channel_arn, {"message": message}):
             raise invalid("a message without recipientClientId is for the storage session, "
                           "and the channel has none: call JoinStorageSession")
-        await session.receive(message)
+
+    # -- the relay's seam: what other nodes send to this node's sessions -----------------------
+
+    def hosts(self, channel_arn: str) -> bool:
+        return channel_arn in self.sessions
+
+    async def receive_relayed(self, channel_arn: str, text: str) -> None:
+        """A master's message from its node, or another node's takeover (never raises:
+        nobody is there to answer)."""
+        session = self.sessions.get(channel_arn)
+        if session is None:
+            return
+        try:
+            item = json.loads(text)
+            if "end" in item:  # in the background: the relay goes on meanwhile
+                asyncio.ensure_future(session.end(str(item["end"])))
+            else:
+                await session.receive(item["message"])
+        except Exception as e:  # an ApiError for garbage from the master, or a bug
+            log.warning("storage session for %s: a relayed message was not used: %s",
+                        channel_arn, e)
 
     def ended(self, session: StorageSession) -> None:
         if self.sessions.get(session.channel_arn) is session:
@@ -121,10 +152,11 @@ class StorageSessions:
 
 
 class StorageSession:
-    def __init__(self, owner: StorageSessions, channel_arn: str, master: Connection,
-                 stream: Stream, lease: Lease):
-        self.owner, self.channel_arn, self.master = owner, channel_arn, master
-        self.stream, self.lease = stream, lease
+    def __init__(self, owner: StorageSessions, channel_arn: str, master: Connection | None,
+                 stream: Stream, lease: Lease, host: Lease):
+        self.owner, self.channel_arn = owner, channel_arn
+        self.master = master  # None: connected to another node (which relays its messages)
+        self.stream, self.lease, self.host = stream, lease, host
         settings = owner.settings
         ingest = IngestSession(owner.archive, stream, timecode_type="ABSOLUTE",
                                producer_start_ms=None, lease=lease,
@@ -178,17 +210,19 @@ class StorageSession:
                 asyncio.ensure_future(self.end(reason))
                 return
             if time.monotonic() - self.renewed >= RENEW_EVERY_S:
-                if not await asyncio.to_thread(self.owner.leases.renew, self.lease):
-                    metrics.LEASES_LOST.inc()
-                    asyncio.ensure_future(self.end("its lease on the stream was lost"))
-                    return
+                for lease, what in ((self.lease, "the stream"), (self.host, "the channel")):
+                    if not await asyncio.to_thread(self.owner.leases.renew, lease):
+                        metrics.LEASES_LOST.inc()
+                        asyncio.ensure_future(self.end(f"its lease on {what} was lost"))
+                        return
                 self.renewed = time.monotonic()
 
     def _why_end(self) -> str | None:
         now, settings = time.monotonic(), self.owner.settings
         if now - self.started >= settings.max_duration_s:
             return f"it reached its maximum duration ({settings.max_duration_s:g} s)"
-        if self.owner.hub.masters.get(self.channel_arn) is not self.master:
+        if self.master is not None and \
+                self.owner.hub.masters.get(self.channel_arn) is not self.master:
             return "its master disconnected"
         if self.peer.failed:
             return "the peer connection failed"
@@ -211,8 +245,9 @@ class StorageSession:
         try:
             await self.peer.close()
             await self.recorder.close()
-        finally:
+        finally:  # the stream first: a node taking over takes the channel, then the stream
             await asyncio.to_thread(self.owner.leases.release, self.lease)
+            await asyncio.to_thread(self.owner.leases.release, self.host)
             metrics.STORAGE_SESSIONS.dec()
             log.info("storage session for %s ended (%s): %d fragments archived",
                      self.channel_arn, reason, self.recorder.fragments)
