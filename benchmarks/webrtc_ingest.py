@@ -51,14 +51,23 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from common import (FPS, H, W, Server, encode_h264, mkv_header, paced_cameras,
-                    process_cpu_s, split_gops)
+from common import (
+    FPS,
+    H,
+    Server,
+    W,
+    encode_h264,
+    mkv_header,
+    paced_cameras,
+    process_cpu_s,
+    split_gops,
+)
 from websockets.asyncio.client import connect
 
 from kvslite.media.synthetic import render_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from coturn_server import TurnServer  # noqa: E402  (the tests' coturn starter)
+from coturn_server import TurnServer
 
 X264_WEBRTC = ("nal-hrd=cbr:bitrate=2000:vbv-maxrate=2000:vbv-bufsize=2000:keyint=25"
                ":min-keyint=25:scenecut=0:bframes=0")  # what a WebRTC camera sends
@@ -374,8 +383,8 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'CPU, ' + str(result['args']['cpu_streams']) + ' streams':<24}"
-             f"{'server CPU s / stream-s':>24}{'x PutMedia':>12}"]
+    title = f"CPU, {result['args']['cpu_streams']} streams"
+    lines = [f"{title:<24}{'server CPU s / stream-s':>24}{'x PutMedia':>12}"]
     for label, r in result["cpu"].items():
         lines.append(f"{label:<24}{r['server_cpu_per_stream_s']:>24}"
                      f"{result['ratios_to_putmedia'][label]:>12}")
