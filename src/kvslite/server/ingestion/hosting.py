@@ -38,16 +38,18 @@ POLL_S = 0.2
 
 class Hosting:
     def __init__(self, hub: Hub, leases: Leases):
+        """Made before anything wraps the hub's relay (storage_viewers.py)."""
         self.hub, self.leases = hub, leases
+        self.cluster = hub.relay if isinstance(hub.relay, ClusterRelay) else None
 
     @property
     def clustered(self) -> bool:
-        return isinstance(self.hub.relay, ClusterRelay)
+        return self.cluster is not None
 
     def serve(self, host: StorageHost) -> None:
         """Have the relay hand `host` what other nodes send to this node's sessions."""
-        if isinstance(self.hub.relay, ClusterRelay):
-            self.hub.relay.storage = host
+        if self.cluster is not None:
+            self.cluster.storage = host
 
     async def take(self, channel_arn: str) -> Lease | None:
         """The channel's hosting lease; if another node holds it, after asking it to end
