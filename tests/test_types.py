@@ -42,9 +42,9 @@ def served_handlers() -> dict:
 
 def test_every_handler_declares_its_operations_request_and_result_shapes():
     handlers = served_handlers()
-    # 24 + 9 signaling-channel operations + GetIceServerConfig, SendAlexaOfferToMaster and
-    # JoinStorageSession
-    assert len(handlers) == 36
+    # 24 + 9 signaling-channel operations + GetIceServerConfig, SendAlexaOfferToMaster,
+    # JoinStorageSession and JoinStorageSessionAsViewer
+    assert len(handlers) == 37
     for operation, handler in handlers.items():
         hints = typing.get_type_hints(handler)
         returns = hints.pop("return")

@@ -8,166 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fractions
 import io
-import json
-import re
-import time
 
 import av
 import numpy as np
 import pytest
-from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from botocore.exceptions import ClientError
 from kvs_media import mkv_events, wait_until
 from PIL import Image
-from test_signaling_ws import create_channel, master_url, received
-from websockets.asyncio.client import connect
+from test_signaling_ws import create_channel
+from webrtc_master import (
+    FPS,
+    GOP,
+    annexb_to_avcc,
+    enable_storage,
+    encode_h264,
+    frame_index,
+    run_master,
+)
 
-from kvslite.media import synthetic
-
-FPS, GOP, SECONDS = 25, 25, 6
+SECONDS = 6
 FRAMES = FPS * SECONDS
 EXTRA = GOP  # one more GOP after them: the last frames sit in the receiver's jitter buffer
-VIDEO_CLOCK = fractions.Fraction(1, 90_000)
-
-
-def encode_h264(count: int) -> list[bytes]:
-    """Access units (Annex-B) of frames 0..count-1, an IDR every GOP, no B-frames: what a
-    WebRTC camera sends."""
-    codec = av.CodecContext.create("libx264", "w")
-    codec.width, codec.height, codec.pix_fmt = 320, 240, "yuv420p"
-    codec.time_base = fractions.Fraction(1, FPS)
-    codec.gop_size = GOP
-    codec.options = {"profile": "baseline", "tune": "zerolatency", "keyint_min": str(GOP),
-                     "sc_threshold": "0", "bframes": "0"}
-    units = []
-    for i in range(count):
-        frame = av.VideoFrame.from_ndarray(synthetic.render_frame(i, fps=FPS), format="rgb24")
-        frame = frame.reformat(format="yuv420p")
-        frame.pts = i
-        units += [bytes(p) for p in codec.encode(frame)]
-    units += [bytes(p) for p in codec.encode(None)]
-    assert len(units) == count
-    return units
-
-
-def annexb_to_avcc(unit: bytes) -> bytes:
-    nals = [n for n in re.split(b"\x00\x00\x00?\x01", unit) if n]
-    return b"".join(len(n).to_bytes(4, "big") + n for n in nals)
-
-
-def frame_index(image: np.ndarray) -> int:
-    """The index render_frame drew as 16 binary blocks (40%-75% of the height)."""
-    height, width = image.shape[:2]
-    y0, y1 = int(height * 0.4), int(height * 0.75)
-    index = 0
-    for bit in range(16):
-        row, col = divmod(bit, 8)
-        y = y0 + (y1 - y0) * (2 * row + 1) // 4
-        x = width * (2 * col + 1) // 16
-        index = index << 1 | int(image[y, x].mean() > 128)
-    return index
-
-
-class PacedVideo(MediaStreamTrack):
-    """Pre-encoded access units at FPS, from when the connection is up: aiortc's sender
-    packetizes an `av.Packet` as it is, without re-encoding."""
-    kind = "video"
-
-    def __init__(self, units: list[bytes], connected: asyncio.Event):
-        super().__init__()
-        self.units, self.connected, self.sent = units, connected, 0
-        self.started = 0.0
-
-    async def recv(self) -> av.Packet:
-        await self.connected.wait()
-        if self.sent == 0:
-            self.started = time.monotonic()
-        if self.sent >= len(self.units):
-            self.stop()
-            raise asyncio.CancelledError
-        await asyncio.sleep(max(0.0, self.started + self.sent / FPS - time.monotonic()))
-        packet = av.Packet(self.units[self.sent])
-        packet.pts, packet.time_base = self.sent * 3600, VIDEO_CLOCK
-        self.sent += 1
-        return packet
-
-
-class Tone(MediaStreamTrack):
-    """20 ms frames of a 440 Hz tone, 48 kHz mono; aiortc encodes them to Opus."""
-    kind = "audio"
-
-    def __init__(self, connected: asyncio.Event):
-        super().__init__()
-        self.connected, self.samples, self.started = connected, 0, 0.0
-
-    async def recv(self) -> av.AudioFrame:
-        await self.connected.wait()
-        if self.samples == 0:
-            self.started = time.monotonic()
-        await asyncio.sleep(max(0.0, self.started + self.samples / 48000 - time.monotonic()))
-        t = (np.arange(960) + self.samples) / 48000
-        frame = av.AudioFrame.from_ndarray(
-            (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1),
-            format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48000, self.samples
-        frame.time_base = fractions.Fraction(1, 48000)
-        self.samples += 960
-        return frame
-
-
-def enable_storage(server, channel_arn: str, stream_arn: str) -> None:
-    server.client("kinesisvideo").update_media_storage_configuration(
-        ChannelARN=channel_arn,
-        MediaStorageConfiguration={"StreamARN": stream_arn, "Status": "ENABLED"})
-
-
-def ice_servers(server, channel_arn: str) -> list[RTCIceServer]:
-    signaling = server.client("kinesis-video-signaling")
-    answer = signaling.get_ice_server_config(ChannelARN=channel_arn, ClientId="master")
-    return [RTCIceServer(urls=s["Uris"], username=s["Username"], credential=s["Password"])
-            for s in answer["IceServerList"]]
-
-
-async def run_master(server, channel_arn: str, units: list[bytes]) -> dict:
-    """Connect as master, JoinStorageSession, answer the storage offer, stream `units` and
-    a tone, hang up. Returns the storage offer's signaling message."""
-    storage = server.client("kinesis-video-webrtc-storage")
-    pc = RTCPeerConnection(RTCConfiguration(
-        iceServers=ice_servers(server, channel_arn),
-        iceTransportPolicy=RTCIceTransportPolicy.RELAY))  # through coturn, as on CI
-    connected = asyncio.Event()
-    pc.on("connectionstatechange",
-          lambda: connected.set() if pc.connectionState == "connected" else None)
-    video = PacedVideo(units, connected)
-    async with connect(master_url(server, channel_arn)) as socket:
-        await asyncio.to_thread(storage.join_storage_session, channelArn=channel_arn)
-        offer = await received(socket, timeout=10)
-        sdp = json.loads(base64.b64decode(offer["messagePayload"]))
-        await pc.setRemoteDescription(RTCSessionDescription(sdp["sdp"], "offer"))
-        for transceiver in pc.getTransceivers():
-            track = video if transceiver.kind == "video" else Tone(connected)
-            transceiver.sender.replaceTrack(track)
-            transceiver.direction = "sendonly"
-        await pc.setLocalDescription(await pc.createAnswer())
-        answer = {"type": "answer", "sdp": pc.localDescription.sdp}
-        await socket.send(json.dumps({  # no recipientClientId: for the storage session
-            "action": "SDP_ANSWER",
-            "messagePayload": base64.b64encode(json.dumps(answer).encode()).decode()}))
-        await asyncio.wait_for(connected.wait(), 15)
-        while video.sent < len(units):
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # the last packets' way through the relay
-    await pc.close()
-    return offer
 
 
 @pytest.mark.slow

@@ -46,10 +46,13 @@ class Leases:
 
     def acquire(self, kind: str, stream: Stream) -> Lease | None:
         """One of the stream's slots of this kind, or None if all are held."""
+        return self.acquire_resource(lease_key(kind, stream.arn), limit=LIMITS[kind])
+
+    def acquire_resource(self, resource: str, *, limit: int = 1) -> Lease | None:
+        """One of `limit` slots on any resource (e.g. a channel's storage session host)."""
         self._retry_releases()
-        return self.store.acquire_lease(lease_key(kind, stream.arn),
-                                        f"{self.node}:{uuid.uuid4()}",
-                                        limit=LIMITS[kind], ttl_ms=LEASE_TTL_MS)
+        return self.store.acquire_lease(resource, f"{self.node}:{uuid.uuid4()}",
+                                        limit=limit, ttl_ms=LEASE_TTL_MS)
 
     def renew(self, lease: Lease) -> bool:
         return self.store.renew_lease(lease, LEASE_TTL_MS)

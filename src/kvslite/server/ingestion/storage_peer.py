@@ -28,6 +28,7 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
+    RTCRtpTransceiver,
     RTCSessionDescription,
     rtcrtpreceiver,
 )
@@ -108,30 +109,21 @@ def rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
                          credential=s.password or None) for s in servers]
 
 
-class StoragePeer:
-    def __init__(self, ice_servers: Sequence[IceServer], *, on_video: OnMedia,
-                 on_audio: OnMedia, keyframe_every_s: float = KEYFRAME_EVERY_S):
-        use_pass_through()
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=rtc_ice_servers(ice_servers)))
-        self.on_video, self.on_audio = on_video, on_audio
-        self.keyframe_every_s = keyframe_every_s
-        self.last_idr = 0.0  # monotonic; 0: none yet
-        self.video_started = False  # a first video frame came (an IDR from a browser)
-        self.last_media = time.monotonic()  # of any frame, for "the master sends nothing"
-        self.keyframe_requests = 0
-        self.tasks: list[asyncio.Task] = []
-        self.pc.on("track", self._on_track)
+class SignaledPeer:
+    """A peer connection of the storage session, negotiated over signaling: it offers, the
+    other side answers and trickles its candidates."""
 
-    async def offer(self) -> dict:
-        """The SDP offer (video H.264, audio Opus, both receive-only) with its
-        candidates, as the signaling payload {"type", "sdp"}."""
-        for kind, mime in (("video", "video/H264"), ("audio", "audio/opus")):
-            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-            capabilities = RTCRtpReceiver.getCapabilities(kind)
-            assert capabilities is not None  # aiortc knows both kinds
-            codecs = [c for c in capabilities.codecs
-                      if c.mimeType.lower() in (mime.lower(), f"{kind}/rtx")]
-            transceiver.setCodecPreferences(codecs)
+    def __init__(self, ice_servers: Sequence[IceServer]):
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=rtc_ice_servers(ice_servers)))
+        self.tasks: list[asyncio.Task] = []
+
+    def _set_codecs(self, transceiver: RTCRtpTransceiver, kind: str, mime: str) -> None:
+        capabilities = RTCRtpReceiver.getCapabilities(kind)
+        assert capabilities is not None  # aiortc knows both kinds
+        transceiver.setCodecPreferences([c for c in capabilities.codecs if c.mimeType.lower()
+                                         in (mime.lower(), f"{kind}/rtx")])
+
+    async def _offer(self) -> dict:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return {"type": "offer", "sdp": self.pc.localDescription.sdp}
 
@@ -142,7 +134,7 @@ class StoragePeer:
 
     async def add_candidate(self, payload: dict) -> None:
         """A trickled ICE candidate: {candidate, sdpMid, sdpMLineIndex}; an empty one
-        (the end of the master's candidates) is ignored."""
+        (the end of the other side's candidates) is ignored."""
         line = payload.get("candidate")
         if not isinstance(line, str) or not line:
             return
@@ -161,6 +153,31 @@ class StoragePeer:
             task.cancel()
         await self.pc.close()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class StoragePeer(SignaledPeer):
+    def __init__(self, ice_servers: Sequence[IceServer], *, on_video: OnMedia,
+                 on_audio: OnMedia, keyframe_every_s: float = KEYFRAME_EVERY_S):
+        use_pass_through()
+        super().__init__(ice_servers)
+        self.on_video, self.on_audio = on_video, on_audio
+        self.keyframe_every_s = keyframe_every_s
+        self.last_idr = 0.0  # monotonic; 0: none yet
+        self.video_started = False  # a first video frame came (an IDR from a browser)
+        self.last_media = time.monotonic()  # of any frame, for "the master sends nothing"
+        self.keyframe_requests = 0
+        self.pc.on("track", self._on_track)
+
+    async def offer(self) -> dict:
+        """The SDP offer (video H.264, audio Opus, both receive-only) with its
+        candidates, as the signaling payload {"type", "sdp"}."""
+        for kind, mime in (("video", "video/H264"), ("audio", "audio/opus")):
+            self._set_codecs(self.pc.addTransceiver(kind, direction="recvonly"), kind, mime)
+        return await self._offer()
+
+    def request_keyframe(self) -> None:
+        """Ask the master for an IDR now (a viewer joined)."""
+        self.last_idr = 0.0
 
     # -- media ----------------------------------------------------------------------------
 

@@ -5,10 +5,11 @@ kvslite's storage peer then sends it a fresh SDP offer over its signaling WebSoc
 `senderClientId`), the master answers with no recipient (the hub routes that here,
 `receive`), and its media is recorded into the channel's stream.
 
-One session per channel on this node: each JoinStorageSession replaces the channel's
-session (the newest master wins). Across nodes, the stream's PutMedia lease keeps one
-writer per stream (channel and stream are mapped one to one), so a second node's session
-for the same channel is refused until the first one's lease is released or expires.
+One session per channel: each JoinStorageSession replaces the channel's session (the
+newest master wins), on this node or, in a cluster, on another (hosting.py: a lease per
+channel names the node hosting its session, and the master's messages are relayed there).
+The session also holds the stream's PutMedia lease, as PutMedia would: one writer per
+stream.
 
 A session ends, releasing its peer connection, ingest and lease, when it reaches its
 maximum duration (AWS: 1 h; the master rejoins), when its master disconnects or is
@@ -34,8 +35,10 @@ from kvslite.server.archive.fragment_events import EventConfigs
 from kvslite.server.archive.fragments import Archive
 from kvslite.server.archive.ingest import IngestSession
 from kvslite.server.archive.leases import PUT_MEDIA, RENEW_EVERY_S, Leases
+from kvslite.server.ingestion.hosting import Hosting
 from kvslite.server.ingestion.recorder import Recorder
-from kvslite.server.ingestion.storage_peer import StoragePeer
+from kvslite.server.ingestion.storage_peer import SignaledPeer, StoragePeer
+from kvslite.server.ingestion.storage_viewers import MAX_VIEWERS, StorageViewer, ViewerMessages
 from kvslite.server.signaling.channels import Channels
 from kvslite.server.signaling.hub import Connection, Hub
 from kvslite.server.signaling.turn import IceServers
@@ -68,7 +71,10 @@ class StorageSessions:
         self.settings = settings
         self.event_configs, self.on_deliveries = event_configs, on_deliveries
         self.sessions: dict[str, StorageSession] = {}
+        self.hosting = Hosting(hub, leases)
         hub.storage_peer = self
+        self.hosting.serve(self)
+        hub.relay = ViewerMessages(hub.relay, self.has_viewer, self.from_viewer)
 
     # -- JoinStorageSession ----------------------------------------------------------------
 
@@ -83,18 +89,23 @@ class StorageSessions:
         anyio.from_thread.run(functools.partial(self.join, channel.arn, stream))
 
     async def join(self, channel_arn: str, stream: Stream) -> None:
-        master = self.hub.masters.get(channel_arn)
-        if master is None:
+        master = self.hub.masters.get(channel_arn)  # None: on another node, if any
+        if master is None and not self.hosting.clustered:
             raise invalid(f"No master is connected to the channel {channel_arn} on this "
                           "endpoint: connect as master (ConnectAsMaster) first")
         old = self.sessions.pop(channel_arn, None)
         if old is not None:  # the newest master wins
             await old.end("a newer JoinStorageSession replaced it")
-        lease = await asyncio.to_thread(self.leases.acquire, PUT_MEDIA, stream)
+        host = await self.hosting.take(channel_arn)
+        if host is None:
+            raise ApiError(CLIENT_LIMIT_EXCEEDED, f"Another node hosts the storage session "
+                           f"of {channel_arn} and did not end it; try later")
+        lease = await self.hosting.wait_for(lambda: self.leases.acquire(PUT_MEDIA, stream))
         if lease is None:
+            await asyncio.to_thread(self.leases.release, host)
             raise ApiError(CLIENT_LIMIT_EXCEEDED, f"The stream {stream.name} is being written "
                            "(PutMedia or a storage session elsewhere); try later")
-        session = StorageSession(self, channel_arn, master, stream, lease)
+        session = StorageSession(self, channel_arn, master, stream, lease, host)
         self.sessions[channel_arn] = session
         try:
             await session.start()
@@ -102,14 +113,65 @@ class StorageSessions:
             await session.end("its offer could not be sent")
             raise
 
+    # -- JoinStorageSessionAsViewer ------------------------------------------------------------
+
+    def join_as_viewer_from_thread(self, channel_arn: str, client_id: str) -> None:
+        channel = self.channels.resolve(None, channel_arn)  # 404 for an unknown channel
+        anyio.from_thread.run(self.join_as_viewer, channel.arn, client_id)
+
+    async def join_as_viewer(self, channel_arn: str, client_id: str) -> None:
+        session = self.sessions.get(channel_arn)
+        if session is None:
+            raise invalid(f"The channel {channel_arn} has no storage session on this "
+                          "endpoint: its master calls JoinStorageSession first")
+        if client_id not in self.hub.viewers.get(channel_arn, {}):
+            raise invalid(f"No viewer {client_id[:256]} is connected to the channel "
+                          f"{channel_arn} on this endpoint: connect as viewer first")
+        await session.add_viewer(client_id)
+
+    def has_viewer(self, channel_arn: str, client_id: str) -> bool:
+        session = self.sessions.get(channel_arn)
+        return session is not None and client_id in session.viewers
+
+    async def from_viewer(self, channel_arn: str, client_id: str, message: dict) -> None:
+        """A joined viewer's answer or candidate, as the hub relays it to a master."""
+        session = self.sessions.get(channel_arn)
+        viewer = session.viewers.get(client_id) if session is not None else None
+        if viewer is None:
+            raise invalid("the viewer left the storage session")
+        await apply(viewer, {"action": message.get("messageType"),
+                             "messagePayload": message.get("messagePayload")})
+
     # -- the hub's seam: the master's answer and candidates -----------------------------------
 
     async def receive(self, channel_arn: str, message: dict) -> None:
         session = self.sessions.get(channel_arn)
-        if session is None:
+        if session is not None:
+            await apply(session.peer, message)
+        elif not await self.hosting.to_host(channel_arn, {"message": message}):
             raise invalid("a message without recipientClientId is for the storage session, "
                           "and the channel has none: call JoinStorageSession")
-        await session.receive(message)
+
+    # -- the relay's seam: what other nodes send to this node's sessions -----------------------
+
+    def hosts(self, channel_arn: str) -> bool:
+        return channel_arn in self.sessions
+
+    async def receive_relayed(self, channel_arn: str, text: str) -> None:
+        """A master's message from its node, or another node's takeover (never raises:
+        nobody is there to answer)."""
+        session = self.sessions.get(channel_arn)
+        if session is None:
+            return
+        try:
+            item = json.loads(text)
+            if "end" in item:  # in the background: the relay goes on meanwhile
+                asyncio.ensure_future(session.end(str(item["end"])))
+            else:
+                await apply(session.peer, item["message"])
+        except Exception as e:  # an ApiError for garbage from the master, or a bug
+            log.warning("storage session for %s: a relayed message was not used: %s",
+                        channel_arn, e)
 
     def ended(self, session: StorageSession) -> None:
         if self.sessions.get(session.channel_arn) is session:
@@ -121,10 +183,11 @@ class StorageSessions:
 
 
 class StorageSession:
-    def __init__(self, owner: StorageSessions, channel_arn: str, master: Connection,
-                 stream: Stream, lease: Lease):
-        self.owner, self.channel_arn, self.master = owner, channel_arn, master
-        self.stream, self.lease = stream, lease
+    def __init__(self, owner: StorageSessions, channel_arn: str, master: Connection | None,
+                 stream: Stream, lease: Lease, host: Lease):
+        self.owner, self.channel_arn = owner, channel_arn
+        self.master = master  # None: connected to another node (which relays its messages)
+        self.stream, self.lease, self.host = stream, lease, host
         settings = owner.settings
         ingest = IngestSession(owner.archive, stream, timecode_type="ABSOLUTE",
                                producer_start_ms=None, lease=lease,
@@ -133,8 +196,9 @@ class StorageSession:
                                on_deliveries=owner.on_deliveries)
         self.recorder = Recorder(ingest)
         name = channel_arn.split("/")[-2] if channel_arn.count("/") >= 2 else channel_arn
-        self.peer = StoragePeer(owner.ice_servers.for_client(f"storage-{name}"),
-                                on_video=self.recorder.video, on_audio=self.recorder.audio)
+        self.ice_servers = owner.ice_servers.for_client(f"storage-{name}")
+        self.peer = StoragePeer(self.ice_servers, on_video=self._video, on_audio=self._audio)
+        self.viewers: dict[str, StorageViewer] = {}  # JoinStorageSessionAsViewer's, by ClientId
         self.started = time.monotonic()
         self.renewed = self.started
         self.ending: asyncio.Future | None = None
@@ -152,43 +216,68 @@ class StorageSession:
         log.info("storage session for %s into %s: offer sent", self.channel_arn,
                  self.stream.name)
 
-    async def receive(self, message: dict) -> None:
-        action = message.get("action") or message.get("Action")
-        encoded = message.get("messagePayload") or message.get("MessagePayload")
-        try:
-            payload = json.loads(base64.b64decode(encoded or "", validate=True))
-            if not isinstance(payload, dict):
-                raise TypeError("not a JSON object")
-            if action == "SDP_ANSWER":
-                await self.peer.accept_answer(payload)
-            elif action == "ICE_CANDIDATE":
-                await self.peer.add_candidate(payload)
-            else:
-                raise ValueError(f"the storage session takes SDP_ANSWER and ICE_CANDIDATE, "
-                                 f"not {str(action)[:32]}")
-        except Exception as e:  # garbage from the master: its STATUS_RESPONSE says why
-            raise invalid(f"the storage session could not use the {str(action)[:32]}: "
-                          f"{str(e)[:200]}") from e
+    async def _video(self, access_unit: bytes, rtp_time: int, arrived_s: float) -> None:
+        for viewer in self.viewers.values():
+            viewer.video.push(access_unit, rtp_time)
+        await self.recorder.video(access_unit, rtp_time, arrived_s)
+
+    async def _audio(self, opus: bytes, rtp_time: int, arrived_s: float) -> None:
+        for viewer in self.viewers.values():
+            viewer.audio.push(opus, rtp_time)
+        await self.recorder.audio(opus, rtp_time, arrived_s)
+
+    async def add_viewer(self, client_id: str) -> None:
+        """Send the viewer an offer of the master's media (a viewer joining again gets a
+        fresh peer connection)."""
+        old = self.viewers.pop(client_id, None)
+        if old is not None:
+            await old.close()
+        if len(self.viewers) >= MAX_VIEWERS:
+            raise ApiError(CLIENT_LIMIT_EXCEEDED, "The storage session has its maximum "
+                           f"number of viewers connected to the session ({MAX_VIEWERS})")
+        viewer = StorageViewer(client_id, self.ice_servers)
+        self.viewers[client_id] = viewer
+        offer = await viewer.offer()
+        text = json.dumps({"messageType": "SDP_OFFER", "messagePayload": base64.b64encode(
+            json.dumps(offer).encode()).decode("ascii")})
+        if not await self.owner.hub.relay.deliver(self.channel_arn, client_id, text):
+            await self._drop_viewer(client_id)
+            raise invalid(f"the viewer {client_id[:256]} disconnected")
+        self.peer.request_keyframe()  # the viewer's video starts at an IDR
+
+    async def _drop_viewer(self, client_id: str) -> None:
+        viewer = self.viewers.pop(client_id, None)
+        if viewer is not None:
+            await viewer.close()
+
+    def _gone_viewers(self) -> list[str]:
+        connected = self.owner.hub.viewers.get(self.channel_arn, {})
+        return [client_id for client_id, viewer in self.viewers.items()
+                if viewer.failed or client_id not in connected]
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_EVERY_S)
+            for client_id in self._gone_viewers():
+                await self._drop_viewer(client_id)
             reason = self._why_end()
             if reason:
                 asyncio.ensure_future(self.end(reason))
                 return
             if time.monotonic() - self.renewed >= RENEW_EVERY_S:
-                if not await asyncio.to_thread(self.owner.leases.renew, self.lease):
-                    metrics.LEASES_LOST.inc()
-                    asyncio.ensure_future(self.end("its lease on the stream was lost"))
-                    return
+                for lease, what in ((self.lease, "the stream"), (self.host, "the channel")):
+                    if not await asyncio.to_thread(self.owner.leases.renew, lease):
+                        metrics.LEASES_LOST.inc()
+                        asyncio.ensure_future(self.end(f"its lease on {what} was lost"))
+                        return
                 self.renewed = time.monotonic()
 
     def _why_end(self) -> str | None:
         now, settings = time.monotonic(), self.owner.settings
         if now - self.started >= settings.max_duration_s:
             return f"it reached its maximum duration ({settings.max_duration_s:g} s)"
-        if self.owner.hub.masters.get(self.channel_arn) is not self.master:
+        if self.master is not None and \
+                self.owner.hub.masters.get(self.channel_arn) is not self.master:
             return "its master disconnected"
         if self.peer.failed:
             return "the peer connection failed"
@@ -209,10 +298,33 @@ class StorageSession:
         if self.watcher is not None and self.watcher is not asyncio.current_task():
             self.watcher.cancel()
         try:
+            for client_id in list(self.viewers):
+                await self._drop_viewer(client_id)
             await self.peer.close()
             await self.recorder.close()
-        finally:
+        finally:  # the stream first: a node taking over takes the channel, then the stream
             await asyncio.to_thread(self.owner.leases.release, self.lease)
+            await asyncio.to_thread(self.owner.leases.release, self.host)
             metrics.STORAGE_SESSIONS.dec()
             log.info("storage session for %s ended (%s): %d fragments archived",
                      self.channel_arn, reason, self.recorder.fragments)
+
+
+async def apply(peer: SignaledPeer, message: dict) -> None:
+    """An SDP_ANSWER or ICE_CANDIDATE for one of the storage session's peer connections."""
+    action = message.get("action") or message.get("Action")
+    encoded = message.get("messagePayload") or message.get("MessagePayload")
+    try:
+        payload = json.loads(base64.b64decode(encoded or "", validate=True))
+        if not isinstance(payload, dict):
+            raise TypeError("not a JSON object")
+        if action == "SDP_ANSWER":
+            await peer.accept_answer(payload)
+        elif action == "ICE_CANDIDATE":
+            await peer.add_candidate(payload)
+        else:
+            raise ValueError(f"the storage session takes SDP_ANSWER and ICE_CANDIDATE, "
+                             f"not {str(action)[:32]}")
+    except Exception as e:  # garbage from the master or viewer: its STATUS_RESPONSE says why
+        raise invalid(f"the storage session could not use the {str(action)[:32]}: "
+                      f"{str(e)[:200]}") from e

@@ -3,9 +3,8 @@
 
 JoinStorageSession answers an empty 200 once the storage peer's offer is on its way to
 the master; the session itself runs on (the master answers over its WebSocket).
-JoinStorageSessionAsViewer is not served (501, as every operation kvslite does not
-implement): the storage peer records the master's media, it does not forward it to
-viewers.
+JoinStorageSessionAsViewer likewise once the offer of the master's live media is on its
+way to the viewer (server/ingestion/storage_viewers.py).
 """
 
 from __future__ import annotations
@@ -20,9 +19,15 @@ class WebRtcStorage:
         self.sessions = sessions
 
     def operations(self) -> dict:
-        return {"JoinStorageSession": self.join_storage_session}
+        return {"JoinStorageSession": self.join_storage_session,
+                "JoinStorageSessionAsViewer": self.join_storage_session_as_viewer}
 
     def join_storage_session(self, request: rq.JoinStorageSessionInput
                              ) -> rs.JoinStorageSessionOutput:
         self.sessions.join_from_thread(request.channel_arn)
+        return {}
+
+    def join_storage_session_as_viewer(self, request: rq.JoinStorageSessionAsViewerInput
+                                       ) -> rs.JoinStorageSessionAsViewerOutput:
+        self.sessions.join_as_viewer_from_thread(request.channel_arn, request.client_id)
         return {}

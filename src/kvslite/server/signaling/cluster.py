@@ -16,6 +16,10 @@ GO_AWAY, and the messages waiting for it in the database go with the announcemen
 
 What the database does not take falls back to this node alone: a viewer's message is held
 here, a master's is refused with the usual STATUS_RESPONSE.
+
+A channel's storage session (WebRTC ingestion) may run on another node than its master's
+WebSocket: messages for it go to the recipient `STORAGE` (no ClientId can be that), and the
+node that `storage.hosts` the channel's session claims them (server/ingestion/hosting.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import itertools
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from kvslite.server.signaling.hub import Connection, Hub
 from kvslite.server.store.postgres_signaling import BusDown, SignalingBus
@@ -35,7 +40,17 @@ VIEWER_MESSAGE_TTL_S = 5.0  # a master's message for a viewer connected nowhere:
 DEFAULT_TTL_S = 60.0  # AWS's default MessageTtlSeconds
 LISTEN_WAIT_S = 5.0  # how long a first connection waits for this node to listen
 
+STORAGE = "#storage"  # the recipient of a channel's storage session ('#': in no ClientId)
+
 Key = tuple[str, "str | None"]  # channel ARN, and None (the master) or a viewer's ClientId
+
+
+class StorageHost(Protocol):
+    """This node's storage sessions, as the relay sees them."""
+
+    def hosts(self, channel_arn: str) -> bool: ...
+
+    async def receive_relayed(self, channel_arn: str, text: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -54,6 +69,7 @@ class ClusterRelay:
         self.listener: asyncio.Task | None = None
         self.to_claim: list[int] = []  # messages for connections here, not yet claimed
         self.claimer: asyncio.Task | None = None
+        self.storage: StorageHost | None = None  # set by the storage sessions (ingestion)
 
     async def deliver(self, channel_arn: str, client_id: str | None, text: str) -> bool:
         if await self.hub.deliver_here(channel_arn, client_id, text):
@@ -118,7 +134,7 @@ class ClusterRelay:
                 log.warning("cannot fetch signaling messages from the database: %s", e)
                 continue
             for arn, client_id, frame in claimed:
-                await self.hub.deliver_here(arn, client_id, frame)
+                await self._deliver_here(arn, client_id, frame)
 
     async def _on_join(self, key: Key, token: str) -> None:
         joined = self.joins.get(key)
@@ -143,10 +159,19 @@ class ClusterRelay:
 
     async def _claim_waiting(self, key: Key) -> None:
         for frame in await self.bus.claim_waiting(*key):
-            await self.hub.deliver_here(*key, frame)
+            await self._deliver_here(*key, frame)
+
+    async def _deliver_here(self, arn: str, client_id: str | None, frame: str) -> None:
+        if client_id == STORAGE:
+            if self.storage is not None:
+                await self.storage.receive_relayed(arn, frame)
+        else:
+            await self.hub.deliver_here(arn, client_id, frame)
 
     def _here(self, key: Key) -> bool:
         arn, client_id = key
+        if client_id == STORAGE:
+            return self.storage is not None and self.storage.hosts(arn)
         conn = self.hub.masters.get(arn) if client_id is None else \
             self.hub.viewers.get(arn, {}).get(client_id)
         return conn is not None and not conn.ended
