@@ -368,7 +368,7 @@ def mutate_structure(data: bytes, draw) -> bytes:
         size = end - pos - hlen
         value = draw(st.sampled_from([(1 << 7 * szlen) - 1, (1 << 7 * szlen) - 2, 0,
                                       max(0, size - 1), size + 1, size + 7]))
-        value = min(value, (1 << 7 * szlen) - 1)
+        value = max(0, min(value, (1 << 7 * szlen) - 1))  # an element overrunning its parent
         return data[:pos + idlen] + vint(value, szlen) + data[pos + hlen:]
     if kind == "wide-size":  # 8 bytes: huge sizes that fit no buffer
         value = draw(st.sampled_from([2**56 - 1, 2**56 - 2, 2**40, 50 * 2**20 + 1,
