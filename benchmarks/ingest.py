@@ -19,8 +19,11 @@ its own last bytes; ack latency = PERSISTED ack received - sendall() of the frag
 byte returned. In A that includes queueing behind earlier fragments (the client runs ahead).
 MB = 10^6 bytes.
 
+  --cluster  B only, on one node of examples/local_cluster.py (PostgreSQL + SeaweedFS S3):
+         adds how much of the run SeaweedFS spent growing volumes (its log's "grow" lines).
+
 Rerun:  .venv/bin/python benchmarks/ingest.py [--seconds 20] [--streams 20] [--mb 200]
-                                              [--out results.json]
+                                              [--cluster] [--out results.json]
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,11 +74,56 @@ def floor_baseline(root: Path, frags: list[bytes], limit_s: float) -> dict:
             "p99_ms": pct(lat, 99)}
 
 
+def cluster_run(args, header: bytes, gops) -> dict:
+    """Scenario B against one node of a LocalCluster: PostgreSQL metadata, SeaweedFS media."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from local_cluster import LocalCluster
+
+    from common import process_cpu_s
+    with LocalCluster(nodes=1, node_args=["--log-level", "warning"]) as cluster:
+        node = cluster.nodes[0]
+        kvs = node.client("kinesisvideo")
+        names = [f"bench-b-{i}" for i in range(args.streams)]
+        for name in names:
+            kvs.create_stream(StreamName=name, DataRetentionInHours=24, MediaType="video/h264")
+        cpu0 = process_cpu_s(node.proc.pid)
+        b = paced_cameras(node.port, names, header, gops, args.seconds)
+        b["server_cpu_s"] = round(process_cpu_s(node.proc.pid) - cpu0, 1)
+        b["server_cpu_ms_per_fragment"] = cpu_per_fragment(b)
+        weed_log = cluster.seaweed.log_path.read_text(errors="replace")
+    return {"B_concurrent_paced": b, "seaweed": volume_growth(weed_log)}
+
+
+def cpu_per_fragment(b: dict) -> float | None:
+    return round(b["server_cpu_s"] * 1000 / b["fragments_persisted"], 2) \
+        if b["fragments_persisted"] else None
+
+
+def volume_growth(log: str) -> dict:
+    """How often, and for how long, SeaweedFS grew a volume (its master's glog lines: a
+    "volume grow" request until the volume is "Registered"); the ms of each growth."""
+    times, started = [], None
+    for line in log.splitlines():
+        stamp = re.match(r"I\d{4} (\d\d):(\d\d):(\d\d\.\d+)", line)
+        if not stamp:
+            continue
+        h, m, sec = stamp.groups()
+        t = int(h) * 3600 + int(m) * 60 + float(sec)
+        if "volume grow" in line:
+            started = t
+        elif "Registered Volume" in line and started is not None:
+            times.append(round((t - started) * 1000, 1))
+            started = None
+    return {"volumes_grown": len(times), "grow_ms": times, "grow_ms_total": round(sum(times), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=20, help="scenario B duration")
     ap.add_argument("--streams", type=int, default=20, help="scenario B concurrent streams")
     ap.add_argument("--mb", type=float, default=200, help="scenario A upload size (MB)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="scenario B only, on PostgreSQL + SeaweedFS (examples/local_cluster.py)")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "kvslite-ingest.json"))
     args = ap.parse_args()
     started = time.perf_counter()
@@ -83,6 +133,12 @@ def main() -> None:
     n_a = max(1, int(args.mb * 1e6 / frag_size))
     print(f"encoded {len(gops)} GOPs, {frag_size / 1e3:.0f} kB/fragment "
           f"({frag_size * 8 / 1e6:.2f} Mbit/s); scenario A: {n_a} fragments", flush=True)
+    if args.cluster:
+        result = cluster_run(args, header, gops)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["B_concurrent_paced"] | {"seaweed": result["seaweed"]},
+                         indent=1, default=str)[:3000])
+        return
     root = Path(tempfile.mkdtemp(prefix="kvslite-bench-"))  # floor and server: same filesystem
     try:
         floor = floor_baseline(root / "floor", [fragment(gops[k % len(gops)], k * 1000)
@@ -100,6 +156,7 @@ def main() -> None:
                               header, gops, args.seconds)
             a["server_cpu_s"] = round(cpu1 - cpu0, 1)
             b["server_cpu_s"] = round(server.cpu_s() - cpu1, 1)
+            b["server_cpu_ms_per_fragment"] = cpu_per_fragment(b)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {

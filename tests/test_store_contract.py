@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # spawned writers import the mod
 import store_contract_workers as workers
 from store_contract_workers import digest_of, fragment_fields, make_channel, make_stream
 
+from kvslite.server import metrics
 from kvslite.server.store.metadata import (
     ACTIVE,
     DELETING,
@@ -345,6 +346,103 @@ def test_add_fragment_checks_the_stream_is_active_in_the_same_step(store, store_
         add(store, unknown, header_id, 1000, "unknown")
     assert store.list_fragments(unknown, limit=10) == []
     assert len(store.list_fragments(stream.arn, limit=100_000)) == seq_when_marked
+
+
+def _at_once(threads: int, job) -> list:
+    """Run `job(thread_id)` in `threads` threads released together; their results (or
+    exceptions) by thread id."""
+    start, results = threading.Barrier(threads), [None] * threads
+
+    def run(i: int) -> None:
+        start.wait(30)
+        try:
+            results[i] = job(i)
+        except Exception as e:  # noqa: BLE001 - the test asserts on it
+            results[i] = e
+
+    workers_ = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers_:
+        worker.start()
+    for worker in workers_:
+        worker.join(60)
+    return results
+
+
+def _commits() -> float:
+    return metrics.FRAGMENT_COMMITS._value.get()
+
+
+def test_fragments_added_at_once_share_commits_and_each_gets_its_own_outcome(store):
+    """16 threads sharing one instance each add 6 new fragments over 4 streams, resend
+    their first and add one to a stream being deleted, all at once: the 96 new fragments
+    take seqs 1..24 in each stream and are stored as each thread was told, in fewer
+    commits than fragments (group commit); each resend gets its original back, and each
+    refusal is its thread's own."""
+    streams = [new_stream(store, f"cam{i}") for i in range(4)]
+    gone, gone_header = new_stream(store, "gone")
+    assert store.mark_deleting(gone.arn, None)
+
+    def job(t: int):
+        added = []
+        for k in range(6):
+            stream, header_id = streams[(t + k) % 4]
+            added.append(add(store, stream.arn, header_id, 1_000_000 * (t + 1) + 1000 * k,
+                             f"thread {t} fragment {k}"))
+        resent = add(store, added[0][0].arn, added[0][0].header_id, added[0][0].producer_ms,
+                     f"thread {t} fragment 0")
+        try:
+            add(store, gone.arn, gone_header, 1000 * t, f"thread {t} to a deleted stream")
+            refused = None
+        except StreamNotActive as e:
+            refused = e
+        return added, resent, refused
+
+    commits_before = _commits()
+    results = _at_once(16, job)
+    commits = _commits() - commits_before
+
+    assert not [r for r in results if isinstance(r, Exception)]
+    told = [f for added, _, _ in results for f, created in added if created]
+    assert len(told) == 96
+    for stream, _ in streams:
+        stored = store.list_fragments(stream.arn, limit=1000)
+        assert [f.seq for f in stored] == list(range(1, 25))
+        assert sorted((f for f in told if f.arn == stream.arn), key=lambda f: f.seq) == stored
+    assert [resent for _, resent, _ in results] == [(added[0][0], False)
+                                                     for added, _, _ in results]
+    assert [str(refused) for _, _, refused in results] == [str(StreamNotActive(gone.arn))] * 16
+    assert store.list_fragments(gone.arn, limit=10) == []
+    assert 1 <= commits < 96  # the 96 rows (and the resends' lookups) shared transactions
+
+
+def test_a_broken_row_fails_alone_when_it_shares_a_commit(store):
+    """16 threads add fragments at once; every fourth thread's third fragment names a
+    header that does not exist (its row breaks the foreign key): that add raises the
+    database's IntegrityError, and every other add, in the same batch or not, is stored
+    with seqs 1..N without a gap."""
+    import psycopg  # both drivers' IntegrityError
+
+    stream, header_id = new_stream(store)
+
+    def job(t: int):
+        outcomes = []
+        for k in range(4):
+            broken = t % 4 == 0 and k == 2
+            try:
+                outcomes.append(add(store, stream.arn, 999_999 if broken else header_id,
+                                    1_000_000 * (t + 1) + 1000 * k, f"thread {t} {k}"))
+            except (sqlite3.IntegrityError, psycopg.IntegrityError) as e:
+                outcomes.append(e)
+        return outcomes
+
+    results = _at_once(16, job)
+    failed = [(t, k) for t, r in enumerate(results) for k, o in enumerate(r)
+              if isinstance(o, Exception)]
+    assert failed == [(0, 2), (4, 2), (8, 2), (12, 2)]
+    told = sorted((o[0] for r in results for o in r if not isinstance(o, Exception)),
+                  key=lambda f: f.seq)
+    assert [f.seq for f in told] == list(range(1, 61))
+    assert store.list_fragments(stream.arn, limit=1000) == told
 
 
 # -- 7. leases ---------------------------------------------------------------------------

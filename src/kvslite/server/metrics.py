@@ -9,6 +9,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 FRAGMENTS = Counter("kvslite_fragments_ingested", "Fragments persisted by PutMedia")
+FRAGMENT_COMMITS = Counter(
+    "kvslite_fragment_commits",
+    "Metadata transactions that committed fragments: fragments completing together share one")
 INGESTED_BYTES = Counter("kvslite_ingested_bytes", "Bytes of fragments persisted by PutMedia")
 PERSIST_SECONDS = Histogram(
     "kvslite_persisted_ack_seconds",

@@ -109,6 +109,8 @@ class Archive:
         self.blobs = blobs
         self._headers: dict[int, bytes] = {}  # headers never change once saved
         self._skew_warned_at = float("-inf")  # at most one clock-skew warning a minute
+        # stream ARN -> (lease epoch, server_ms) of the last fragment this node stored
+        self._previous_server_ms: dict[str, tuple[int, int]] = {}
 
     # -- writing ------------------------------------------------------------------------
 
@@ -123,15 +125,14 @@ class Archive:
         """Write the cluster durably, then commit its index row: PERSISTED after this.
 
         Returns the fragment and whether it is new: a true resend (same producer time,
-        same bytes) returns the fragment already stored, and nothing is written twice.
+        same bytes) returns the fragment already stored, and its blob is removed again
+        (found by add_fragment in the commit, not by a lookup of its own before: resends
+        are rare, and every fragment would pay that round trip).
         Raises StreamNotActive (deleted meanwhile) or LeaseLost (fenced off); either way
         nothing is left behind."""
         data, offsets = mkv.write_cluster(cluster)
         digest = hashlib.sha256(data).digest()
-        existing = self.store.find_fragment(stream.arn, producer_ms=producer_ms, digest=digest)
-        if existing is not None:
-            return existing, False
-        server_ms = self._never_before_previous(stream, server_ms)
+        server_ms = self._never_before_previous(stream, server_ms, fence)
         roles = self._picture_roles(header_id, cluster, data, offsets)
         entries = [
             FrameEntry(f.track_number, f.keyframe, to_ms(f.timecode) - producer_ms, offset,
@@ -155,7 +156,9 @@ class Archive:
             self.blobs.delete(key, prune=True)
             raise
         if not created:
-            self.blobs.delete(key)  # a resend raced its original, which won
+            self.blobs.delete(key)  # a resend: its original is stored already
+        elif fence is not None:
+            self._previous_server_ms[stream.arn] = (fence.epoch, fragment.server_ms)
         return fragment, created
 
     def _picture_roles(self, header_id: int, cluster: mkv.Cluster, data: bytes,
@@ -170,7 +173,8 @@ class Archive:
                 if f.track_number == video.number else REFERENCE
                 for f, o in zip(cluster.frames, offsets)]
 
-    def _never_before_previous(self, stream: Stream, server_ms: int) -> int:
+    def _never_before_previous(self, stream: Stream, server_ms: int,
+                               fence: Lease | None) -> int:
         """`server_ms`, or the stream's previous fragment's if that is later.
 
         Server timestamps come from the clock of the node that took the fragment. In a
@@ -178,18 +182,22 @@ class Archive:
         behind would otherwise go back in time; held here, a stream's server timestamps
         never decrease. The stream's one PutMedia lease orders its writers, so the
         previous fragment is the one just before this. A large step means the nodes'
-        clocks need synchronising (NTP)."""
-        previous = self.store.latest_fragment(stream.arn)
-        if previous is None or server_ms >= previous.server_ms:
+        clocks need synchronising (NTP). While this node holds the same lease, nobody else
+        has written the stream: its last fragment's time is remembered, not read back."""
+        epoch, previous_ms = self._previous_server_ms.get(stream.arn, (None, None))
+        if fence is None or epoch != fence.epoch:
+            previous = self.store.latest_fragment(stream.arn)
+            previous_ms = None if previous is None else previous.server_ms
+        if previous_ms is None or server_ms >= previous_ms:
             return server_ms
-        behind = previous.server_ms - server_ms
+        behind = previous_ms - server_ms
         now = time.monotonic()
         if behind > CLOCK_SKEW_WARNING_MS and now - self._skew_warned_at > 60:
             self._skew_warned_at = now
             log.warning("this node's clock is %d ms behind the node that stored %s's "
                         "previous fragment: its server timestamps are held at that "
                         "fragment's; synchronise the nodes' clocks (NTP)", behind, stream.name)
-        return previous.server_ms
+        return previous_ms
 
     # -- reading media ------------------------------------------------------------------
 

@@ -75,9 +75,13 @@ class PostgresMetadataStore(SqlMetadataStore):
         self._listener = FragmentListener(self.url, self.new_fragments)
         self._listener.start()
 
-    def _fragment_added(self, conn: sa.Connection, arn: str) -> None:
-        # delivered to every node's listener when (and only if) the fragment commits
-        conn.execute(sa.select(sa.func.pg_notify(CHANNEL, arn)))
+    def _fragments_added(self, conn: sa.Connection, arns: list[str]) -> None:
+        # delivered to every node's listener when (and only if) the fragments commit; one
+        # statement for the batch's streams
+        if arns:
+            conn.exec_driver_sql(
+                "SELECT pg_notify(%(channel)s, arn) FROM unnest(%(arns)s::text[]) arn",
+                {"channel": CHANNEL, "arns": arns})
 
     # -- hooks ----------------------------------------------------------------------------
 

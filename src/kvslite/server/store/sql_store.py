@@ -17,17 +17,37 @@ it reads what the writer before committed (READ COMMITTED):
 
 from __future__ import annotations
 
+import dataclasses
 import secrets as random_secrets
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache
+from functools import cache, cached_property
+from typing import Any
 
 import sqlalchemy as sa
 
+from kvslite.server import metrics
 from kvslite.server.store.fragment_queries import BY_CONTENT, FragmentQueries, fragment_of
-from kvslite.server.store.metadata import (ACTIVE, DELETING, Fragment, Lease, LeaseLost, NameTaken,
-                                    Stream, StreamNotActive, fragment_number)
-from kvslite.server.store.schema import (fragments, headers, lease_epochs, leases,
-                                         media_storage, secrets, streams)
+from kvslite.server.store.group_commit import GroupCommit, Pending
+from kvslite.server.store.metadata import (
+    ACTIVE,
+    DELETING,
+    Fragment,
+    Lease,
+    LeaseLost,
+    NameTaken,
+    Stream,
+    StreamNotActive,
+    fragment_number,
+)
+from kvslite.server.store.schema import (
+    fragments,
+    headers,
+    lease_epochs,
+    leases,
+    media_storage,
+    secrets,
+    streams,
+)
 from kvslite.server.store.schema import tags as tag_table
 from kvslite.server.store.sql_channels import SqlChannels
 
@@ -43,10 +63,33 @@ _STREAM_BY_NAME = sa.select(*_STREAM_COLUMNS).where(s.name == sa.bindparam("name
 # takes the next seq, checks ACTIVE and locks the stream's row, in one statement
 _TAKE_SEQ = (sa.update(streams).where(s.arn == sa.bindparam("stream"), s.status == ACTIVE)
              .values(last_seq=s.last_seq + 1).returning(s.last_seq))
-_INSERT_FRAGMENT = sa.insert(fragments)
+_CONTENT = ("arn", "producer_ms", "digest")  # the unique index fragments_by_content
+# gives back the seq just taken, the stream's row still locked (a refusal or a resend)
+_GIVE_SEQ_BACK = (sa.update(streams).where(s.arn == sa.bindparam("stream"))
+                  .values(last_seq=s.last_seq - 1))
 # (parameters named unlike columns: an UPDATE's SET reserves the columns' names)
 _LEASE = sa.and_(le.resource == sa.bindparam("lease_resource"),
                  le.holder == sa.bindparam("lease_holder"), le.epoch == sa.bindparam("lease_epoch"))
+
+
+@cache
+def _insert_unless_stored(insert: Callable[..., Any]) -> sa.Executable:
+    """Insert a fragment, or nothing where its content is stored already (a resend): the
+    dedupe folded into the insert, no round trip of its own."""
+    return (insert(fragments).on_conflict_do_nothing(index_elements=_CONTENT)
+            .returning(fragments.c.seq))
+
+
+def _columns(fragment: Fragment) -> dict[str, Any]:
+    return {column.name: getattr(fragment, column.name) for column in fragments.columns}
+
+
+@dataclasses.dataclass(frozen=True)
+class _NewFragment:
+    """An add_fragment request: the row (seq and number still to come) and its checks."""
+    fragment: Fragment
+    fence: Lease | None
+    deliveries: tuple[tuple[str, str], ...]
 
 
 @cache
@@ -193,34 +236,71 @@ class SqlMetadataStore(FragmentQueries, SqlChannels):
                      size: int, header_id: int, blob_key: str, frames: bytes, digest: bytes,
                      fence: Lease | None = None,
                      deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
-        with self._write() as conn:
-            taken = self._run_compiled(conn, _TAKE_SEQ, stream=arn)
-            if not taken:
-                raise StreamNotActive(arn)
-            if fence is not None and not self._holds(conn, fence):
-                raise LeaseLost(fence.resource)
-            resent = self._run_compiled(conn, BY_CONTENT, arn=arn, producer_ms=producer_ms,
-                                        digest=digest)
-            if resent:
-                self._rollback(conn)  # gives the seq back
-                return fragment_of(resent[0]), False
-            seq = taken[0][0]
-            fragment = Fragment(arn=arn, seq=seq, number=fragment_number(seq),
-                                producer_ms=producer_ms, server_ms=server_ms,
-                                duration_ms=duration_ms, size=size, header_id=header_id,
-                                blob_key=blob_key, frames=frames, digest=digest)
-            self._run_compiled(
-                conn, _INSERT_FRAGMENT, arn=arn, seq=seq, number=fragment.number,
-                producer_ms=producer_ms, server_ms=server_ms, duration_ms=duration_ms,
-                size=size, header_id=header_id, blob_key=blob_key, frames=frames,
-                digest=digest)
-            self._record_deliveries(conn, arn, fragment.number, deliveries)
-            self._fragment_added(conn, arn)
-        self._fragment_committed(arn)
+        """Committed with the fragments other threads add at the same time (group_commit):
+        one transaction, one commit, each caller told its own outcome."""
+        fragment = Fragment(arn=arn, seq=0, number="", producer_ms=producer_ms,
+                            server_ms=server_ms, duration_ms=duration_ms, size=size,
+                            header_id=header_id, blob_key=blob_key, frames=frames,
+                            digest=digest)
+        return self._fragment_commits.submit(_NewFragment(fragment, fence, tuple(deliveries)))
+
+    @cached_property
+    def _fragment_commits(self) -> GroupCommit[_NewFragment]:
+        return GroupCommit(self._commit_fragments)
+
+    def _commit_fragments(self, batch: list[Pending[_NewFragment]]) -> None:
+        """Add the batch's fragments in one transaction. Refusals (stream not active, lease
+        lost) and resends change nothing, so they settle their own item alone; any other
+        error (a broken row) spoils the transaction: then each item runs on its own."""
+        # streams locked in one order: batches on two nodes cannot deadlock on them
+        ordered = sorted(batch, key=lambda pending: pending.request.fragment.arn)
+        try:
+            with self._write() as conn:
+                outcomes = [self._add_in(conn, pending.request) for pending in ordered]
+                added = {o[0].arn for o in outcomes if isinstance(o, tuple) and o[1]}
+                self._fragments_added(conn, sorted(added))
+        except Exception:
+            if len(batch) == 1:
+                raise
+            for pending in batch:
+                try:
+                    self._commit_fragments([pending])
+                except Exception as e:  # noqa: BLE001 - its own item's outcome
+                    pending.fail(e)
+            return
+        metrics.FRAGMENT_COMMITS.inc()
+        for pending, outcome in zip(ordered, outcomes):
+            if isinstance(outcome, Exception):
+                pending.fail(outcome)
+            else:
+                pending.succeed(outcome)
+        for arn in sorted(added):
+            self._fragment_committed(arn)
+
+    def _add_in(self, conn: sa.Connection, new: _NewFragment
+                ) -> tuple[Fragment, bool] | StreamNotActive | LeaseLost:
+        """One fragment, in the batch's transaction: added (True), the stored original of a
+        resend (False), or the refusal, having changed nothing."""
+        arn = new.fragment.arn
+        taken = self._run_compiled(conn, _TAKE_SEQ, stream=arn)
+        if not taken:
+            return StreamNotActive(arn)
+        if new.fence is not None and not self._holds(conn, new.fence):
+            self._run_compiled(conn, _GIVE_SEQ_BACK, stream=arn)
+            return LeaseLost(new.fence.resource)
+        seq = taken[0][0]
+        fragment = dataclasses.replace(new.fragment, seq=seq, number=fragment_number(seq))
+        insert = _insert_unless_stored(self.insert)
+        if not self._run_compiled(conn, insert, **_columns(fragment)):
+            self._run_compiled(conn, _GIVE_SEQ_BACK, stream=arn)  # a resend: stored already
+            resent = self._run_compiled(conn, BY_CONTENT, arn=arn, digest=fragment.digest,
+                                        producer_ms=fragment.producer_ms)
+            return fragment_of(resent[0]), False
+        self._record_deliveries(conn, arn, fragment.number, new.deliveries)
         return fragment, True
 
-    def _fragment_added(self, conn: sa.Connection, arn: str) -> None:
-        """Hook, in the fragment's transaction (PostgreSQL: NOTIFY every node)."""
+    def _fragments_added(self, conn: sa.Connection, arns: list[str]) -> None:
+        """Hook, in the fragments' transaction (PostgreSQL: NOTIFY every node)."""
 
     def _fragment_committed(self, arn: str) -> None:
         """Hook, once the fragment is committed (SQLite: wake this process's readers)."""
