@@ -38,6 +38,7 @@ class MkvReader:
         self._cluster_start = 0
         self._cluster_tc: int | None = None  # until the Cluster's Timecode arrives
         self._frames: list[Frame] = []
+        self.unread = False  # the last feed() stopped at max_steps with input still to read
         self._new_segment()
 
     @property
@@ -45,17 +46,24 @@ class MkvReader:
         """Number of input bytes fully consumed so far."""
         return self._abs
 
-    def feed(self, data: bytes) -> list:
+    def feed(self, data: bytes, max_steps: int | None = None) -> list:
         """Consume a chunk; return the events it completed, in order. On bad input raises
-        MkvError (with `.events` completed before the bad bytes); the reader then stays failed."""
+        MkvError (with `.events` completed before the bad bytes); the reader then stays failed.
+        With `max_steps`, stop after that many elements steps and leave the rest buffered
+        (`unread` tells; feed(b"") goes on): bounded work for a thread that must not block."""
         self._check_usable()
         if self._closed:
             raise MkvError("invalid_mkv", "feed() after close()")
         self._buf += data
         events: list = []
+        steps = 0
+        self.unread = False
         try:
             while self._step(events):
-                pass
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    self.unread = True
+                    break
         except MkvError as e:
             e.events, self._error = events, e
             raise
@@ -116,7 +124,6 @@ class MkvReader:
             return False
         eid, idlen = got
         parent, end = self._stack[-1] if self._stack else (None, None)
-        parent_name = element_name(parent) if parent is not None else "the stream"
         if parent is not None and end is None and not self._is_child(parent, eid):
             if parent == SEGMENT and eid not in (EBML, SEGMENT):
                 raise MkvError("invalid_mkv", f"unexpected {element_name(eid)} in Segment "
@@ -129,10 +136,10 @@ class MkvReader:
         size, szlen = sz
         if end is not None and size == UNKNOWN:
             raise MkvError("unsupported", f"unknown-size {element_name(eid)} inside a "
-                                          f"known-size {parent_name}")
+                                          f"known-size {_name(parent)}")
         if end is not None and self._abs + idlen + szlen + size > end:
             raise MkvError("invalid_mkv", f"{element_name(eid)} overruns its parent "
-                                          f"{parent_name}")
+                                          f"{_name(parent)}")
         if parent is None:
             return self._top_level(eid, idlen + szlen, size)
         if parent == SEGMENT:
@@ -275,3 +282,7 @@ class MkvReader:
         return StreamHeader(info.get("scale", 1_000_000), list(self._tracks.values()),
                             info.get("title"), info.get("muxing_app"), info.get("writing_app"),
                             raw=raw)
+
+
+def _name(parent: int | None) -> str:
+    return element_name(parent) if parent is not None else "the stream"

@@ -17,6 +17,9 @@ PERSIST_SECONDS = Histogram(
     "kvslite_persisted_ack_seconds",
     "From a fragment's first byte arriving to its PERSISTED ack (blob written, row committed)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PUT_MEDIA_HANDOFFS = Counter("kvslite_putmedia_handoffs", "PutMedia body reads that went on "
+                             "to a worker thread (to archive a fragment, or to parse a long run "
+                             "of small elements)")
 IMAGE_REQUESTS = Counter("kvslite_getimages_requests", "GetImages pages served")
 IMAGES = Counter("kvslite_getimages_images", "Images returned by GetImages")
 IMAGE_SECONDS = Histogram("kvslite_getimages_seconds", "Time to serve one GetImages page")

@@ -1,8 +1,10 @@
 """One PutMedia upload: MKV bytes in, archived fragments and acknowledgements out.
 
 `IngestSession.feed` takes body chunks as they arrive and returns the acks
-they cause. It is synchronous (it fsyncs and commits); the HTTP layer runs it
-off the event loop and streams the acks back while the upload continues.
+they cause. It is synchronous (it fsyncs and commits). The HTTP layer splits it:
+`take` parses a chunk on the event loop (bounded work) and only when that completes
+something to archive does `finish` run on a worker thread; the acks stream back while
+the upload continues.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ log = logging.getLogger("kvslite.ingest")
 
 MAX_TRACK_NUMBER = 255  # the frame index keeps track numbers in one byte; KVS uses 1-3
 MAX_TIMECODE_SCALE_NS = 1_000_000_000  # coarser than 1 s per tick is not video
+# Elements take() parses before leaving the rest to a worker thread: a camera's body
+# chunk holds a few blocks; hostile input of tiny elements must not hold the event loop
+# (~5 us an element: about 1 ms at most)
+PARSE_STEPS_BEFORE_HANDOFF = 200
 
 # MkvError reasons that have their own PutMedia ErrorId; anything else is INVALID_MKV_DATA.
 _MKV_ERROR_IDS = {"too_large": ids.MAX_FRAGMENT_SIZE_REACHED,
@@ -80,6 +86,10 @@ class IngestSession:
         self.progress_ms = int(now() * 1000)
         self.received_at_progress = 0
         self.fragment_deadline_ms = fragment_deadline_ms
+        # what take() read for finish() to handle: events, bad input, when it arrived
+        self._taken: list = []
+        self._bad_input: mkv.MkvError | None = None
+        self._taken_ms = 0
 
     @property
     def keeps_data(self) -> bool:
@@ -88,23 +98,51 @@ class IngestSession:
     def feed(self, chunk: bytes, arrived_ms: int | None = None) -> list[dict]:
         """Consume body bytes that arrived at `arrived_ms` (default: now); return the acks
         they complete. Raises IngestError."""
+        self.take(chunk, arrived_ms)
+        return self.finish()
+
+    def take(self, chunk: bytes, arrived_ms: int | None = None) -> bool:
+        """Read body bytes as far as a bounded amount of parsing goes, without blocking;
+        True if `finish()` has work (events to archive, bad input, bytes still unread).
+
+        Most body chunks of a camera's stream end inside a cluster: parsed here, on the
+        event loop, they cost no hand-off to a worker thread (issue 22)."""
         if arrived_ms is None:
             arrived_ms = int(self.now() * 1000)
         if chunk:
             self.arrivals.append((self.received, arrived_ms))
             self.received += len(chunk)
-        return self._consume(lambda: self.reader.feed(chunk), arrived_ms)
+        self._taken_ms = arrived_ms
+        self._taken, self._bad_input = self._read(
+            lambda: self.reader.feed(chunk, max_steps=PARSE_STEPS_BEFORE_HANDOFF))
+        return bool(self._taken) or self._bad_input is not None or self.reader.unread
+
+    def finish(self) -> list[dict]:
+        """Read what `take` left, archive what it completed; return the acks. Blocking
+        (it fsyncs and commits). Raises IngestError."""
+        events, bad_input = self._taken, self._bad_input
+        self._taken, self._bad_input = [], None
+        if bad_input is None and self.reader.unread:
+            more, bad_input = self._read(lambda: self.reader.feed(b""))
+            events = events + more
+        return self._handle_all(events, bad_input, self._taken_ms)
 
     def close(self) -> list[dict]:
         """The body ended: finish a trailing cluster, or fail on a truncated one."""
-        return self._consume(self.reader.close, int(self.now() * 1000))
+        return self._handle_all(*self._read(self.reader.close), int(self.now() * 1000))
 
-    def _consume(self, read, arrived_ms: int) -> list[dict]:
-        """Handle the events `read` yields; fragments completed before bad bytes still count."""
+    @staticmethod
+    def _read(read) -> tuple[list, mkv.MkvError | None]:
+        """The events `read` yields, and the bad input it stopped at (with the events
+        completed before it)."""
         try:
-            events, bad_input = read(), None
+            return read(), None
         except mkv.MkvError as e:
-            events, bad_input = e.events, e
+            return e.events, e
+
+    def _handle_all(self, events: list, bad_input: mkv.MkvError | None,
+                    arrived_ms: int) -> list[dict]:
+        """Handle the events; fragments completed before bad bytes still count."""
         acks: list[dict] = []
         try:
             for event in events:

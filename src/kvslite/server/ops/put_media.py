@@ -121,9 +121,12 @@ class _Upload:
         headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-        async def ack(message: dict) -> None:
-            line = json.dumps(message, separators=(",", ":")) + "\n"
-            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+        async def ack(*messages: dict) -> None:
+            """One write per fragment: its RECEIVED and PERSISTED (or ERROR) together."""
+            for group in _per_fragment(messages):
+                lines = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in group)
+                await send({"type": "http.response.body", "body": lines.encode(),
+                            "more_body": True})
 
         started = last_data = time.monotonic()
         try:
@@ -148,18 +151,18 @@ class _Upload:
                 more = message.get("more_body", False)
                 if more:  # keep receiving (and stamping arrivals) while this chunk persists
                     next_message = _receive_stamped(receive)
-                for event in await run_in_threadpool(self.session.feed,
-                                                     message.get("body", b""), arrived_ms):
-                    await ack(event)
+                # parsed here; a worker thread only for what blocks (archiving a fragment)
+                if self.session.take(message.get("body", b""), arrived_ms):
+                    metrics.PUT_MEDIA_HANDOFFS.inc()
+                    if acks := await run_in_threadpool(self.session.finish):
+                        await ack(*acks)
                 if not more:
-                    for event in await run_in_threadpool(self.session.close):
-                        await ack(event)
+                    if acks := await run_in_threadpool(self.session.close):
+                        await ack(*acks)
                     break
         except IngestError as error:
             log.warning("PutMedia to %s: %s", self.session.stream.name, error)
-            for event in error.acks:
-                await ack(event)
-            await ack(error_ack(error))
+            await ack(*error.acks, error_ack(error))
         except Exception:
             log.exception("PutMedia to %s failed", self.session.stream.name)
             await ack(error_ack(IngestError(ids.INTERNAL_ERROR, "internal error")))
@@ -168,6 +171,16 @@ class _Upload:
                 next_message.cancel()
         log.info("PutMedia to %s ended: %d fragments persisted, %d duplicates",
                  self.session.stream.name, self.session.persisted, self.session.duplicates)
+
+
+def _per_fragment(acks) -> list[list[dict]]:
+    """Acks in groups that each end with a fragment's last ack (PERSISTED or ERROR)."""
+    groups: list[list[dict]] = [[]]
+    for ack in acks:
+        groups[-1].append(ack)
+        if ack["EventType"] != "RECEIVED":
+            groups.append([])
+    return [group for group in groups if group]
 
 
 def _receive_stamped(receive) -> asyncio.Task[tuple[dict, int]]:
