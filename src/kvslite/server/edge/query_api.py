@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kvslite.server.api_errors import ApiError
+from kvslite.server.api_errors import INVALID_ACTION, ApiError
 from kvslite.server.edge import query_protocol
 from kvslite.server.edge.access_log import OPERATION, PRINCIPAL
 
@@ -48,7 +48,7 @@ class QueryApi:
             request.scope[PRINCIPAL] = principal
             handler = self.handlers[service_name].get(op.name)
             if handler is None:
-                raise ApiError(query_protocol.INVALID_ACTION, f"kvslite does not implement "
+                raise ApiError(INVALID_ACTION, f"kvslite does not implement "
                                f"{op.name}", status=400)
             result = await run_in_threadpool(
                 handler, query_protocol.input_params(op, params), principal)

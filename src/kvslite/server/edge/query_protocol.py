@@ -17,10 +17,12 @@ from xml.sax.saxutils import escape
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape
 
-from kvslite.server.api_errors import ApiError
-
-INVALID_ACTION = "InvalidAction"
-MALFORMED_QUERY_STRING = "MalformedQueryString"
+from kvslite.server.api_errors import (
+    INVALID_ACTION,
+    MALFORMED_QUERY_STRING,
+    VALIDATION_ERROR,
+    ApiError,
+)
 
 
 @cache
@@ -61,7 +63,7 @@ def input_params(op: OperationModel, params: dict[str, str]) -> dict[str, object
         value = params[name]
         if member.type_name == "integer":
             if not value.lstrip("-").isdigit():
-                raise ApiError("ValidationError", f"{name} must be an integer", status=400)
+                raise ApiError(VALIDATION_ERROR, f"{name} must be an integer", status=400)
             found[name] = int(value)
         elif member.type_name == "boolean":
             found[name] = value.lower() == "true"

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 
-from kvslite.server.api_errors import ApiError
+from kvslite.server.api_errors import LIMIT_EXCEEDED, MALFORMED_POLICY_DOCUMENT, ApiError
 
-MALFORMED_POLICY_DOCUMENT = "MalformedPolicyDocument"
-LIMIT_EXCEEDED = "LimitExceeded"
 MAX_USER_POLICY_CHARS = 2048
 VERSIONS = ("2012-10-17", "2008-10-17")
 _STATEMENT_KEYS = {"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource",

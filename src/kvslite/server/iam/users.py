@@ -15,8 +15,15 @@ from typing import Protocol
 
 import regex
 
-from kvslite.server.api_errors import ApiError
-from kvslite.server.iam.policy_shape import LIMIT_EXCEEDED, check_user_policy
+from kvslite.server.api_errors import (
+    DELETE_CONFLICT,
+    ENTITY_ALREADY_EXISTS,
+    LIMIT_EXCEEDED,
+    NO_SUCH_ENTITY,
+    VALIDATION_ERROR,
+    ApiError,
+)
+from kvslite.server.iam.policy_shape import check_user_policy
 from kvslite.server.store.metadata import NameTaken
 from kvslite.server.store.sql_iam import (
     AccessKey,
@@ -27,11 +34,6 @@ from kvslite.server.store.sql_iam import (
 )
 
 __all__ = ["AccessKey", "IamUser", "Users"]
-
-NO_SUCH_ENTITY = "NoSuchEntity"
-ENTITY_ALREADY_EXISTS = "EntityAlreadyExists"
-DELETE_CONFLICT = "DeleteConflict"
-VALIDATION_ERROR = "ValidationError"
 
 MAX_USERS = 5000
 MAX_KEYS_PER_USER = 2

@@ -12,13 +12,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from kvslite.server.api_errors import ApiError
+from kvslite.server.api_errors import IAM_ACCESS_DENIED, ApiError
 from kvslite.server.iam.principal import Principal
 from kvslite.server.iam.users import AccessKey, IamUser, Users, validation_error
 
 IamHandler = Callable[[dict[str, Any], Principal | None], dict | None]
 
-ACCESS_DENIED = "AccessDenied"
 DEFAULT_MAX_ITEMS = 100
 
 
@@ -125,7 +124,7 @@ def _admin_only(action: str, handler: IamHandler, account_id: str) -> IamHandler
     def checked(params: dict, caller: Principal | None):
         if caller is not None and caller.kind != "admin":
             resource = f"arn:aws:iam::{account_id}:user/{params.get('UserName', caller.name)}"
-            raise ApiError(ACCESS_DENIED, f"User: {caller.arn} is not authorized to perform: "
+            raise ApiError(IAM_ACCESS_DENIED, f"User: {caller.arn} is not authorized to perform: "
                            f"iam:{action} on resource: {resource}", status=403)
         return handler(params, caller)
     return checked
