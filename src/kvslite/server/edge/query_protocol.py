@@ -105,7 +105,7 @@ def _value(shape: Shape, value: object) -> str:
         return _members(shape, value)
     if shape.type_name == "list":
         assert isinstance(value, list)
-        item = shape.member  # type: ignore[attr-defined]
+        item = shape.member
         tag = item.serialization.get("name", "member")
         return "".join(f"<{tag}>{_value(item, v)}</{tag}>" for v in value)
     if shape.type_name == "timestamp":

@@ -121,7 +121,8 @@ def verify(
         raise _forbidden(INCOMPLETE_SIGNATURE,
                          f"Credential scope is malformed: {match['credential']}")
     key_id, date, region, scoped_service, _ = scope
-    found = lookup(key_id, (headers.get("x-amz-security-token") or [None])[0])
+    tokens = headers.get("x-amz-security-token")
+    found = lookup(key_id, tokens[0] if tokens else None)
     if found is None:
         raise _unrecognized()
     secret_access_key, principal = found
