@@ -470,3 +470,15 @@ def map_one_channel_to_streams(store, w: Writer, channel_arn: str, stream_arns: 
     except MappedElsewhere:
         return False
     return True
+
+
+def create_access_key(store, w: Writer, user_name: str) -> bool:
+    """One access key for the user, if its limit of 2 allows; whether it got one."""
+    from kvslite.server.store.sql_iam import AccessKey, LimitReached
+
+    try:
+        store.create_access_key(AccessKey(f"AKIAW{w.id:015d}", user_name, b"sealed",
+                                          "Active", 1.0), 2)
+        return True
+    except LimitReached:
+        return False

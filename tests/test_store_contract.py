@@ -30,6 +30,13 @@ from kvslite.server.store.metadata import (
     StreamNotActive,
     fragment_number,
 )
+from kvslite.server.store.sql_iam import (
+    AccessKey,
+    IamUser,
+    LimitReached,
+    NoSuchUser,
+    UserInUse,
+)
 
 # Every store the suite runs against: location (a fresh, empty directory) -> a picklable
 # callable that opens a new instance of the store kept there, `opener(clock=None)`.
@@ -946,3 +953,55 @@ def test_a_mapping_is_kept_changed_and_goes_with_its_channel_or_stream(store):
     assert store.channel_for_stream(cam.arn) is None
     store.set_media_storage(gate.arn, "ENABLED", cam.arn)  # free again
     assert store.channel_for_stream(cam.arn) == gate.arn
+
+
+# -- IAM users, access keys and policies -----------------------------------------------
+
+
+@pytest.mark.slow  # worker processes racing
+def test_a_users_key_limit_is_checked_and_applied_in_one_step(store, store_factory):
+    """8 writers (4 processes, 4 threads) each create a key for one user, limit 2: exactly
+    2 succeed and the user holds exactly their keys."""
+    store.create_user(IamUser("racer", "AIDARACER", "/", 1.0), 5000)
+    results = workers.race(store_factory, workers.create_access_key, processes=4,
+                           threads=4, args=("racer",))
+    winners = [w for w, created in enumerate(results) if created]
+    assert len(winners) == 2
+    assert sorted(k.access_key_id for k in store.list_access_keys("racer")) == \
+        [f"AKIAW{w:015d}" for w in winners]
+
+
+def test_a_user_with_keys_or_policies_is_not_deleted(store):
+    """Users are unique by name and limited in number; keys and policies belong to an
+    existing user, and keep it from deletion (DeleteConflict) until they are gone."""
+    store.create_user(IamUser("u", "AIDAU", "/cams/", 1.0), 2)
+    with pytest.raises(NameTaken):
+        store.create_user(IamUser("u", "AIDAOTHER", "/", 2.0), 5000)
+    store.create_user(IamUser("v", "AIDAV", "/", 2.0), 2)
+    with pytest.raises(LimitReached):
+        store.create_user(IamUser("w", "AIDAW", "/", 3.0), 2)
+    assert [u.name for u in store.list_users(after="", limit=10)] == ["u", "v"]
+    assert [u.name for u in store.list_users(after="u", limit=10)] == ["v"]
+    with pytest.raises(NoSuchUser):
+        store.create_access_key(AccessKey("AKIANONE", "nobody", b"s", "Active", 1.0), 2)
+    with pytest.raises(NoSuchUser):
+        store.put_user_policy("nobody", "p", "{}")
+    store.create_access_key(AccessKey("AKIAU1", "u", b"\x00sealed", "Active", 1.0), 2)
+    store.put_user_policy("u", "p", "{1}")
+    store.put_user_policy("u", "p", "{2}")  # replaces
+    assert store.user_policies("u") == {"p": "{2}"}
+    assert store.get_access_key("AKIAU1") == AccessKey("AKIAU1", "u", b"\x00sealed",
+                                                       "Active", 1.0)
+    assert store.set_access_key_status("u", "AKIAU1", "Inactive")
+    assert not store.set_access_key_status("v", "AKIAU1", "Active")  # not v's key
+    assert store.get_access_key("AKIAU1").status == "Inactive"
+    with pytest.raises(UserInUse):
+        store.delete_user("u")
+    assert store.delete_access_key("u", "AKIAU1") and not store.delete_access_key("u", "AKIAU1")
+    with pytest.raises(UserInUse):
+        store.delete_user("u")
+    assert store.delete_user_policy("u", "p") and not store.delete_user_policy("u", "p")
+    store.delete_user("u")
+    assert store.get_user("u") is None and store.get_access_key("AKIAU1") is None
+    with pytest.raises(NoSuchUser):
+        store.delete_user("u")

@@ -50,6 +50,24 @@ UNMODELED = frozenset({
     SERVICE_UNAVAILABLE,
 })
 
+# IAM and STS (the query protocol, edge/query_protocol.py): codes of botocore's `iam`
+# model, or AWS's common query errors; each raised with its status from that model.
+NO_SUCH_ENTITY = "NoSuchEntity"
+ENTITY_ALREADY_EXISTS = "EntityAlreadyExists"
+DELETE_CONFLICT = "DeleteConflict"
+LIMIT_EXCEEDED = "LimitExceeded"
+MALFORMED_POLICY_DOCUMENT = "MalformedPolicyDocument"
+IAM_ACCESS_DENIED = "AccessDenied"
+VALIDATION_ERROR = "ValidationError"
+INVALID_ACTION = "InvalidAction"
+MALFORMED_QUERY_STRING = "MalformedQueryString"
+
+UNMODELED = UNMODELED | {
+    NO_SUCH_ENTITY, ENTITY_ALREADY_EXISTS, DELETE_CONFLICT, LIMIT_EXCEEDED,
+    MALFORMED_POLICY_DOCUMENT, IAM_ACCESS_DENIED, VALIDATION_ERROR, INVALID_ACTION,
+    MALFORMED_QUERY_STRING,
+}
+
 
 class ApiError(Exception):
     """An AWS-style error: `code` becomes `x-amzn-ErrorType`, `message` the body.

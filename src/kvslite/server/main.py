@@ -42,6 +42,9 @@ from kvslite.server.ops.clips import Clips
 from kvslite.server.ops.event_configs import EventConfigurations
 from kvslite.server.ops.get_media import GetMedia
 from kvslite.server.ops.health import Health
+from kvslite.server.ops.iam_api import IamApi
+from kvslite.server.iam.credentials import Credentials, cipher
+from kvslite.server.iam.users import Users
 from kvslite.server.ops.kinesisvideo import KinesisVideo
 from kvslite.server.ops.put_media import PutMedia
 from kvslite.server.ops.signaling_channels import SignalingChannels
@@ -200,6 +203,12 @@ def build(settings: Settings) -> Server:
                          fragment_deadline_s=settings.fragment_deadline_s,
                          event_configs=event_configs, on_deliveries=deliverer.wake)
     channels.on_delete.append(lambda channel: hub.channel_deleted_threadsafe(channel.arn))
+    keys = cipher(metadata)  # encrypts users' secret access keys (iam/credentials.py)
+    credentials = Credentials(metadata, keys, account_id=settings.account_id,
+                              admin_key_id=settings.access_key_id,
+                              admin_secret=settings.secret_access_key)
+    iam = IamApi(Users(metadata, keys, account_id=settings.account_id),
+                 account_id=settings.account_id)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *SnsEndpoints(signer).routes(),
@@ -208,7 +217,10 @@ def build(settings: Settings) -> Server:
                   max_media_connections=connections - max(2, connections // 10),
                   access_log=settings.access_log,
                   signaling=SignalingEndpoint(settings, channels, hub,
-                                              access_log=settings.access_log))
+                                              access_log=settings.access_log,
+                                              lookup=credentials.lookup),
+                  lookup=credentials.lookup,
+                  query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()})
     return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub)
 
 

@@ -2,10 +2,11 @@
 
 `kvslite serve --access-log` writes, to the `kvslite.access` logger,
 
-    <request id> <method> <path> op=<operation> stream=<stream> status=<code> bytes=<n> ms=<t>
+    <request id> <method> <path> op=<operation> stream=<stream> status=<code> bytes=<n> ms=<t> who=<arn>
 
 where bytes counts the response body and ms runs from the request to its last byte (for a
-PutMedia or GetMedia, the whole connection).
+PutMedia or GetMedia, the whole connection), and who=<arn> is the caller's identity (the
+principal whose key signed the request; `-` when none did).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ log = logging.getLogger("kvslite.access")
 
 OPERATION = "kvslite.operation"  # scope keys the routes fill in for the log
 STREAM = "kvslite.stream"
+PRINCIPAL = "kvslite.principal"  # who signed the request (kvslite.server.iam.Principal)
 
 
 @dataclass
@@ -39,4 +41,5 @@ class Exchange:
         return (f"{self.request_id} {scope.get('method')} {scope.get('path')} "
                 f"op={scope.get(OPERATION) or '-'} stream={scope.get(STREAM) or '-'} "
                 f"status={self.status or '-'} bytes={self.sent} "
-                f"ms={(time.monotonic() - self.started) * 1000:.1f}")
+                f"ms={(time.monotonic() - self.started) * 1000:.1f} "
+                f"who={getattr(scope.get(PRINCIPAL), 'arn', None) or '-'}")
