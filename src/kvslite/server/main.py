@@ -29,6 +29,7 @@ from kvslite.server.archive.sessions import SessionTokens
 from kvslite.server.signaling.turn import IceServers
 from kvslite.server.config import Settings
 from kvslite.server.edge.app import EdgeApp
+from kvslite.server.edge.authorization import Authorizer, arn_by_name
 from kvslite.server.edge.connections import (
     RepeatFilter,
     default_max_connections,
@@ -200,6 +201,9 @@ def build(settings: Settings) -> Server:
                          fragment_deadline_s=settings.fragment_deadline_s,
                          event_configs=event_configs, on_deliveries=deliverer.wake)
     channels.on_delete.append(lambda channel: hub.channel_deleted_threadsafe(channel.arn))
+    authorizer = Authorizer(region=settings.region, account_id=settings.account_id,
+                            stream_arn=arn_by_name(control.resolve),
+                            channel_arn=arn_by_name(channels.resolve))
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *SnsEndpoints(signer).routes(),
@@ -208,7 +212,9 @@ def build(settings: Settings) -> Server:
                   max_media_connections=connections - max(2, connections // 10),
                   access_log=settings.access_log,
                   signaling=SignalingEndpoint(settings, channels, hub,
-                                              access_log=settings.access_log))
+                                              access_log=settings.access_log,
+                                              authorizer=authorizer),
+                  authorizer=authorizer)
     return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub)
 
 

@@ -4,8 +4,9 @@
 
     <request id> <method> <path> op=<operation> stream=<stream> status=<code> bytes=<n> ms=<t>
 
-where bytes counts the response body and ms runs from the request to its last byte (for a
-PutMedia or GetMedia, the whole connection).
+followed by ` principal=<ARN>` for a request a user or session signed, and
+` denied=<IAM action>` for one its policies refused; bytes counts the response body and ms
+runs from the request to its last byte (for a PutMedia or GetMedia, the whole connection).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ log = logging.getLogger("kvslite.access")
 
 OPERATION = "kvslite.operation"  # scope keys the routes fill in for the log
 STREAM = "kvslite.stream"
+PRINCIPAL = "kvslite.principal"  # who signed the request (kvslite.server.iam.principal)
+DENIED = "kvslite.denied"  # the IAM action a policy refused (edge/authorization.py)
 
 
 @dataclass
@@ -39,4 +42,10 @@ class Exchange:
         return (f"{self.request_id} {scope.get('method')} {scope.get('path')} "
                 f"op={scope.get(OPERATION) or '-'} stream={scope.get(STREAM) or '-'} "
                 f"status={self.status or '-'} bytes={self.sent} "
-                f"ms={(time.monotonic() - self.started) * 1000:.1f}")
+                f"ms={(time.monotonic() - self.started) * 1000:.1f}{self._caller()}")
+
+    def _caller(self) -> str:
+        principal = self.scope.get(PRINCIPAL)
+        denied = self.scope.get(DENIED)
+        return ((f" principal={principal.arn}" if principal is not None else "")
+                + (f" denied={denied}" if denied else ""))

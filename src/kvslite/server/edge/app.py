@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
 from kvslite.server.edge.access_log import OPERATION, STREAM
+from kvslite.server.edge.authorization import Authorizer
 from kvslite.server.edge.cors import Cors, parse_origins
 from kvslite.server.edge.websocket import SignalingEndpoint
 from kvslite.server.edge.middleware import (
@@ -50,8 +51,10 @@ class EdgeApp:
     def __init__(self, settings: Settings, handlers: dict[str, Handler],
                  put_media: StreamingHandler | None = None,
                  routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
-                 access_log: bool = False, signaling: SignalingEndpoint | None = None):
+                 access_log: bool = False, signaling: SignalingEndpoint | None = None,
+                 authorizer: Authorizer | None = None):
         self.settings = settings
+        self.authorizer = authorizer  # who may do what (edge/authorization.py)
         self.signaling = signaling  # WebSocket upgrades on any path (edge/websocket.py)
         self.handlers = _checked(handlers)
         kvs = [Route(path, self._operation(route), methods=["POST"])
@@ -87,6 +90,7 @@ class EdgeApp:
                                f"kvslite does not implement {operation.name}", status=501)
             params = model.parse_input(operation, decode_json(body))
             request.scope[STREAM] = params.get("StreamName") or params.get("StreamARN")
+            await self._authorize(request, route.name, params)
             result = await run_in_threadpool(handler, from_wire(request_type, params))
             if isinstance(result, Response):
                 return result
@@ -100,9 +104,17 @@ class EdgeApp:
             request.scope[STREAM] = (request.headers.get("x-amzn-stream-name")
                                      or request.headers.get("x-amzn-stream-arn"))
             self._authenticate(request, b"", streaming=True)  # signs the empty payload
+            await self._authorize(request, "PutMedia", {
+                "StreamName": request.headers.get("x-amzn-stream-name"),
+                "StreamARN": request.headers.get("x-amzn-stream-arn")})
             return await handler(request)
 
         return endpoint
+
+    async def _authorize(self, request: Request, operation: str, params: dict) -> None:
+        """AccessDeniedException unless the caller's policies allow the request."""
+        if self.authorizer is not None and self.authorizer.evaluates(request.scope):
+            await run_in_threadpool(self.authorizer.check, request.scope, operation, params)
 
     def _authenticate(self, request: Request, body: bytes, *, streaming: bool = False) -> None:
         key, secret = self.settings.access_key_id, self.settings.secret_access_key
