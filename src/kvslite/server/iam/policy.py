@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 ALLOW, DENY, IMPLICIT_DENY = "Allow", "Deny", "ImplicitDeny"
@@ -53,17 +53,33 @@ class Statement:
     not_resource: bool
     conditions: tuple[tuple[str, str, tuple[str, ...]], ...]  # (operator, key, values)
     variables: bool  # ${...} in resources is a variable (Version 2012-10-17)
+    # compiled once: the actions as one regex; the resources without variables as another
+    action_regex: re.Pattern = field(init=False, repr=False, compare=False)
+    fixed_resources: re.Pattern | None = field(init=False, repr=False, compare=False)
+    variable_resources: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def built(name: str, value) -> None:
+            object.__setattr__(self, name, value)  # a frozen dataclass's derived fields
+
+        built("action_regex", _any_of(self.actions, ignore_case=True))
+        varying = tuple(r for r in self.resources if self.variables and "${" in r)
+        fixed = tuple(r for r in self.resources if r not in varying)
+        built("fixed_resources", _any_of(fixed, ignore_case=False) if fixed else None)
+        built("variable_resources", varying)
 
     def applies(self, action: str, resource: str, context: Mapping[str, str]) -> bool:
-        if _action_matches(self.actions, action) == self.not_action:
+        if (self.action_regex.fullmatch(action) is not None) == self.not_action:
             return False
         if self._resource_matches(resource, context) == self.not_resource:
             return False
-        return self._conditions_hold(context)
+        return not self.conditions or self._conditions_hold(context)
 
     def _resource_matches(self, resource: str, context: Mapping[str, str]) -> bool:
-        for pattern in self.resources:
-            compiled = _resource_regex(pattern, self.variables, _relevant(pattern, context))
+        if self.fixed_resources is not None and self.fixed_resources.fullmatch(resource):
+            return True
+        for pattern in self.variable_resources:
+            compiled = _resource_regex(pattern, tuple(sorted(context.items())))
             if compiled is not None and compiled.fullmatch(resource):
                 return True
         return False
@@ -190,7 +206,7 @@ def condition_holds(operator: str, value: str | None, wanted: tuple[str, ...]) -
 
 
 def _like(value: str, patterns: tuple[str, ...]) -> bool:
-    return any(_glob(p, ignore_case=False).fullmatch(value) for p in patterns)
+    return _any_of(patterns, ignore_case=False).fullmatch(value) is not None
 
 
 _OPERATORS = {
@@ -204,30 +220,21 @@ _OPERATORS = {
 }
 
 
-def _action_matches(patterns: tuple[str, ...], action: str) -> bool:
-    return any(_glob(p, ignore_case=True).fullmatch(action) for p in patterns)
+def _glob(pattern: str) -> str:
+    """A pattern's `*` and `?` as regex; everything else literal."""
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
 
 
 @lru_cache(maxsize=4096)
-def _glob(pattern: str, *, ignore_case: bool) -> re.Pattern:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(regex, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-def _relevant(pattern: str, context: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The context a resource pattern depends on (none for most): the cache key."""
-    if "${" not in pattern:
-        return ()
-    return tuple(sorted(context.items()))
+def _any_of(patterns: tuple[str, ...], *, ignore_case: bool) -> re.Pattern:
+    return re.compile("|".join(f"(?:{_glob(p)})" for p in patterns),
+                      re.DOTALL | (re.IGNORECASE if ignore_case else 0))
 
 
 @lru_cache(maxsize=4096)
-def _resource_regex(pattern: str, variables: bool,
-                    context: tuple[tuple[str, str], ...]) -> re.Pattern | None:
+def _resource_regex(pattern: str, context: tuple[tuple[str, str], ...]) -> re.Pattern | None:
     """The pattern as a regex, variables substituted as literal text; None where a
     variable has no value (the pattern then matches nothing)."""
-    if not variables:
-        return _glob(pattern, ignore_case=False)
     values = dict(context)
     regex = []
     for variable, wildcard, text in _PIECE.findall(pattern):
