@@ -101,3 +101,18 @@ def test_the_administrator_and_anonymous_callers_are_not_evaluated():
 ])
 def test_the_status_of_a_refusal_is_the_operations_models(operation, status):
     assert denial_status(operation) == status
+
+
+def test_the_iam_api_needs_iam_actions_on_the_user_named():
+    admin_of_cams = user({"Effect": "Allow", "Action": "iam:*",
+                          "Resource": f"arn:aws:iam::{ACCOUNT}:user/cam-*"})
+    authorizer().check_iam({PRINCIPAL: admin_of_cams}, "CreateUser", {"UserName": "cam-7"})
+    authorizer().check_iam({PRINCIPAL: admin_of_cams}, "GetCallerIdentity", {})
+    with pytest.raises(ApiError) as refused:
+        authorizer().check_iam({PRINCIPAL: admin_of_cams}, "DeleteUser", {"UserName": "ops"})
+    assert (refused.value.code, refused.value.status) == ("AccessDenied", 403)
+    assert refused.value.message == (
+        f"User: arn:aws:iam::{ACCOUNT}:user/cam is not authorized to perform: "
+        f"iam:DeleteUser on resource: arn:aws:iam::{ACCOUNT}:user/ops")
+    with pytest.raises(ApiError):  # no UserName: the caller's own user, "cam"
+        authorizer().check_iam({PRINCIPAL: admin_of_cams}, "ListAccessKeys", {})

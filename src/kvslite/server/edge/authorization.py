@@ -2,7 +2,7 @@
 
 Runs on every request once it is authenticated (the principal is in the scope) and parsed:
 KVS operations (edge/app.py), PutMedia, and the signaling WebSocket before its upgrade
-(edge/websocket.py). The administrator is allowed everything and is not evaluated; anyone
+(edge/websocket.py), and the IAM API (`check_iam`). The administrator is allowed everything and is not evaluated; anyone
 else needs a policy that allows the action (kvslite.server.iam.actions) on the resource
 (kvslite.server.iam.policy). A refusal is AWS's AccessDeniedException naming both, e.g.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 from kvslite.server import metrics
-from kvslite.server.api_errors import ACCESS_DENIED, ApiError
+from kvslite.server.api_errors import ACCESS_DENIED, IAM_ACCESS_DENIED, ApiError
 from kvslite.server.edge import model
 from kvslite.server.edge.access_log import DENIED, PRINCIPAL
 from kvslite.server.iam import actions
@@ -55,12 +55,27 @@ class Authorizer:
         Blocking (a name may be looked up): call it from a worker thread."""
         if not self.evaluates(scope):
             return
-        principal: Principal = scope[PRINCIPAL]
         wanted = actions.target(operation, params)
-        resource = self.resource(wanted)
+        self.require(scope, wanted.action, self.resource(wanted), denial_status(operation))
+
+    def check_iam(self, scope: dict, operation: str, params: Mapping[str, object]) -> None:
+        """The same for the IAM API (`iam:<operation>`); its refusal is IAM's own,
+        AccessDenied with 403."""
+        if not self.evaluates(scope) or operation in actions.NO_PERMISSION_NEEDED:
+            return
+        resource = actions.iam_resource(operation, params, account_id=self.account_id,
+                                        caller=scope[PRINCIPAL].name)
+        self.require(scope, f"iam:{operation}", resource, 403, code=IAM_ACCESS_DENIED)
+
+    def require(self, scope: dict, action: str, resource: str, status: int, *,
+                code: str = ACCESS_DENIED) -> None:
+        principal: Principal = scope[PRINCIPAL]
         policies = [parse(text) for text in principal.policies]
-        if decide(policies, wanted.action, resource, principal.variables) != ALLOW:
-            raise self.denial(scope, principal, operation, wanted.action, resource)
+        if decide(policies, action, resource, principal.variables) != ALLOW:
+            metrics.ACCESS_DENIED.labels(action).inc()
+            scope[DENIED] = action
+            raise ApiError(code, f"User: {principal.arn} is not authorized to perform: "
+                                 f"{action} on resource: {resource}", status=status)
 
     def resource(self, wanted: Target) -> str:
         if wanted.kind == ANY:
@@ -72,15 +87,6 @@ class Authorizer:
         found = self.lookups[wanted.kind](wanted.name)
         return found or actions.unresolved_arn(wanted.kind, wanted.name, region=self.region,
                                                account_id=self.account_id)
-
-    @staticmethod
-    def denial(scope: dict, principal: Principal, operation: str, action: str,
-               resource: str) -> ApiError:
-        metrics.ACCESS_DENIED.labels(action).inc()
-        scope[DENIED] = action
-        return ApiError(ACCESS_DENIED, f"User: {principal.arn} is not authorized to perform: "
-                                       f"{action} on resource: {resource}",
-                        status=denial_status(operation))
 
 
 def arn_by_name(resolve: Callable[..., object]) -> Lookup:

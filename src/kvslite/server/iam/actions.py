@@ -18,6 +18,10 @@ The resource is what AWS names in its resource types:
 - channel operations: the channel's ARN the same way;
 - TagResource, UntagResource, ListTagsForResource: the ResourceARN given;
 - List* operations (and ListEdgeAgentConfigurations, which names a hub device): `*`.
+
+The IAM API's operations are `iam:<operation>` on the user they name
+(`arn:aws:iam::<account>:user/<name>`; the caller's own user where UserName is left out, as
+AWS does), ListUsers on `*`. STS GetCallerIdentity needs no permission, as on AWS.
 """
 
 from __future__ import annotations
@@ -89,3 +93,14 @@ def unresolved_arn(kind: str, name: str, *, region: str, account_id: str) -> str
 def _text(params: Mapping[str, object], key: str) -> str | None:
     value = params.get(key)
     return value if isinstance(value, str) and value else None
+
+
+NO_PERMISSION_NEEDED = {"GetCallerIdentity"}
+
+
+def iam_resource(operation: str, params: Mapping[str, object], *, account_id: str,
+                 caller: str) -> str:
+    """The resource of an IAM API request by the user named `caller`."""
+    if operation == "ListUsers":
+        return "*"
+    return f"arn:aws:iam::{account_id}:user/{_text(params, 'UserName') or caller}"
