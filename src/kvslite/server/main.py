@@ -43,6 +43,9 @@ from kvslite.server.ops.clips import Clips
 from kvslite.server.ops.event_configs import EventConfigurations
 from kvslite.server.ops.get_media import GetMedia
 from kvslite.server.ops.health import Health
+from kvslite.server.ops.iam_api import IamApi
+from kvslite.server.iam.credentials import Credentials, cipher
+from kvslite.server.iam.users import Users
 from kvslite.server.ops.kinesisvideo import KinesisVideo
 from kvslite.server.ops.put_media import PutMedia
 from kvslite.server.ops.signaling_channels import SignalingChannels
@@ -201,9 +204,15 @@ def build(settings: Settings) -> Server:
                          fragment_deadline_s=settings.fragment_deadline_s,
                          event_configs=event_configs, on_deliveries=deliverer.wake)
     channels.on_delete.append(lambda channel: hub.channel_deleted_threadsafe(channel.arn))
+    keys = cipher(metadata)  # encrypts users' secret access keys (iam/credentials.py)
+    credentials = Credentials(metadata, keys, account_id=settings.account_id,
+                              admin_key_id=settings.access_key_id,
+                              admin_secret=settings.secret_access_key)
     authorizer = Authorizer(region=settings.region, account_id=settings.account_id,
                             stream_arn=arn_by_name(control.resolve),
                             channel_arn=arn_by_name(channels.resolve))
+    iam = IamApi(Users(metadata, keys, account_id=settings.account_id),
+                 account_id=settings.account_id)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *SnsEndpoints(signer).routes(),
@@ -213,7 +222,10 @@ def build(settings: Settings) -> Server:
                   access_log=settings.access_log,
                   signaling=SignalingEndpoint(settings, channels, hub,
                                               access_log=settings.access_log,
+                                              lookup=credentials.lookup,
                                               authorizer=authorizer),
+                  lookup=credentials.lookup,
+                  query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()},
                   authorizer=authorizer)
     return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub)
 

@@ -2,11 +2,12 @@
 
 `kvslite serve --access-log` writes, to the `kvslite.access` logger,
 
-    <request id> <method> <path> op=<operation> stream=<stream> status=<code> bytes=<n> ms=<t>
+    <request id> <method> <path> op=<operation> stream=<stream> status=<code> bytes=<n> ms=<t> who=<arn>
 
-followed by ` principal=<ARN>` for a request a user or session signed, and
-` denied=<IAM action>` for one its policies refused; bytes counts the response body and ms
-runs from the request to its last byte (for a PutMedia or GetMedia, the whole connection).
+where bytes counts the response body and ms runs from the request to its last byte (for a
+PutMedia or GetMedia, the whole connection), and who=<arn> is the caller's identity (the
+principal whose key signed the request; `-` when none did), followed by ` denied=<IAM action>`
+when the caller's policies refused the request (edge/authorization.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ log = logging.getLogger("kvslite.access")
 
 OPERATION = "kvslite.operation"  # scope keys the routes fill in for the log
 STREAM = "kvslite.stream"
-PRINCIPAL = "kvslite.principal"  # who signed the request (kvslite.server.iam.principal)
+PRINCIPAL = "kvslite.principal"  # who signed the request (kvslite.server.iam.Principal)
 DENIED = "kvslite.denied"  # the IAM action a policy refused (edge/authorization.py)
 
 
@@ -42,10 +43,6 @@ class Exchange:
         return (f"{self.request_id} {scope.get('method')} {scope.get('path')} "
                 f"op={scope.get(OPERATION) or '-'} stream={scope.get(STREAM) or '-'} "
                 f"status={self.status or '-'} bytes={self.sent} "
-                f"ms={(time.monotonic() - self.started) * 1000:.1f}{self._caller()}")
-
-    def _caller(self) -> str:
-        principal = self.scope.get(PRINCIPAL)
-        denied = self.scope.get(DENIED)
-        return ((f" principal={principal.arn}" if principal is not None else "")
-                + (f" denied={denied}" if denied else ""))
+                f"ms={(time.monotonic() - self.started) * 1000:.1f} "
+                f"who={getattr(scope.get(PRINCIPAL), 'arn', None) or '-'}"
+                + (f" denied={scope[DENIED]}" if scope.get(DENIED) else ""))

@@ -24,11 +24,13 @@ from starlette.types import ASGIApp
 
 from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
-from kvslite.server.edge.access_log import OPERATION, STREAM
+from kvslite.server.edge.access_log import OPERATION, PRINCIPAL, STREAM
 from kvslite.server.edge.authorization import Authorizer
+from kvslite.server.edge.query_api import QueryApi
 from kvslite.server.edge.cors import Cors, parse_origins
 from kvslite.server.edge.websocket import SignalingEndpoint
 from kvslite.server.edge.middleware import (
+    REQUEST_ID,
     AccessLog,
     EdgeHeaders,
     ErrorResponses,
@@ -52,15 +54,25 @@ class EdgeApp:
                  put_media: StreamingHandler | None = None,
                  routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
                  access_log: bool = False, signaling: SignalingEndpoint | None = None,
+                 lookup: sigv4.Lookup | None = None,
+                 query_handlers: dict[str, dict[str, Callable]] | None = None,
                  authorizer: Authorizer | None = None):
         self.settings = settings
         self.authorizer = authorizer  # who may do what (edge/authorization.py)
+        # who holds an access key (iam/credentials.py); else the settings' single key
+        self.lookup = lookup or sigv4.single_key(settings.access_key_id or "",
+                                                 settings.secret_access_key or "")
         self.signaling = signaling  # WebSocket upgrades on any path (edge/websocket.py)
         self.handlers = _checked(handlers)
         kvs = [Route(path, self._operation(route), methods=["POST"])
                for path, route in model.routes().items()]
         if put_media is not None:
             kvs.append(Route("/putMedia", self._streaming(put_media), methods=["POST"]))
+        if query_handlers:  # IAM and STS: POST / (the web viewer is GET /)
+            kvs.append(Route("/", QueryApi(query_handlers, self._authenticate, read_body,
+                                           settings.max_request_body_bytes, REQUEST_ID,
+                                           authorizer and authorizer.check_iam
+                                           ).endpoint, methods=["POST"]))
         self.router = Router([*kvs, *routes], redirect_slashes=False)
         self.pipeline = _pipeline(self.router, max_media_connections, access_log,
                                   parse_origins(settings.cors_allow_origins))
@@ -116,17 +128,18 @@ class EdgeApp:
         if self.authorizer is not None and self.authorizer.evaluates(request.scope):
             await run_in_threadpool(self.authorizer.check, request.scope, operation, params)
 
-    def _authenticate(self, request: Request, body: bytes, *, streaming: bool = False) -> None:
-        key, secret = self.settings.access_key_id, self.settings.secret_access_key
-        if not key or not secret:  # no credentials configured (auth_enabled): anything goes
-            return
+    def _authenticate(self, request: Request, body: bytes, service: str = sigv4.SIGNING_NAME,
+                      *, streaming: bool = False):
+        """Check the signature; the principal who signed goes in the scope and is returned
+        (None without credentials configured, auth_enabled: anything goes)."""
+        if not self.settings.auth_enabled:
+            return None
         headers: dict[str, list[str]] = {}
         for name, value in request.headers.raw:
             headers.setdefault(name.decode("latin-1").lower(), []).append(
                 value.decode("latin-1"))
-        sigv4.verify(
-            access_key_id=key,
-            secret_access_key=secret,
+        principal = sigv4.verify(
+            lookup=self.lookup,
             method=request.method,
             path=request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
             or request.url.path,
@@ -135,7 +148,10 @@ class EdgeApp:
             body=body,
             max_skew_s=self.settings.max_clock_skew_s,
             streaming=streaming,
+            service=service,
         )
+        request.scope[PRINCIPAL] = principal
+        return principal
 
 
 def _pipeline(router: Router, max_media_connections: int | None,

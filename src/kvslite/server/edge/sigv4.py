@@ -18,7 +18,9 @@ import datetime as dt
 import hmac
 import itertools
 import re
+from collections.abc import Callable
 from hashlib import sha256
+from typing import Any
 from urllib.parse import quote
 
 from botocore.auth import SigV4Auth
@@ -65,10 +67,28 @@ def _forbidden(code: str, message: str) -> ApiError:
     return ApiError(code, message, status=403)
 
 
+def _unrecognized() -> ApiError:
+    return _forbidden(UNRECOGNIZED_CLIENT,
+                      "The security token included in the request is invalid.")
+
+
+# Who holds an access key: (access key id, session token or None) -> (the secret, the
+# principal), or None for a key that may not sign (iam/credentials.py's Credentials.lookup).
+Lookup = Callable[[str, "str | None"], "tuple[str, Any] | None"]
+
+
+def single_key(access_key_id: str, secret_access_key: str) -> Lookup:
+    """A lookup that knows one key (whatever session token comes with it)."""
+    def lookup(key_id: str, token: str | None):
+        return (secret_access_key, None) if key_id == access_key_id else None
+    return lookup
+
+
 def verify(
     *,
-    access_key_id: str,
-    secret_access_key: str,
+    access_key_id: str = "",
+    secret_access_key: str = "",
+    lookup: Lookup | None = None,
     method: str,
     path: str,
     query_string: str,
@@ -76,14 +96,18 @@ def verify(
     body: bytes,
     max_skew_s: int,
     streaming: bool = False,
+    service: str = SIGNING_NAME,
     now: dt.datetime | None = None,
-) -> None:
-    """Raise a 403 ApiError unless the request carries a valid signature.
+) -> Any:
+    """Raise a 403 ApiError unless the request carries a valid signature; return the
+    principal `lookup` found for its key (None with a single key).
 
     `headers` maps lower-case names to every value received; `body` is what the
     payload hash covers. A `streaming` body (PutMedia) is still arriving: the producer
-    SDK signs the empty payload for it, as AWS expects.
+    SDK signs the empty payload for it, as AWS expects. `service` is the signing name
+    the credential scope must carry.
     """
+    lookup = lookup or single_key(access_key_id, secret_access_key)
     authorization = (headers.get("authorization") or [""])[0]
     if not authorization:
         raise _forbidden(MISSING_AUTHENTICATION_TOKEN,
@@ -96,13 +120,14 @@ def verify(
     if len(scope) != 5 or scope[4] != "aws4_request":
         raise _forbidden(INCOMPLETE_SIGNATURE,
                          f"Credential scope is malformed: {match['credential']}")
-    key_id, date, region, service, _ = scope
-    if key_id != access_key_id:
-        raise _forbidden(UNRECOGNIZED_CLIENT,
-                         "The security token included in the request is invalid.")
-    if service != SIGNING_NAME:
+    key_id, date, region, scoped_service, _ = scope
+    found = lookup(key_id, (headers.get("x-amz-security-token") or [None])[0])
+    if found is None:
+        raise _unrecognized()
+    secret_access_key, principal = found
+    if scoped_service != service:
         raise _forbidden(INVALID_SIGNATURE,
-                         f"Credential should be scoped to correct service: '{SIGNING_NAME}'.")
+                         f"Credential should be scoped to correct service: '{service}'.")
 
     amz_date = (headers.get("x-amz-date") or [""])[0]
     signed_at = _parse_amz_date(amz_date)
@@ -126,7 +151,7 @@ def verify(
         raise _forbidden(INVALID_SIGNATURE,
                          f"Signed headers are missing from the request: {', '.join(missing)}")
     _check_payload_hash(headers, body, streaming)
-    signer = _ExactHeadersSigner(Credentials(access_key_id, secret_access_key), service, region)
+    signer = _ExactHeadersSigner(Credentials(key_id, secret_access_key), service, region)
     url = f"http://signed-host{path}" + (f"?{query_string}" if query_string else "")
     for signed_headers in _header_candidates(headers, signed_names):
         request = AWSRequest(method=method, url=url, headers=signed_headers, data=body)
@@ -134,7 +159,7 @@ def verify(
         canonical = signer.canonical_request(request)
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
         if hmac.compare_digest(expected, match["signature"]):
-            return
+            return principal
     raise _forbidden(
         INVALID_SIGNATURE,
         "The request signature we calculated does not match the signature you provided. "
@@ -193,17 +218,20 @@ MAX_PRESIGNED_EXPIRES_S = 7 * 24 * 3600  # AWS's upper bound for X-Amz-Expires
 
 def verify_presigned(
     *,
-    access_key_id: str,
-    secret_access_key: str,
+    access_key_id: str = "",
+    secret_access_key: str = "",
+    lookup: Lookup | None = None,
     path: str,
     query: list[tuple[str, str]],
     host: str,
     max_skew_s: int,
     now: dt.datetime | None = None,
-) -> None:
+) -> Any:
     """Raise a 403 ApiError unless the GET `path?query` is a valid presigned URL for
     `host` (the Host header as received, port included). `query` is the decoded query
-    string in order, as urllib.parse.parse_qsl(keep_blank_values=True) gives it."""
+    string in order, as urllib.parse.parse_qsl(keep_blank_values=True) gives it.
+    Returns the principal `lookup` found for the key (None with a single key)."""
+    lookup = lookup or single_key(access_key_id, secret_access_key)
     params = dict(query)
     signature = params.get("X-Amz-Signature", "")
     if not signature:
@@ -214,9 +242,10 @@ def verify_presigned(
     if len(scope) != 5 or scope[4] != "aws4_request":
         raise _forbidden(INCOMPLETE_SIGNATURE, "X-Amz-Credential is malformed")
     key_id, date, region, service, _ = scope
-    if key_id != access_key_id:
-        raise _forbidden(UNRECOGNIZED_CLIENT,
-                         "The security token included in the request is invalid.")
+    found = lookup(key_id, params.get("X-Amz-Security-Token"))
+    if found is None:
+        raise _unrecognized()
+    secret_access_key, principal = found
     if service != SIGNING_NAME:
         raise _forbidden(INVALID_SIGNATURE,
                          f"Credential should be scoped to correct service: '{SIGNING_NAME}'.")
@@ -245,6 +274,7 @@ def verify_presigned(
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method.",
         )
+    return principal
 
 
 def canonical_query(query: list[tuple[str, str]]) -> str:

@@ -34,7 +34,7 @@ from kvslite.server import metrics
 from kvslite.server.api_errors import INVALID_ARGUMENT, RESOURCE_NOT_FOUND, ApiError
 from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
-from kvslite.server.edge.access_log import OPERATION, STREAM, Exchange
+from kvslite.server.edge.access_log import OPERATION, PRINCIPAL, STREAM, Exchange
 from kvslite.server.edge.authorization import Authorizer
 from kvslite.server.edge.access_log import log as access_log
 from kvslite.server.signaling.hub import MASTER, VIEWER, Hub
@@ -70,9 +70,10 @@ class SocketPeer:
 
 class SignalingEndpoint:
     def __init__(self, settings: Settings, channels: Channels, hub: Hub, *, access_log: bool,
-                 authorizer: Authorizer | None = None):
+                 lookup: sigv4.Lookup | None = None, authorizer: Authorizer | None = None):
+        self.lookup = lookup  # who holds an access key; else the settings' single key
+        self.authorizer = authorizer  # who may connect to which channel
         self.settings = settings
-        self.authorizer = authorizer
         self.channels = channels
         self.hub = hub
         self.access_log = access_log
@@ -129,9 +130,9 @@ class SignalingEndpoint:
         if not settings.auth_enabled:  # anonymous mode, as for every other API
             return
         raw_path = websocket.scope.get("raw_path") or websocket.scope["path"].encode()
-        sigv4.verify_presigned(
-            access_key_id=settings.access_key_id or "",
-            secret_access_key=settings.secret_access_key or "",
+        websocket.scope[PRINCIPAL] = sigv4.verify_presigned(
+            lookup=self.lookup or sigv4.single_key(settings.access_key_id or "",
+                                                   settings.secret_access_key or ""),
             path=raw_path.decode("latin-1").split("?")[0] or "/",
             query=query, host=websocket.headers.get("host", ""),
             max_skew_s=settings.max_clock_skew_s)

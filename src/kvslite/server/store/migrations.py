@@ -41,7 +41,13 @@ def media_storage(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.media_storage])
 
 
-STEPS: list[Migration] = [same_indexes_on_both, signaling_channels, media_storage]
+def iam_users(conn: sa.Connection) -> None:
+    """IAM users, their access keys and inline policies."""
+    schema.metadata.create_all(conn, tables=[schema.iam_users, schema.iam_access_keys,
+                                             schema.iam_user_policies])
+
+
+STEPS: list[Migration] = [same_indexes_on_both, signaling_channels, media_storage, iam_users]
 
 
 def migrate(conn: sa.Connection, migrations: list[Migration], version: int,

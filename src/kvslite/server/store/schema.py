@@ -179,3 +179,33 @@ media_storage = sa.Table(
     sa.Column("status", TEXT, nullable=False),  # ENABLED or DISABLED
 )
 sa.Index("media_storage_by_stream", media_storage.c.stream_arn, unique=True)
+
+# IAM users, their access keys and inline policies (kvslite.server.iam). A key's secret is
+# stored encrypted (`secret`, by iam/credentials.py), never in clear. Keys and policies
+# name their user without cascading: a user who has either may not be deleted (AWS's
+# DeleteConflict).
+iam_users = sa.Table(
+    "iam_users", metadata,
+    sa.Column("name", KEY, primary_key=True),
+    sa.Column("user_id", TEXT, nullable=False),
+    sa.Column("path", TEXT, nullable=False),
+    sa.Column("create_date", SECONDS, nullable=False),
+)
+
+iam_access_keys = sa.Table(
+    "iam_access_keys", metadata,
+    sa.Column("access_key_id", KEY, primary_key=True),
+    sa.Column("user_name", KEY, sa.ForeignKey("iam_users.name"), nullable=False),
+    sa.Column("secret", BLOB, nullable=False),
+    sa.Column("status", TEXT, nullable=False),  # Active or Inactive
+    sa.Column("create_date", SECONDS, nullable=False),
+)
+sa.Index("iam_access_keys_by_user", iam_access_keys.c.user_name)
+
+iam_user_policies = sa.Table(
+    "iam_user_policies", metadata,
+    sa.Column("user_name", KEY, sa.ForeignKey("iam_users.name"), nullable=False),
+    sa.Column("policy_name", KEY, nullable=False),
+    sa.Column("document", TEXT, nullable=False),
+    sa.PrimaryKeyConstraint("user_name", "policy_name"),
+)

@@ -30,6 +30,7 @@ from kvslite.server.store.schema import (fragments, headers, lease_epochs, lease
                                          media_storage, secrets, streams)
 from kvslite.server.store.schema import tags as tag_table
 from kvslite.server.store.sql_channels import SqlChannels
+from kvslite.server.store.sql_iam import SqlIam
 
 s, h, le = streams.c, headers.c, leases.c
 _STREAM_COLUMNS = (s.name, s.arn, s.version, s.creation_time, s.data_retention_hours,
@@ -63,7 +64,7 @@ def _stream_of(row: sa.Row) -> Stream:
                   status=row.status, device_name=row.device_name, media_type=row.media_type)
 
 
-class SqlMetadataStore(FragmentQueries, SqlChannels):
+class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
     """A MetadataStore on a SQL database; sqlite.py and postgres.py say which."""
 
     # -- streams ---------------------------------------------------------------------

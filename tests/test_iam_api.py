@@ -1,0 +1,299 @@
+"""The IAM and STS APIs (issue 23, item 1) against a real server, with boto3's `iam` and
+`sts` clients and the AWS CLI: users, access keys and inline policies, every error code
+exactly; a user's key signs kinesisvideo requests until it is deactivated or deleted;
+secrets are stored encrypted and never logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import REGION, ServerProcess
+
+pytestmark = pytest.mark.slow  # one server for the module, started once
+
+ADMIN = ("AKIDEXAMPLE", "secret")
+POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["kinesisvideo:GetImages", "kinesisvideo:ListFragments"],
+     "Resource": "arn:aws:kinesisvideo:*:*:stream/a/*"}]})
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict
+    text: str
+
+
+def http(method: str, url: str, body: str | None = None, headers: dict | None = None
+         ) -> Answer:
+    request = urllib.request.Request(url, data=None if body is None else body.encode(),
+                                     headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Answer(response.status, {k.lower(): v for k, v in response.headers.items()},
+                          response.read().decode())
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = ServerProcess(tmp_path_factory.mktemp("iam") / "data", "--access-key-id",
+                           ADMIN[0], "--secret-access-key", ADMIN[1], "--access-log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def iam(server):
+    return server.client("iam")
+
+
+def code_of(call, *args, **kwargs) -> tuple[str, int]:
+    with pytest.raises(ClientError) as refused:
+        call(*args, **kwargs)
+    error = refused.value.response
+    return error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_users_are_created_read_listed_and_deleted(iam):
+    created = iam.create_user(UserName="cam-1", Path="/cameras/")["User"]
+    assert created["UserName"] == "cam-1" and created["Path"] == "/cameras/"
+    assert created["Arn"] == "arn:aws:iam::000000000000:user/cameras/cam-1"
+    assert created["UserId"].startswith("AIDA") and len(created["UserId"]) == 21
+    assert iam.get_user(UserName="cam-1")["User"] == created
+    iam.create_user(UserName="cam-2")
+    listed = iam.list_users()
+    assert [u["UserName"] for u in listed["Users"]] == ["cam-1", "cam-2"]
+    assert listed["IsTruncated"] is False
+    page = iam.list_users(MaxItems=1)
+    assert [u["UserName"] for u in page["Users"]] == ["cam-1"] and page["IsTruncated"]
+    rest = iam.list_users(Marker=page["Marker"])
+    assert [u["UserName"] for u in rest["Users"]] == ["cam-2"]
+    assert [u["UserName"] for u in iam.list_users(PathPrefix="/cameras/")["Users"]] == ["cam-1"]
+    assert code_of(iam.create_user, UserName="cam-1") == ("EntityAlreadyExists", 409)
+    assert code_of(iam.create_user, UserName="bad name!") == ("ValidationError", 400)
+    assert code_of(iam.create_user, UserName="x" * 65) == ("ValidationError", 400)
+    iam.delete_user(UserName="cam-1")
+    iam.delete_user(UserName="cam-2")
+    assert code_of(iam.get_user, UserName="cam-1") == ("NoSuchEntity", 404)
+    assert code_of(iam.delete_user, UserName="cam-1") == ("NoSuchEntity", 404)
+    assert iam.list_users()["Users"] == []
+
+
+def test_access_keys_two_per_user_and_delete_conflict(iam):
+    iam.create_user(UserName="keys")
+    first = iam.create_access_key(UserName="keys")["AccessKey"]
+    assert first["Status"] == "Active" and first["AccessKeyId"].startswith("AKIA")
+    assert len(first["AccessKeyId"]) == 20 and len(first["SecretAccessKey"]) == 40
+    second = iam.create_access_key(UserName="keys")["AccessKey"]
+    assert code_of(iam.create_access_key, UserName="keys") == ("LimitExceeded", 409)
+    listed = iam.list_access_keys(UserName="keys")["AccessKeyMetadata"]
+    assert sorted(k["AccessKeyId"] for k in listed) == \
+        sorted([first["AccessKeyId"], second["AccessKeyId"]])
+    assert all("SecretAccessKey" not in k for k in listed)
+    assert code_of(iam.delete_user, UserName="keys") == ("DeleteConflict", 409)
+    iam.update_access_key(UserName="keys", AccessKeyId=first["AccessKeyId"], Status="Inactive")
+    statuses = {k["AccessKeyId"]: k["Status"]
+                for k in iam.list_access_keys(UserName="keys")["AccessKeyMetadata"]}
+    assert statuses == {first["AccessKeyId"]: "Inactive", second["AccessKeyId"]: "Active"}
+    assert code_of(iam.update_access_key, UserName="keys", AccessKeyId=first["AccessKeyId"],
+                   Status="Sleeping") == ("ValidationError", 400)
+    assert code_of(iam.update_access_key, UserName="keys", AccessKeyId="AKIANOSUCHKEY0000000",
+                   Status="Active") == ("NoSuchEntity", 404)
+    for key in (first, second):
+        iam.delete_access_key(UserName="keys", AccessKeyId=key["AccessKeyId"])
+    assert code_of(iam.delete_access_key, UserName="keys",
+                   AccessKeyId=first["AccessKeyId"]) == ("NoSuchEntity", 404)
+    assert code_of(iam.create_access_key, UserName="nobody") == ("NoSuchEntity", 404)
+    iam.delete_user(UserName="keys")
+
+
+def test_inline_policies_are_put_read_listed_and_deleted(iam):
+    iam.create_user(UserName="viewer")
+    iam.put_user_policy(UserName="viewer", PolicyName="images", PolicyDocument=POLICY)
+    got = iam.get_user_policy(UserName="viewer", PolicyName="images")
+    assert (got["UserName"], got["PolicyName"]) == ("viewer", "images")
+    assert got["PolicyDocument"] == json.loads(POLICY)  # boto3 decodes AWS's URL-encoding
+    assert iam.list_user_policies(UserName="viewer")["PolicyNames"] == ["images"]
+    assert code_of(iam.delete_user, UserName="viewer") == ("DeleteConflict", 409)
+    iam.delete_user_policy(UserName="viewer", PolicyName="images")
+    assert code_of(iam.get_user_policy, UserName="viewer",
+                   PolicyName="images") == ("NoSuchEntity", 404)
+    assert code_of(iam.delete_user_policy, UserName="viewer",
+                   PolicyName="images") == ("NoSuchEntity", 404)
+    assert code_of(iam.put_user_policy, UserName="nobody", PolicyName="p",
+                   PolicyDocument=POLICY) == ("NoSuchEntity", 404)
+    iam.delete_user(UserName="viewer")
+
+
+@pytest.mark.parametrize("document", [
+    "not json", "[]", json.dumps({"Statement": []}),
+    json.dumps({"Version": "2012-10-17"}),
+    json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "*",
+                                                        "Resource": "*"}]}),
+    json.dumps({"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Resource": "*"}}),
+    json.dumps({"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "*",
+                                                       "NotAction": "*", "Resource": "*"}}),
+    json.dumps({"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": [1],
+                                                       "Resource": "*"}}),
+])
+def test_a_malformed_policy_is_refused(iam, document):
+    iam.create_user(UserName="shape")
+    try:
+        assert code_of(iam.put_user_policy, UserName="shape", PolicyName="p",
+                       PolicyDocument=document) == ("MalformedPolicyDocument", 400)
+        assert iam.list_user_policies(UserName="shape")["PolicyNames"] == []
+    finally:
+        iam.delete_user(UserName="shape")
+
+
+def test_an_oversized_policy_is_refused_whitespace_not_counted(iam):
+    iam.create_user(UserName="big")
+    statement = {"Effect": "Allow", "Action": "kinesisvideo:GetImages", "Resource": "*"}
+
+    def document(resource_chars: int) -> str:
+        policy = {"Version": "2012-10-17",
+                  "Statement": [{**statement, "Resource": "r" * resource_chars}]}
+        return json.dumps(policy, separators=(",", ":"))
+
+    fits = document(0)
+    fits = document(2048 - len(fits))
+    assert len(fits) == 2048
+    iam.put_user_policy(UserName="big", PolicyName="fits", PolicyDocument=fits)
+    pretty = json.dumps(json.loads(fits), indent=8)  # whitespace is free
+    iam.put_user_policy(UserName="big", PolicyName="fits", PolicyDocument=pretty)
+    too_big = document(2049 - len(document(0)))
+    assert code_of(iam.put_user_policy, UserName="big", PolicyName="big",
+                   PolicyDocument=too_big) == ("LimitExceeded", 409)
+    iam.delete_user_policy(UserName="big", PolicyName="fits")
+    iam.delete_user(UserName="big")
+
+
+def test_a_users_key_signs_until_deactivated_or_deleted(server, iam):
+    iam.create_user(UserName="device")
+    key = iam.create_access_key(UserName="device")["AccessKey"]
+    mine = (key["AccessKeyId"], key["SecretAccessKey"])
+    kvs = server.client("kinesisvideo", key=mine[0], secret=mine[1])
+    assert code_of(kvs.list_streams) == ("AccessDeniedException", 401)  # no policy: no action
+    identity = server.client("sts", key=mine[0], secret=mine[1]).get_caller_identity()
+    assert (identity["Account"], identity["Arn"]) == \
+        ("000000000000", "arn:aws:iam::000000000000:user/device")
+    assert identity["UserId"] == iam.get_user(UserName="device")["User"]["UserId"]
+    admin = server.client("sts").get_caller_identity()
+    assert admin["Arn"] == "arn:aws:iam::000000000000:root"
+    # a user may not manage IAM until policies are evaluated
+    user_iam = server.client("iam", key=mine[0], secret=mine[1])
+    assert code_of(user_iam.list_users) == ("AccessDenied", 403)
+
+    assert code_of(server.client("kinesisvideo", key=mine[0], secret="wrong").list_streams) \
+        == ("InvalidSignatureException", 403)
+    iam.update_access_key(UserName="device", AccessKeyId=mine[0], Status="Inactive")
+    assert code_of(kvs.list_streams) == ("UnrecognizedClientException", 403)
+    iam.update_access_key(UserName="device", AccessKeyId=mine[0], Status="Active")
+    assert kvs.list_streams()["StreamInfoList"] == []
+    iam.delete_access_key(UserName="device", AccessKeyId=mine[0])
+    assert code_of(kvs.list_streams) == ("UnrecognizedClientException", 403)
+    assert server.client("kinesisvideo").list_streams()["StreamInfoList"] == []  # the admin's
+    iam.delete_user(UserName="device")
+
+    # secrets: encrypted in the database, never in the log; the caller's arn is logged
+    database = sqlite3.connect(server.data_dir / "kvslite.db")
+    dump = "\n".join(database.iterdump())
+    database.close()
+    assert mine[0] not in dump  # deleted with its key
+    iam.create_user(UserName="kept")
+    kept = iam.create_access_key(UserName="kept")["AccessKey"]
+    database = sqlite3.connect(server.data_dir / "kvslite.db")
+    rows = database.execute("SELECT access_key_id, secret FROM iam_access_keys").fetchall()
+    dump = "\n".join(database.iterdump())
+    database.close()
+    assert [row[0] for row in rows] == [kept["AccessKeyId"]]
+    assert kept["SecretAccessKey"].encode() not in rows[0][1]
+    assert kept["SecretAccessKey"] not in dump
+    log = server.output()
+    assert mine[1] not in log and kept["SecretAccessKey"] not in log
+    assert "who=arn:aws:iam::000000000000:user/device" in log
+    assert "op=CreateAccessKey" in log and "who=arn:aws:iam::000000000000:root" in log
+    iam.delete_access_key(UserName="kept", AccessKeyId=kept["AccessKeyId"])
+    iam.delete_user(UserName="kept")
+
+
+def test_the_wire_is_awss_query_protocol(server):
+    """Raw: XML in the model's shapes, errors as ErrorResponse; a bad Action, a bad form
+    and an unsigned request are clear errors; the web viewer still answers GET /."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    def post(body: str, service: str = "iam") -> Answer:
+        request = AWSRequest("POST", server.endpoint + "/", data=body, headers={
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+        SigV4Auth(Credentials(*ADMIN), service, REGION).add_auth(request)
+        return http("POST", request.url, body, dict(request.headers))
+
+    answer = post("Action=GetUser&Version=2010-05-08&UserName=nobody")
+    assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/xml")
+    assert "<Type>Sender</Type><Code>NoSuchEntity</Code>" in answer.text
+    assert answer.text.startswith('<ErrorResponse xmlns="https://iam.amazonaws.com/doc/')
+    answer = post("Action=CreateUser&Version=2010-05-08&UserName=wire")
+    assert answer.status_code == 200
+    assert answer.text.startswith('<CreateUserResponse xmlns="https://iam.amazonaws.com/doc/'
+                                  '2010-05-08/"><CreateUserResult><User><Path>/</Path>'
+                                  '<UserName>wire</UserName>')
+    assert "<ResponseMetadata><RequestId>" in answer.text
+    policy = '{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*"}}'
+    assert post("Action=PutUserPolicy&Version=2010-05-08&UserName=wire&PolicyName=all"
+                f"&PolicyDocument={quote(policy)}").status_code == 200
+    answer = post("Action=GetUserPolicy&Version=2010-05-08&UserName=wire&PolicyName=all")
+    assert f"<PolicyDocument>{quote(policy, safe='-_.~')}</PolicyDocument>" in answer.text
+    post("Action=DeleteUserPolicy&Version=2010-05-08&UserName=wire&PolicyName=all")
+    assert post("Action=DeleteUser&Version=2010-05-08&UserName=wire").text.startswith(
+        '<DeleteUserResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+        "<ResponseMetadata><RequestId>")
+    answer = post("Action=Explode&Version=2010-05-08")
+    assert answer.status_code == 400 and "<Code>InvalidAction</Code>" in answer.text
+    answer = post("Action=ListUsers&Version=2010-05-08", service="kinesisvideo")
+    assert answer.status_code == 403 and "<Code>InvalidSignatureException</Code>" in answer.text
+    unsigned = http("POST", server.endpoint + "/", "Action=ListUsers")
+    assert unsigned.status_code == 403
+    assert "<Code>MissingAuthenticationTokenException</Code>" in unsigned.text
+    assert http("GET", server.endpoint + "/").status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI is not installed")
+def test_the_aws_cli_manages_users_keys_and_policies(server, tmp_path):
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1],
+           "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    env.pop("PYTHONPATH", None)  # the CLI runs on its own Python and botocore
+
+    def aws(*args: str) -> dict:
+        done = subprocess.run(["aws", *args, "--endpoint-url", server.endpoint,
+                               "--output", "json"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else {}
+
+    assert aws("iam", "create-user", "--user-name", "cli")["User"]["UserName"] == "cli"
+    key = aws("iam", "create-access-key", "--user-name", "cli")["AccessKey"]
+    aws("iam", "put-user-policy", "--user-name", "cli", "--policy-name", "p",
+        "--policy-document", POLICY)
+    assert aws("iam", "list-user-policies", "--user-name", "cli")["PolicyNames"] == ["p"]
+    assert aws("sts", "get-caller-identity")["Arn"] == "arn:aws:iam::000000000000:root"
+    aws("iam", "delete-user-policy", "--user-name", "cli", "--policy-name", "p")
+    aws("iam", "delete-access-key", "--user-name", "cli", "--access-key-id",
+        key["AccessKeyId"])
+    aws("iam", "delete-user", "--user-name", "cli")
+    assert aws("iam", "list-users")["Users"] == []
