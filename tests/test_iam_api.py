@@ -186,7 +186,12 @@ def test_a_users_key_signs_until_deactivated_or_deleted(server, iam):
     key = iam.create_access_key(UserName="device")["AccessKey"]
     mine = (key["AccessKeyId"], key["SecretAccessKey"])
     kvs = server.client("kinesisvideo", key=mine[0], secret=mine[1])
-    assert kvs.list_streams()["StreamInfoList"] == []  # no policy check yet: any action
+    assert code_of(kvs.list_streams) == ("AccessDeniedException", 401)  # no policy: no action
+    iam.put_user_policy(UserName="device", PolicyName="list", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": {"Effect": "Allow",
+                                                "Action": "kinesisvideo:ListStreams",
+                                                "Resource": "*"}}))
+    assert kvs.list_streams()["StreamInfoList"] == []
     identity = server.client("sts", key=mine[0], secret=mine[1]).get_caller_identity()
     assert (identity["Account"], identity["Arn"]) == \
         ("000000000000", "arn:aws:iam::000000000000:user/device")
@@ -206,6 +211,7 @@ def test_a_users_key_signs_until_deactivated_or_deleted(server, iam):
     iam.delete_access_key(UserName="device", AccessKeyId=mine[0])
     assert code_of(kvs.list_streams) == ("UnrecognizedClientException", 403)
     assert server.client("kinesisvideo").list_streams()["StreamInfoList"] == []  # the admin's
+    iam.delete_user_policy(UserName="device", PolicyName="list")
     iam.delete_user(UserName="device")
 
     # secrets: encrypted in the database, never in the log; the caller's arn is logged

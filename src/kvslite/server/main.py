@@ -29,6 +29,7 @@ from kvslite.server.archive.sessions import SessionTokens
 from kvslite.server.signaling.turn import IceServers
 from kvslite.server.config import Settings
 from kvslite.server.edge.app import EdgeApp
+from kvslite.server.edge.authorization import Authorizer, arn_by_name
 from kvslite.server.edge.connections import (
     RepeatFilter,
     default_max_connections,
@@ -207,6 +208,9 @@ def build(settings: Settings) -> Server:
     credentials = Credentials(metadata, keys, account_id=settings.account_id,
                               admin_key_id=settings.access_key_id,
                               admin_secret=settings.secret_access_key)
+    authorizer = Authorizer(region=settings.region, account_id=settings.account_id,
+                            stream_arn=arn_by_name(control.resolve),
+                            channel_arn=arn_by_name(channels.resolve))
     iam = IamApi(Users(metadata, keys, account_id=settings.account_id),
                  account_id=settings.account_id)
     app = EdgeApp(settings, handlers, put_media=put_media,
@@ -218,9 +222,11 @@ def build(settings: Settings) -> Server:
                   access_log=settings.access_log,
                   signaling=SignalingEndpoint(settings, channels, hub,
                                               access_log=settings.access_log,
-                                              lookup=credentials.lookup),
+                                              lookup=credentials.lookup,
+                                              authorizer=authorizer),
                   lookup=credentials.lookup,
-                  query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()})
+                  query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()},
+                  authorizer=authorizer)
     return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub)
 
 

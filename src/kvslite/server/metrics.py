@@ -54,3 +54,6 @@ STORAGE_FRAGMENTS = Counter("kvslite_storage_fragments",
                             "Fragments archived from WebRTC storage sessions")
 STORAGE_KEYFRAME_REQUESTS = Counter("kvslite_storage_keyframe_requests",
                                     "Keyframes (RTCP PLI) the storage peer asked masters for")
+ACCESS_DENIED = Counter("kvslite_access_denied",
+                        "Requests refused because no policy of the caller allowed them, or one "
+                        "denied them, by IAM action", ["action"])

@@ -6,7 +6,8 @@
 
 where bytes counts the response body and ms runs from the request to its last byte (for a
 PutMedia or GetMedia, the whole connection), and who=<arn> is the caller's identity (the
-principal whose key signed the request; `-` when none did).
+principal whose key signed the request; `-` when none did), followed by ` denied=<IAM action>`
+when the caller's policies refused the request (edge/authorization.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ log = logging.getLogger("kvslite.access")
 OPERATION = "kvslite.operation"  # scope keys the routes fill in for the log
 STREAM = "kvslite.stream"
 PRINCIPAL = "kvslite.principal"  # who signed the request (kvslite.server.iam.Principal)
+DENIED = "kvslite.denied"  # the IAM action a policy refused (edge/authorization.py)
 
 
 @dataclass
@@ -42,4 +44,5 @@ class Exchange:
                 f"op={scope.get(OPERATION) or '-'} stream={scope.get(STREAM) or '-'} "
                 f"status={self.status or '-'} bytes={self.sent} "
                 f"ms={(time.monotonic() - self.started) * 1000:.1f} "
-                f"who={getattr(scope.get(PRINCIPAL), 'arn', None) or '-'}")
+                f"who={getattr(scope.get(PRINCIPAL), 'arn', None) or '-'}"
+                + (f" denied={scope[DENIED]}" if scope.get(DENIED) else ""))

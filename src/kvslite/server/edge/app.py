@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
 from kvslite.server.edge.access_log import OPERATION, PRINCIPAL, STREAM
+from kvslite.server.edge.authorization import Authorizer
 from kvslite.server.edge.query_api import QueryApi
 from kvslite.server.edge.cors import Cors, parse_origins
 from kvslite.server.edge.websocket import SignalingEndpoint
@@ -54,8 +55,10 @@ class EdgeApp:
                  routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
                  access_log: bool = False, signaling: SignalingEndpoint | None = None,
                  lookup: sigv4.Lookup | None = None,
-                 query_handlers: dict[str, dict[str, Callable]] | None = None):
+                 query_handlers: dict[str, dict[str, Callable]] | None = None,
+                 authorizer: Authorizer | None = None):
         self.settings = settings
+        self.authorizer = authorizer  # who may do what (edge/authorization.py)
         # who holds an access key (iam/credentials.py); else the settings' single key
         self.lookup = lookup or sigv4.single_key(settings.access_key_id or "",
                                                  settings.secret_access_key or "")
@@ -67,7 +70,8 @@ class EdgeApp:
             kvs.append(Route("/putMedia", self._streaming(put_media), methods=["POST"]))
         if query_handlers:  # IAM and STS: POST / (the web viewer is GET /)
             kvs.append(Route("/", QueryApi(query_handlers, self._authenticate, read_body,
-                                           settings.max_request_body_bytes, REQUEST_ID
+                                           settings.max_request_body_bytes, REQUEST_ID,
+                                           authorizer and authorizer.check_iam
                                            ).endpoint, methods=["POST"]))
         self.router = Router([*kvs, *routes], redirect_slashes=False)
         self.pipeline = _pipeline(self.router, max_media_connections, access_log,
@@ -98,6 +102,7 @@ class EdgeApp:
                                f"kvslite does not implement {operation.name}", status=501)
             params = model.parse_input(operation, decode_json(body))
             request.scope[STREAM] = params.get("StreamName") or params.get("StreamARN")
+            await self._authorize(request, route.name, params)
             result = await run_in_threadpool(handler, from_wire(request_type, params))
             if isinstance(result, Response):
                 return result
@@ -111,9 +116,17 @@ class EdgeApp:
             request.scope[STREAM] = (request.headers.get("x-amzn-stream-name")
                                      or request.headers.get("x-amzn-stream-arn"))
             self._authenticate(request, b"", streaming=True)  # signs the empty payload
+            await self._authorize(request, "PutMedia", {
+                "StreamName": request.headers.get("x-amzn-stream-name"),
+                "StreamARN": request.headers.get("x-amzn-stream-arn")})
             return await handler(request)
 
         return endpoint
+
+    async def _authorize(self, request: Request, operation: str, params: dict) -> None:
+        """AccessDeniedException unless the caller's policies allow the request."""
+        if self.authorizer is not None and self.authorizer.evaluates(request.scope):
+            await run_in_threadpool(self.authorizer.check, request.scope, operation, params)
 
     def _authenticate(self, request: Request, body: bytes, service: str = sigv4.SIGNING_NAME,
                       *, streaming: bool = False):

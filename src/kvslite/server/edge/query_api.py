@@ -25,8 +25,10 @@ class QueryApi:
     `authenticate(request, body, service)` checks the signature and returns the principal."""
 
     def __init__(self, handlers: dict[str, dict[str, Callable]], authenticate: Callable,
-                 read_body: Callable, max_body_bytes: int, request_id_key: str):
+                 read_body: Callable, max_body_bytes: int, request_id_key: str,
+                 authorize: Callable | None = None):
         self.handlers = handlers
+        self.authorize = authorize  # (scope, operation, params): raises if refused
         self.authenticate = authenticate
         self.read_body = read_body
         self.max_body_bytes = max_body_bytes
@@ -46,6 +48,8 @@ class QueryApi:
             request.scope[OPERATION] = op.name
             principal = self.authenticate(request, body, service_name)
             request.scope[PRINCIPAL] = principal
+            if self.authorize is not None:
+                self.authorize(request.scope, op.name, params)
             handler = self.handlers[service_name].get(op.name)
             if handler is None:
                 raise ApiError(INVALID_ACTION, f"kvslite does not implement "

@@ -7,6 +7,8 @@ refusal is a plain HTTP error with the AWS-style body and `x-amzn-ErrorType`:
 - 400 InvalidArgumentException: no channel ARN, or a bad ClientId (viewers send one, which
   may not start with `AWS_`; a master sends none);
 - 403 (the SigV4 codes): a missing, wrong or expired signature;
+- 403 AccessDeniedException: the caller's policies do not allow ConnectAsMaster or
+  ConnectAsViewer on the channel (edge/authorization.py);
 - 404 ResourceNotFoundException: no such channel (or it is being deleted);
 - 400 ClientLimitExceededException: the channel has all the viewers it may have.
 
@@ -33,6 +35,7 @@ from kvslite.server.api_errors import INVALID_ARGUMENT, RESOURCE_NOT_FOUND, ApiE
 from kvslite.server.config import Settings
 from kvslite.server.edge import model, sigv4
 from kvslite.server.edge.access_log import OPERATION, PRINCIPAL, STREAM, Exchange
+from kvslite.server.edge.authorization import Authorizer
 from kvslite.server.edge.access_log import log as access_log
 from kvslite.server.signaling.hub import MASTER, VIEWER, Hub
 
@@ -67,8 +70,9 @@ class SocketPeer:
 
 class SignalingEndpoint:
     def __init__(self, settings: Settings, channels: Channels, hub: Hub, *, access_log: bool,
-                 lookup: sigv4.Lookup | None = None):
+                 lookup: sigv4.Lookup | None = None, authorizer: Authorizer | None = None):
         self.lookup = lookup  # who holds an access key; else the settings' single key
+        self.authorizer = authorizer  # who may connect to which channel
         self.settings = settings
         self.channels = channels
         self.hub = hub
@@ -113,6 +117,8 @@ class SignalingEndpoint:
             raise ApiError(INVALID_ARGUMENT, "X-Amz-ClientId must match [a-zA-Z0-9_.-]{1,256} "
                                              "and may not start with AWS_")
         self._authenticate(websocket, query)
+        if self.authorizer is not None and self.authorizer.evaluates(scope):
+            self.authorizer.check(scope, scope[OPERATION], {"ChannelARN": arn})  # no lookup
         channel = await run_in_threadpool(self.channels.find, arn)
         if channel is None or channel.status == DELETING:
             raise ApiError(RESOURCE_NOT_FOUND, f"The signaling channel {arn} does not exist")
