@@ -35,6 +35,8 @@ from kvslite.server.edge.middleware import (
     RequestIds,
 )
 from kvslite.server.api_errors import NOT_IMPLEMENTED, REQUEST_ENTITY_TOO_LARGE, SERIALIZATION, ApiError
+from kvslite.server.api_errors import UNRECOGNIZED_CLIENT
+from kvslite.server.iam.sessions import SessionCredentials
 from kvslite.server.ops.requests import REQUESTS
 from kvslite.server.ops.wire import from_wire
 
@@ -50,8 +52,10 @@ class EdgeApp:
     def __init__(self, settings: Settings, handlers: dict[str, Handler],
                  put_media: StreamingHandler | None = None,
                  routes: Iterable[BaseRoute] = (), max_media_connections: int | None = None,
-                 access_log: bool = False, signaling: SignalingEndpoint | None = None):
+                 access_log: bool = False, signaling: SignalingEndpoint | None = None,
+                 temporary_credentials: SessionCredentials | None = None):
         self.settings = settings
+        self.temporary_credentials = temporary_credentials  # opens X-Amz-Security-Token
         self.signaling = signaling  # WebSocket upgrades on any path (edge/websocket.py)
         self.handlers = _checked(handlers)
         kvs = [Route(path, self._operation(route), methods=["POST"])
@@ -112,6 +116,9 @@ class EdgeApp:
         for name, value in request.headers.raw:
             headers.setdefault(name.decode("latin-1").lower(), []).append(
                 value.decode("latin-1"))
+        token = (headers.get("x-amz-security-token") or [None])[0]
+        if token is not None:  # temporary credentials: the token holds their secret
+            key, secret = self._session_secret(headers, token)
         sigv4.verify(
             access_key_id=key,
             secret_access_key=secret,
@@ -124,6 +131,18 @@ class EdgeApp:
             max_skew_s=self.settings.max_clock_skew_s,
             streaming=streaming,
         )
+
+    def _session_secret(self, headers: dict[str, list[str]], token: str) -> tuple[str, str]:
+        """The access key and secret of the temporary credentials a session token holds;
+        a token not of ours is AWS's UnrecognizedClientException."""
+        key_id = sigv4.credential_key_id((headers.get("authorization") or [""])[0])
+        found = None
+        if self.temporary_credentials is not None and key_id:
+            found = self.temporary_credentials.lookup(key_id, token)
+        if found is None:
+            raise ApiError(UNRECOGNIZED_CLIENT, "The security token included in the request "
+                                                "is invalid.", status=403)
+        return key_id, found[0]
 
 
 def _pipeline(router: Router, max_media_connections: int | None,
