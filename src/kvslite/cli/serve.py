@@ -140,11 +140,12 @@ def as_typed(path: Path) -> str:
 @_option("--iot-port", "IOT_PORT", default=None, type=click.IntRange(1, 65535),
          help="Serve the IoT credential provider (GET /role-aliases/ALIAS/credentials, "
               "mutual TLS) on this port.")
-@_option("--iot-ca", "IOT_CA", multiple=True,
+@_option("--iot-ca", "IOT_CA", multiple=True, default=None,
          type=click.Path(dir_okay=False, path_type=Path),
          help="A CA (PEM) whose device certificates the IoT port accepts (repeatable). "
               "[default: kvslite's own, `kvslite iot ca`]")
-@_option("--iot-role-alias", "IOT_ROLE_ALIAS", multiple=True, metavar="NAME=POLICY_FILE",
+@_option("--iot-role-alias", "IOT_ROLE_ALIAS", multiple=True, default=None,
+         metavar="NAME=POLICY_FILE",
          help="A role alias and the IAM policy (JSON) of the credentials it hands out "
               "(repeatable).")
 @_option("--iot-credential-ttl-s", "IOT_CREDENTIAL_TTL_S",

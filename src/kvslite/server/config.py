@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kvslite.client.common import DEFAULT_HOST, DEFAULT_PORT
 from kvslite.server.edge.cors import parse_origins
-from kvslite.server.edge.iot import parse_role_alias
+from kvslite.server.edge.credential_provider import parse_role_alias
 from kvslite.server.signaling.turn import DEFAULT_TTL_S, check_turn_settings, stun_uri_for
 from kvslite.server.webhook_policy import WebhookPolicy
 
@@ -58,7 +58,7 @@ class Settings:
     turn_ttl_s: int = DEFAULT_TTL_S  # how long a TURN credential is valid
     stun_uri: str | None = None  # answered without TURN; default: stun:<public host>:3478
     storage_session_max_s: float = 3600  # a WebRTC storage session ends after this (AWS's max)
-    # the IoT credential provider (edge/iot.py): a mutual-TLS listener of its own
+    # the IoT credential provider (edge/credential_provider.py): a mutual-TLS listener
     iot_port: int | None = None
     iot_ca: tuple[Path, ...] = ()  # CAs of device certificates; default: kvslite's own
     iot_role_alias: tuple[str, ...] = ()  # NAME=POLICY_FILE

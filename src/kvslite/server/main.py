@@ -36,10 +36,14 @@ from kvslite.server.edge.connections import (
     guarded_protocol,
     raise_descriptor_limit,
 )
-from kvslite.server.edge.iot import CredentialProvider, client_context, iot_protocol, \
-    parse_role_alias
+from kvslite.server.edge.credential_provider import (
+    CredentialProvider,
+    client_context,
+    iot_protocol,
+    parse_role_alias,
+)
 from kvslite.server.edge.tls import https_protocol, server_context
-from kvslite.server.iam import sessions as session_credentials
+from kvslite.server.iam import tokens as session_credentials
 from kvslite.server.iam.device_ca import DeviceCa
 from kvslite.server.edge.websocket import SignalingEndpoint
 from kvslite.server.ops.archived_media import ArchivedMedia
@@ -156,7 +160,7 @@ def build(settings: Settings) -> Server:
     channels = Channels(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
-    # temporary credentials: every node opens every node's session tokens (iam/sessions.py)
+    # temporary credentials: every node opens every node's session tokens (iam/tokens.py)
     temporary = session_credentials.SessionCredentials(
         archive.secret(session_credentials.SECRET_NAME, session_credentials.new_key))
     cache = ImageCache(settings.image_cache_mb << 20) if settings.image_cache_mb else None
@@ -302,6 +306,7 @@ def iot_server(server: Server) -> uvicorn.Server:
     with a client certificate required. Its server certificate is --tls-cert's, else one
     kvslite's device CA issues for the host names."""
     settings = server.settings
+    assert server.iot is not None and settings.iot_port is not None
     ca = DeviceCa(settings.data_dir / "iot-ca")
     if settings.tls_cert and settings.tls_key:
         cert, key = settings.tls_cert, settings.tls_key

@@ -36,7 +36,7 @@ from kvslite.server.edge.middleware import (
 )
 from kvslite.server.api_errors import NOT_IMPLEMENTED, REQUEST_ENTITY_TOO_LARGE, SERIALIZATION, ApiError
 from kvslite.server.api_errors import UNRECOGNIZED_CLIENT
-from kvslite.server.iam.sessions import SessionCredentials
+from kvslite.server.iam.tokens import SessionCredentials
 from kvslite.server.ops.requests import REQUESTS
 from kvslite.server.ops.wire import from_wire
 
@@ -116,9 +116,9 @@ class EdgeApp:
         for name, value in request.headers.raw:
             headers.setdefault(name.decode("latin-1").lower(), []).append(
                 value.decode("latin-1"))
-        token = (headers.get("x-amz-security-token") or [None])[0]
-        if token is not None:  # temporary credentials: the token holds their secret
-            key, secret = self._session_secret(headers, token)
+        tokens = headers.get("x-amz-security-token")
+        if tokens:  # temporary credentials: the token holds their secret
+            key, secret = self._session_secret(headers, tokens[0])
         sigv4.verify(
             access_key_id=key,
             secret_access_key=secret,
@@ -139,7 +139,7 @@ class EdgeApp:
         found = None
         if self.temporary_credentials is not None and key_id:
             found = self.temporary_credentials.lookup(key_id, token)
-        if found is None:
+        if found is None or key_id is None:
             raise ApiError(UNRECOGNIZED_CLIENT, "The security token included in the request "
                                                 "is invalid.", status=403)
         return key_id, found[0]

@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from kvslite.server.edge.connections import GuardedH11Protocol
 from kvslite.server.iam.principal import Principal
-from kvslite.server.iam.sessions import SessionCredentials
+from kvslite.server.iam.tokens import SessionCredentials
 
 THING_HEADER = "x-amzn-iot-thingname"
 THING_VARIABLE = "credentials-iot:ThingName"
