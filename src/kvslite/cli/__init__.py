@@ -19,6 +19,7 @@ import click
 from kvslite import __version__
 from kvslite.client.common import DEFAULT_ENDPOINT_URL
 from kvslite.server.config import Settings
+from kvslite.cli.iot import iot
 from kvslite.cli.serve import as_typed, serve
 
 
@@ -45,6 +46,7 @@ def main() -> None:
 
 
 main.add_command(serve)
+main.add_command(iot)
 
 
 @main.command()

@@ -137,6 +137,24 @@ def as_typed(path: Path) -> str:
          type=click.FloatRange(min=0, min_open=True),
          help="WebRTC ingestion: a storage session ends after this long (AWS's maximum); "
               "the master rejoins with JoinStorageSession.")
+@_option("--iot-port", "IOT_PORT", default=None, type=click.IntRange(1, 65535),
+         help="Serve the IoT credential provider (GET /role-aliases/ALIAS/credentials, "
+              "mutual TLS) on this port.")
+@_option("--iot-ca", "IOT_CA", multiple=True, default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help="A CA (PEM) whose device certificates the IoT port accepts (repeatable). "
+              "[default: kvslite's own, `kvslite iot ca`]")
+@_option("--iot-role-alias", "IOT_ROLE_ALIAS", multiple=True, default=None,
+         metavar="NAME=POLICY_FILE",
+         help="A role alias and the IAM policy (JSON) of the credentials it hands out "
+              "(repeatable).")
+@_option("--iot-credential-ttl-s", "IOT_CREDENTIAL_TTL_S",
+         default=Settings.iot_credential_ttl_s, show_default=True,
+         type=click.IntRange(1, 43200),
+         help="How long credentials from the IoT port are valid (AWS: 900 to 43200).")
+@_option("--iot-crl", "IOT_CRL", default=None, type=click.Path(dir_okay=False, path_type=Path),
+         help="A certificate revocation list (PEM) the IoT port checks device "
+              "certificates against (`kvslite iot revoke` writes kvslite's own).")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")

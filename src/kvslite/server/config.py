@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kvslite.client.common import DEFAULT_HOST, DEFAULT_PORT
 from kvslite.server.edge.cors import parse_origins
+from kvslite.server.edge.credential_provider import parse_role_alias
 from kvslite.server.signaling.turn import DEFAULT_TTL_S, check_turn_settings, stun_uri_for
 from kvslite.server.webhook_policy import WebhookPolicy
 
@@ -57,6 +58,12 @@ class Settings:
     turn_ttl_s: int = DEFAULT_TTL_S  # how long a TURN credential is valid
     stun_uri: str | None = None  # answered without TURN; default: stun:<public host>:3478
     storage_session_max_s: float = 3600  # a WebRTC storage session ends after this (AWS's max)
+    # the IoT credential provider (edge/credential_provider.py): a mutual-TLS listener
+    iot_port: int | None = None
+    iot_ca: tuple[Path, ...] = ()  # CAs of device certificates; default: kvslite's own
+    iot_role_alias: tuple[str, ...] = ()  # NAME=POLICY_FILE
+    iot_credential_ttl_s: int = 3600  # AWS's default credentialDurationSeconds
+    iot_crl: Path | None = None  # revoked device certificates (PEM CRL)
 
     @property
     def auth_enabled(self) -> bool:
@@ -125,6 +132,23 @@ class Settings:
         check_turn_settings(self.turn_uri, self.turn_secret, self.turn_ttl_s)
         if self.stun_uri is not None and not self.stun_uri.startswith(("stun:", "stuns:")):
             raise ValueError(f"--stun-uri must start with stun: or stuns:, got {self.stun_uri!r}")
+        self._check_iot()
+
+    def _check_iot(self) -> None:
+        if self.iot_port is None:
+            return
+        if not self.auth_enabled:
+            raise ValueError("--iot-port needs --access-key-id/--secret-access-key: without "
+                             "them no request's credentials are checked")
+        if self.iot_port == self.port:
+            raise ValueError("--iot-port must differ from --port")
+        if not self.iot_role_alias:
+            raise ValueError("--iot-port needs at least one --iot-role-alias NAME=POLICY_FILE")
+        for alias in self.iot_role_alias:
+            parse_role_alias(alias)  # names the fault
+        for path in (*self.iot_ca, self.iot_crl):
+            if path and not Path(path).is_file():
+                raise ValueError(f"IoT file {path} does not exist")
 
 
 def is_loopback(host: str) -> bool:

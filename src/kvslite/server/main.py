@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -36,7 +37,15 @@ from kvslite.server.edge.connections import (
     guarded_protocol,
     raise_descriptor_limit,
 )
+from kvslite.server.edge.credential_provider import (
+    CredentialProvider,
+    client_context,
+    iot_protocol,
+    parse_role_alias,
+)
 from kvslite.server.edge.tls import https_protocol, server_context
+from kvslite.server.iam import tokens as session_credentials
+from kvslite.server.iam.device_ca import DeviceCa
 from kvslite.server.edge.websocket import SignalingEndpoint
 from kvslite.server.ops.archived_media import ArchivedMedia
 from kvslite.server.ops.clips import Clips
@@ -86,6 +95,7 @@ class Server:
     lock: IO | None  # the data directory's, when a store lives in it
     max_connections: int  # --max-connections, or what the descriptor limit allows
     hub: Hub | None = None  # the signaling WebSockets, told to GO_AWAY on shutdown
+    iot: CredentialProvider | None = None  # the --iot-port listener's app
 
     def start(self) -> None:
         """Background work: temporary files left by a crash go, then the sweeper runs."""
@@ -154,6 +164,9 @@ def build(settings: Settings) -> Server:
     channels = Channels(metadata, region=settings.region, account_id=settings.account_id)
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
+    # temporary credentials: every node opens every node's session tokens (iam/tokens.py)
+    temporary = session_credentials.SessionCredentials(
+        archive.secret(session_credentials.SECRET_NAME, session_credentials.new_key))
     cache = ImageCache(settings.image_cache_mb << 20) if settings.image_cache_mb else None
     sampler = ImageSampler(archive, max_requests=settings.max_image_requests, cache=cache)
     event_configs = EventConfigs(metadata, region=settings.region,
@@ -207,7 +220,7 @@ def build(settings: Settings) -> Server:
     keys = cipher(metadata)  # encrypts users' secret access keys (iam/credentials.py)
     credentials = Credentials(metadata, keys, account_id=settings.account_id,
                               admin_key_id=settings.access_key_id,
-                              admin_secret=settings.secret_access_key)
+                              admin_secret=settings.secret_access_key, sessions=temporary)
     authorizer = Authorizer(region=settings.region, account_id=settings.account_id,
                             stream_arn=arn_by_name(control.resolve),
                             channel_arn=arn_by_name(channels.resolve))
@@ -227,7 +240,14 @@ def build(settings: Settings) -> Server:
                   lookup=credentials.lookup,
                   query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()},
                   authorizer=authorizer)
-    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub)
+    iot = None
+    if settings.iot_port is not None:
+        iot = CredentialProvider(temporary,
+                                 [parse_role_alias(a) for a in settings.iot_role_alias],
+                                 account_id=settings.account_id,
+                                 ttl_s=settings.iot_credential_ttl_s)
+    return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub,
+                  iot)
 
 
 def signaling_hub(settings: Settings) -> Hub:
@@ -263,9 +283,13 @@ class UvicornServer(uvicorn.Server):
         self.settings = settings
         self.hub = server.hub
         self.on_exit = on_exit
+        self.iot = iot_server(server) if server.iot is not None else None
+        self._iot_task: asyncio.Task | None = None
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
+        if self.started and self.iot is not None:  # served by this loop beside the main port
+            self._iot_task = asyncio.create_task(self.iot._serve())
         if self.hub is not None:  # a deletion is announced from here, connections or not
             self.hub.loop = asyncio.get_running_loop()
         if self.started:
@@ -276,6 +300,9 @@ class UvicornServer(uvicorn.Server):
                      s.data_dir.resolve(), auth)
 
     async def shutdown(self, sockets=None) -> None:
+        if self.iot is not None and self._iot_task is not None:
+            self.iot.should_exit = True
+            await self._iot_task
         if self.hub is not None and isinstance(self.hub.storage_peer, storage.StorageSessions):
             await self.hub.storage_peer.close_all()  # last fragments archived, leases released
         if self.hub is not None:  # GO_AWAY first: the SDKs reconnect on it
@@ -288,6 +315,38 @@ class UvicornServer(uvicorn.Server):
         super().handle_exit(sig, frame)
         # uvicorn re-raises the signal after draining; a requested stop is a clean exit
         self._captured_signals.clear()
+
+
+def iot_server(server: Server) -> uvicorn.Server:
+    """The IoT credential provider's listener (--iot-port): uvicorn on the main server's
+    event loop, started and stopped with it (UvicornServer), in kvslite's guarded HTTPS
+    with a client certificate required. Its server certificate is --tls-cert's, else one
+    kvslite's device CA issues for the host names."""
+    settings = server.settings
+    assert server.iot is not None and settings.iot_port is not None
+    ca = DeviceCa(settings.data_dir / "iot-ca")
+    if settings.tls_cert and settings.tls_key:
+        cert, key = settings.tls_cert, settings.tls_key
+    else:
+        cert, key = ca.ensure().server_certificate(_host_names(settings))
+    device_cas = list(settings.iot_ca) or [ca.ensure().cert_path]
+    protocol = iot_protocol(max_connections=server.max_connections,
+                            header_timeout_s=settings.header_timeout_s)
+    context = client_context(cert, key, device_cas, settings.iot_crl)
+    return uvicorn.Server(uvicorn.Config(
+        server.iot, host=settings.host, port=settings.iot_port, lifespan="off",
+        access_log=False, log_level="warning", timeout_graceful_shutdown=5,
+        http=https_protocol(protocol, context)))
+
+
+def _host_names(settings: Settings) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    if settings.host not in ("0.0.0.0", "::", ""):
+        names.insert(0, settings.host)
+    public = urlsplit(settings.endpoint_url).hostname
+    if public:
+        names.insert(0, public)
+    return names
 
 
 def configure_logging(level: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken
 
 from kvslite.server.iam.principal import Principal
+from kvslite.server.iam.tokens import SessionCredentials
 from kvslite.server.iam.users import ACTIVE
 
 SECRET_NAME = "iam-access-key-encryption"
@@ -25,8 +26,10 @@ def cipher(store) -> Fernet:
 
 class Credentials:
     def __init__(self, store, cipher: Fernet, *, account_id: str,
-                 admin_key_id: str | None, admin_secret: str | None):
+                 admin_key_id: str | None, admin_secret: str | None,
+                 sessions: SessionCredentials | None = None):
         self.store = store
+        self.sessions = sessions  # temporary credentials kvslite issued (iam/tokens.py)
         self.cipher = cipher
         self.account_id = account_id
         self.admin = None
@@ -39,8 +42,8 @@ class Credentials:
                ) -> tuple[str, Principal] | None:
         """The secret to verify the signature with and who signed, or None for a key
         that is unknown, inactive, or not meant for a session token."""
-        if session_token is not None:
-            return None  # temporary credentials are not issued (yet)
+        if session_token is not None:  # the token holds the secret and the principal
+            return self.sessions.lookup(access_key_id, session_token) if self.sessions else None
         if self.admin is not None and access_key_id == self.admin[1].access_key_id:
             return self.admin
         key = self.store.get_access_key(access_key_id)
