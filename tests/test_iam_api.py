@@ -198,9 +198,16 @@ def test_a_users_key_signs_until_deactivated_or_deleted(server, iam):
     assert identity["UserId"] == iam.get_user(UserName="device")["User"]["UserId"]
     admin = server.client("sts").get_caller_identity()
     assert admin["Arn"] == "arn:aws:iam::000000000000:root"
-    # a user may not manage IAM until policies are evaluated
+    # managing IAM takes iam:<Action> in the user's policies, as any other action does
     user_iam = server.client("iam", key=mine[0], secret=mine[1])
     assert code_of(user_iam.list_users) == ("AccessDenied", 403)
+    iam.put_user_policy(UserName="device", PolicyName="iam-read", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": {"Effect": "Allow",
+                                                "Action": ["iam:List*", "iam:Get*"],
+                                                "Resource": "*"}}))
+    assert [u["UserName"] for u in user_iam.list_users()["Users"]] == ["device"]
+    assert code_of(lambda: user_iam.create_user(UserName="intruder")) == ("AccessDenied", 403)
+    iam.delete_user_policy(UserName="device", PolicyName="iam-read")
 
     assert code_of(server.client("kinesisvideo", key=mine[0], secret="wrong").list_streams) \
         == ("InvalidSignatureException", 403)

@@ -2,8 +2,9 @@
 GetCallerIdentity. Each takes the form's typed parameters and the caller's principal and
 returns the output members of botocore's model (edge/query_protocol.py writes the XML).
 
-Until policies are evaluated, only the administrator may call IAM; GetCallerIdentity,
-as in AWS, needs no permission.
+Who may call which is decided before a handler runs (edge/authorization.py: `iam:<Action>`
+on the user named, from the caller's policies); GetCallerIdentity, as in AWS, needs no
+permission.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from kvslite.server.api_errors import IAM_ACCESS_DENIED, ApiError
+
 from kvslite.server.iam.principal import Principal
 from kvslite.server.iam.users import AccessKey, IamUser, Users, validation_error
 
@@ -38,8 +39,7 @@ class IamApi:
             "ListUserPolicies": self.list_user_policies,
             "DeleteUserPolicy": self.delete_user_policy,
         }
-        return {name: _admin_only(name, handler, self.account_id)
-                for name, handler in iam.items()}
+        return iam
 
     def sts_operations(self) -> dict[str, IamHandler]:
         return {"GetCallerIdentity": self.get_caller_identity}
@@ -117,17 +117,6 @@ class IamApi:
     def _user(self, user: IamUser) -> dict:
         return {"Path": user.path, "UserName": user.name, "UserId": user.user_id,
                 "Arn": self.users.arn(user), "CreateDate": user.create_date}
-
-
-def _admin_only(action: str, handler: IamHandler, account_id: str) -> IamHandler:
-    """Only the administrator (or anyone, in anonymous mode) may call IAM for now."""
-    def checked(params: dict, caller: Principal | None):
-        if caller is not None and caller.kind != "admin":
-            resource = f"arn:aws:iam::{account_id}:user/{params.get('UserName', caller.name)}"
-            raise ApiError(IAM_ACCESS_DENIED, f"User: {caller.arn} is not authorized to perform: "
-                           f"iam:{action} on resource: {resource}", status=403)
-        return handler(params, caller)
-    return checked
 
 
 def _user_name(params: dict, caller: Principal | None) -> str | None:
