@@ -109,15 +109,26 @@ def test_a_device_certificate_buys_credentials_that_upload(start_server, tmp_pat
     expires = time.mktime(time.strptime(credentials["expiration"], "%Y-%m-%dT%H:%M:%SZ"))
     assert abs(expires - time.timezone - (time.time() + 3600)) < 5  # AWS's default hour
 
+    server.client("kinesisvideo").create_stream(StreamName="cam2", DataRetentionInHours=1)
     kvs = session_client(server, credentials)
-    assert [s["StreamName"] for s in kvs.list_streams()["StreamInfoList"]] == ["cam1"]
-    status, error, acks, _ = producer_sdk_put_media(
-        server.port, "cam1", synthetic.to_mkv(synthetic.encode_video("h264", seconds=2, gop=25),
-                                             1795756324836),
-        key=credentials["accessKeyId"], secret=credentials["secretAccessKey"],
-        signed={"x-amz-security-token": credentials["sessionToken"]})
+    assert kvs.describe_stream(StreamName="cam1")["StreamInfo"]["StreamName"] == "cam1"
+    video = synthetic.to_mkv(synthetic.encode_video("h264", seconds=2, gop=25), 1795756324836)
+
+    def put(stream: str):
+        return producer_sdk_put_media(
+            server.port, stream, video,
+            key=credentials["accessKeyId"], secret=credentials["secretAccessKey"],
+            signed={"x-amz-security-token": credentials["sessionToken"]})
+
+    status, error, acks, _ = put("cam1")
     assert (status, error) == (200, None)
     assert len(persisted_numbers(acks)) == 2
+    # the policy names the device's own stream (${credentials-iot:ThingName}): nothing else
+    assert error_code(lambda: kvs.describe_stream(StreamName="cam2")) == \
+        (401, "AccessDeniedException")
+    assert error_code(kvs.list_streams) == (401, "AccessDeniedException")
+    status, _, acks, _ = put("cam2")
+    assert status == 403 and persisted_numbers(acks) == []
 
 
 def test_forged_and_expired_tokens_are_refused(start_server, tmp_path):
@@ -125,8 +136,9 @@ def test_forged_and_expired_tokens_are_refused(start_server, tmp_path):
     cert, key = map(Path, kvslite("iot", "issue-cert", "cam1", "--out", str(tmp_path / "cam1"),
                                   data_dir=tmp_path / "data"))
     credentials = get_credentials(iot_port, ca, cert, key, "cam1")[2]["credentials"]
+    server.client("kinesisvideo").create_stream(StreamName="cam1", DataRetentionInHours=1)
     kvs = session_client(server, credentials)
-    kvs.list_streams()
+    kvs.describe_stream(StreamName="cam1")  # the device's own stream, while the token lasts
 
     token = bytearray(base64.b64decode(credentials["sessionToken"]))
     token[40] ^= 1  # one bit of the sealed payload

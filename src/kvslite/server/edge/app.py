@@ -71,7 +71,7 @@ class EdgeApp:
         if query_handlers:  # IAM and STS: POST / (the web viewer is GET /)
             kvs.append(Route("/", QueryApi(query_handlers, self._authenticate, read_body,
                                            settings.max_request_body_bytes, REQUEST_ID,
-                                           authorizer and authorizer.check_iam
+                                           authorizer.check_iam if authorizer else None
                                            ).endpoint, methods=["POST"]))
         self.router = Router([*kvs, *routes], redirect_slashes=False)
         self.pipeline = _pipeline(self.router, max_media_connections, access_log,

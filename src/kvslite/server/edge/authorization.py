@@ -17,7 +17,8 @@ media and signaling models, PutMedia, the WebSocket). It is counted in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 from functools import lru_cache
 
 from kvslite.server import metrics
@@ -43,13 +44,14 @@ class Authorizer:
         self.lookups = {STREAM: stream_arn, CHANNEL: channel_arn}
 
     @staticmethod
-    def evaluates(scope: dict) -> bool:
+    def evaluates(scope: MutableMapping[str, Any]) -> bool:
         """Whether the request's caller is one whose policies are evaluated (cheap: lets
         the administrator's requests skip the worker thread a check may need)."""
         principal = scope.get(PRINCIPAL)
         return principal is not None and principal.kind != ADMIN
 
-    def check(self, scope: dict, operation: str, params: Mapping[str, object]) -> None:
+    def check(self, scope: MutableMapping[str, Any], operation: str,
+              params: Mapping[str, object]) -> None:
         """Raise AccessDeniedException unless the scope's principal may do `operation`
         with these parameters. No principal (anonymous mode) or the administrator: allowed.
         Blocking (a name may be looked up): call it from a worker thread."""
@@ -58,7 +60,8 @@ class Authorizer:
         wanted = actions.target(operation, params)
         self.require(scope, wanted.action, self.resource(wanted), denial_status(operation))
 
-    def check_iam(self, scope: dict, operation: str, params: Mapping[str, object]) -> None:
+    def check_iam(self, scope: MutableMapping[str, Any], operation: str,
+                  params: Mapping[str, object]) -> None:
         """The same for the IAM API (`iam:<operation>`); its refusal is IAM's own,
         AccessDenied with 403."""
         if not self.evaluates(scope) or operation in actions.NO_PERMISSION_NEEDED:
@@ -67,7 +70,7 @@ class Authorizer:
                                         caller=scope[PRINCIPAL].name)
         self.require(scope, f"iam:{operation}", resource, 403, code=IAM_ACCESS_DENIED)
 
-    def require(self, scope: dict, action: str, resource: str, status: int, *,
+    def require(self, scope: MutableMapping[str, Any], action: str, resource: str, status: int, *,
                 code: str = ACCESS_DENIED) -> None:
         principal: Principal = scope[PRINCIPAL]
         policies = [parse(text) for text in principal.policies]

@@ -28,7 +28,7 @@ class IamApi:
         self.account_id = account_id
 
     def operations(self) -> dict[str, IamHandler]:
-        iam = {
+        iam: dict[str, IamHandler] = {
             "CreateUser": self.create_user, "GetUser": self.get_user,
             "ListUsers": self.list_users, "DeleteUser": self.delete_user,
             "CreateAccessKey": self.create_access_key,
