@@ -1,15 +1,12 @@
 """The IAM and STS APIs (issue 23, item 1) against a real server, with boto3's `iam` and
-`sts` clients and the AWS CLI: users, access keys and inline policies, every error code
-exactly; a user's key signs kinesisvideo requests until it is deactivated or deleted;
-secrets are stored encrypted and never logged."""
+`sts` clients (the AWS CLI's: tests/test_aws_cli.py): users, access keys and inline
+policies, every error code exactly; a user's key signs kinesisvideo requests until it is
+deactivated or deleted; secrets are stored encrypted and never logged."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -284,29 +281,3 @@ def test_the_wire_is_awss_query_protocol(server):
     assert "<Code>MissingAuthenticationTokenException</Code>" in unsigned.text
     assert http("GET", server.endpoint + "/").status_code == 200
 
-
-@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI is not installed")
-def test_the_aws_cli_manages_users_keys_and_policies(server, tmp_path):
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1],
-           "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(tmp_path / "none"),
-           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
-    env.pop("PYTHONPATH", None)  # the CLI runs on its own Python and botocore
-
-    def aws(*args: str) -> dict:
-        done = subprocess.run(["aws", *args, "--endpoint-url", server.endpoint,
-                               "--output", "json"], env=env, capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout) if done.stdout.strip() else {}
-
-    assert aws("iam", "create-user", "--user-name", "cli")["User"]["UserName"] == "cli"
-    key = aws("iam", "create-access-key", "--user-name", "cli")["AccessKey"]
-    aws("iam", "put-user-policy", "--user-name", "cli", "--policy-name", "p",
-        "--policy-document", POLICY)
-    assert aws("iam", "list-user-policies", "--user-name", "cli")["PolicyNames"] == ["p"]
-    assert aws("sts", "get-caller-identity")["Arn"] == "arn:aws:iam::000000000000:root"
-    aws("iam", "delete-user-policy", "--user-name", "cli", "--policy-name", "p")
-    aws("iam", "delete-access-key", "--user-name", "cli", "--access-key-id",
-        key["AccessKeyId"])
-    aws("iam", "delete-user", "--user-name", "cli")
-    assert aws("iam", "list-users")["Users"] == []
