@@ -210,6 +210,9 @@ def test_a_users_key_signs_until_deactivated_or_deleted(server, iam):
         == ("InvalidSignatureException", 403)
     iam.update_access_key(UserName="device", AccessKeyId=mine[0], Status="Inactive")
     assert code_of(kvs.list_streams) == ("UnrecognizedClientException", 403)
+    # IAM and STS name the same refusal as AWS does for them
+    assert code_of(server.client("sts", key=mine[0], secret=mine[1]).get_caller_identity) \
+        == ("InvalidClientTokenId", 403)
     iam.update_access_key(UserName="device", AccessKeyId=mine[0], Status="Active")
     assert kvs.list_streams()["StreamInfoList"] == []
     iam.delete_access_key(UserName="device", AccessKeyId=mine[0])
@@ -275,9 +278,9 @@ def test_the_wire_is_awss_query_protocol(server):
     answer = post("Action=Explode&Version=2010-05-08")
     assert answer.status_code == 400 and "<Code>InvalidAction</Code>" in answer.text
     answer = post("Action=ListUsers&Version=2010-05-08", service="kinesisvideo")
-    assert answer.status_code == 403 and "<Code>InvalidSignatureException</Code>" in answer.text
+    assert answer.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in answer.text
     unsigned = http("POST", server.endpoint + "/", "Action=ListUsers")
     assert unsigned.status_code == 403
-    assert "<Code>MissingAuthenticationTokenException</Code>" in unsigned.text
+    assert "<Code>MissingAuthenticationToken</Code>" in unsigned.text
     assert http("GET", server.endpoint + "/").status_code == 200
 

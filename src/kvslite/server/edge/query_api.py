@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kvslite.server.api_errors import INVALID_ACTION, ApiError
+from kvslite.server.api_errors import INVALID_ACTION, QUERY_SIGNING_ERRORS, ApiError
 from kvslite.server.edge import query_protocol
 from kvslite.server.edge.access_log import OPERATION, PRINCIPAL
 
@@ -58,6 +58,8 @@ class QueryApi:
                 handler, query_protocol.input_params(op, params), principal)
             return Response(query_protocol.response(op, result, request_id), media_type=XML)
         except ApiError as e:
+            if e.code in QUERY_SIGNING_ERRORS:  # IAM and STS name them their own way
+                e = ApiError(QUERY_SIGNING_ERRORS[e.code], e.message, status=e.status)
             service = query_protocol.service_model(service_name)
             return Response(query_protocol.error(service, e, request_id),
                             status_code=e.status or 400, media_type=XML)
