@@ -177,9 +177,9 @@ def serve(log_level: str, **options) -> None:
         settings.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    from kvslite.server.iam.server_key import ServerKeyError
     from kvslite.server.main import DataDirInUse, StoreUnavailable
     from kvslite.server.main import serve as run_server
-    from kvslite.server.iam.server_key import ServerKeyError
 
     try:
         run_server(settings)

@@ -16,6 +16,7 @@ from kvslite.server.iam.principal import Principal
 from kvslite.server.iam.tokens import SessionCredentials
 from kvslite.server.iam.users import ACTIVE
 
+
 class Credentials:
     def __init__(self, store, cipher: MultiFernet, *, account_id: str,
                  admin_key_id: str | None, admin_secret: str | None,
