@@ -155,6 +155,12 @@ def as_typed(path: Path) -> str:
 @_option("--iot-crl", "IOT_CRL", default=None, type=click.Path(dir_okay=False, path_type=Path),
          help="A certificate revocation list (PEM) the IoT port checks device "
               "certificates against (`kvslite iot revoke` writes kvslite's own).")
+@_option("--iam-key-file", "IAM_KEY_FILE", default=None,
+         type=click.Path(dir_okay=False, path_type=Path),
+         help="The server key (32 bytes, base64) that users' secret access keys and session "
+              "tokens are encrypted with, kept out of the database; made (mode 0600) if "
+              "missing on embedded stores; every node of a cluster needs the same file. "
+              "[default: iam.key in --data-dir; in a cluster, a key kept in the database]")
 @_option("--access-log", "ACCESS_LOG", is_flag=True, default=False,
          help="Log one line per request: request id, operation, stream, status, bytes, "
               "duration.")
@@ -171,10 +177,11 @@ def serve(log_level: str, **options) -> None:
         settings.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    from kvslite.server.iam.server_key import ServerKeyError
     from kvslite.server.main import DataDirInUse, StoreUnavailable
     from kvslite.server.main import serve as run_server
 
     try:
         run_server(settings)
-    except (DataDirInUse, StoreUnavailable) as e:
+    except (DataDirInUse, StoreUnavailable, ServerKeyError) as e:
         raise click.ClickException(str(e)) from None

@@ -64,6 +64,8 @@ class Settings:
     iot_role_alias: tuple[str, ...] = ()  # NAME=POLICY_FILE
     iot_credential_ttl_s: int = 3600  # AWS's default credentialDurationSeconds
     iot_crl: Path | None = None  # revoked device certificates (PEM CRL)
+    # seals users' secrets and session tokens (iam/server_key.py); embedded: data_dir/iam.key
+    iam_key_file: Path | None = None
 
     @property
     def auth_enabled(self) -> bool:

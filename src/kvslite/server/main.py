@@ -53,7 +53,8 @@ from kvslite.server.ops.event_configs import EventConfigurations
 from kvslite.server.ops.get_media import GetMedia
 from kvslite.server.ops.health import Health
 from kvslite.server.ops.iam_api import IamApi
-from kvslite.server.iam.credentials import Credentials, cipher
+from kvslite.server.iam.credentials import Credentials
+from kvslite.server.iam.server_key import open_keys
 from kvslite.server.iam.users import Users
 from kvslite.server.ops.kinesisvideo import KinesisVideo
 from kvslite.server.ops.put_media import PutMedia
@@ -165,8 +166,9 @@ def build(settings: Settings) -> Server:
     archive = Archive(metadata, blobs)
     tokens = SessionTokens(archive.secret("playback-session"))
     # temporary credentials: every node opens every node's session tokens (iam/tokens.py)
-    temporary = session_credentials.SessionCredentials(
-        archive.secret(session_credentials.SECRET_NAME, session_credentials.new_key))
+    keys = open_keys(metadata, iam_key_file(settings),  # users' secrets, session tokens
+                     create=is_embedded(settings.metadata_url))
+    temporary = session_credentials.SessionCredentials(keys.session_tokens)
     cache = ImageCache(settings.image_cache_mb << 20) if settings.image_cache_mb else None
     sampler = ImageSampler(archive, max_requests=settings.max_image_requests, cache=cache)
     event_configs = EventConfigs(metadata, region=settings.region,
@@ -217,14 +219,13 @@ def build(settings: Settings) -> Server:
                          fragment_deadline_s=settings.fragment_deadline_s,
                          event_configs=event_configs, on_deliveries=deliverer.wake)
     channels.on_delete.append(lambda channel: hub.channel_deleted_threadsafe(channel.arn))
-    keys = cipher(metadata)  # encrypts users' secret access keys (iam/credentials.py)
-    credentials = Credentials(metadata, keys, account_id=settings.account_id,
+    credentials = Credentials(metadata, keys.access_keys, account_id=settings.account_id,
                               admin_key_id=settings.access_key_id,
                               admin_secret=settings.secret_access_key, sessions=temporary)
     authorizer = Authorizer(region=settings.region, account_id=settings.account_id,
                             stream_arn=arn_by_name(control.resolve),
                             channel_arn=arn_by_name(channels.resolve))
-    iam = IamApi(Users(metadata, keys, account_id=settings.account_id),
+    iam = IamApi(Users(metadata, keys.access_keys, account_id=settings.account_id),
                  account_id=settings.account_id)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
@@ -248,6 +249,14 @@ def build(settings: Settings) -> Server:
                                  ttl_s=settings.iot_credential_ttl_s)
     return Server(settings, app, metadata, blobs, sweeper, deliverer, lock, connections, hub,
                   iot)
+
+
+def iam_key_file(settings: Settings) -> Path | None:
+    """--iam-key-file; embedded, by default in the data directory; in a cluster, none
+    unless given (the key then stays in the shared store, iam/server_key.py)."""
+    if settings.iam_key_file is not None:
+        return settings.iam_key_file
+    return settings.data_dir / "iam.key" if is_embedded(settings.metadata_url) else None
 
 
 def signaling_hub(settings: Settings) -> Hub:

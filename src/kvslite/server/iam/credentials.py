@@ -2,30 +2,23 @@
 
 The administrator's key (--access-key-id/--secret-access-key) is always there and may do
 everything. Users' keys live in the metadata store, their secrets encrypted (Fernet:
-AES-128-CBC with an HMAC) under a server key kept in the store as a server-wide secret,
-so every node of a cluster decrypts alike; the key is read once, at start. Each request
+AES-128-CBC with an HMAC) under a key derived from the server key file, which every node
+of a cluster shares and the store does not hold (iam/server_key.py). Each request
 signed with a user's key reads the key and the user's policies afresh, so deactivating or
 deleting a key, or changing a policy, acts on the next request.
 """
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken, MultiFernet
 
 from kvslite.server.iam.principal import Principal
 from kvslite.server.iam.tokens import SessionCredentials
 from kvslite.server.iam.users import ACTIVE
 
-SECRET_NAME = "iam-access-key-encryption"
-
-
-def cipher(store) -> Fernet:
-    """The server key that encrypts access keys' secrets, made at first start."""
-    return Fernet(store.secret(SECRET_NAME, Fernet.generate_key))
-
 
 class Credentials:
-    def __init__(self, store, cipher: Fernet, *, account_id: str,
+    def __init__(self, store, cipher: MultiFernet, *, account_id: str,
                  admin_key_id: str | None, admin_secret: str | None,
                  sessions: SessionCredentials | None = None):
         self.store = store

@@ -2,8 +2,8 @@
 carries everything about them, so that any node checks a request without a lookup.
 
 The token is the credentials' secret, expiry and principal (name, ARN, policies, policy
-variables), compressed and sealed with AES-GCM under a key every node shares (a server
-secret kept in the metadata store, like the playback-session key). Nobody without the key
+variables), compressed and sealed with AES-GCM under a key every node shares (derived
+from the server key file, iam/server_key.py). Nobody without the key
 can read a token's secret or forge or alter one: a changed byte fails the seal. A token is
 good until its expiry; there is no revocation list (AWS's STS credentials cannot be
 revoked either, short of changing the key, which ends every session at once).
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kvslite.server.api_errors import ApiError
 from kvslite.server.iam.principal import Principal
 
-SECRET_NAME = "session-credentials"  # the server secret sealing session tokens
+SECRET_NAME = "session-credentials"  # the store-kept key, where no key file is given
 EXPIRED_TOKEN = "ExpiredTokenException"
 _VERSION = b"\x01"  # the token format; a token of another version is not ours
 _NONCE_BYTES = 12
@@ -38,7 +38,7 @@ _KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # what AWS key ids are made 
 
 
 def new_key() -> bytes:
-    """A fresh AES-256 key: what `Archive.secret(SECRET_NAME, new_key)` keeps."""
+    """A fresh AES-256 key: what `store.secret(SECRET_NAME, new_key)` keeps."""
     return AESGCM.generate_key(bit_length=256)
 
 

@@ -312,6 +312,12 @@ class MetadataStore(Protocol):
         """A server secret, created on first use and shared by every node: 32 random
         bytes, or what `create` makes (the first node's value wins a race)."""
 
+    def find_secret(self, name: str) -> bytes | None:
+        """A server secret if one was made, without making it."""
+
+    def delete_secret(self, name: str) -> None:
+        """Forget a server secret (one moved out of the store)."""
+
     # -- event configurations and the delivery outbox -----------------------------------
 
     def get_stream_config(self, arn: str, kind: str) -> str | None:

@@ -130,6 +130,18 @@ class SqlIam(SqlDatabase):
                                 .order_by(k.create_date, k.access_key_id))
             return [_key_of(row) for row in rows]
 
+    def all_access_keys(self) -> list[AccessKey]:
+        """Every user's keys: what moving the secrets to a new server key goes through."""
+        with self._read() as conn:
+            return [_key_of(row) for row in conn.execute(
+                sa.select(iam_access_keys).order_by(k.access_key_id))]
+
+    def set_access_key_secret(self, access_key_id: str, secret: bytes) -> None:
+        """The key's secret, encrypted anew (iam/server_key.py)."""
+        with self._write() as conn:
+            conn.execute(sa.update(iam_access_keys).where(k.access_key_id == access_key_id)
+                         .values(secret=secret))
+
     def set_access_key_status(self, user_name: str, access_key_id: str, status: str) -> bool:
         """False where the user has no such key."""
         with self._write() as conn:

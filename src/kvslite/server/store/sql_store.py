@@ -363,6 +363,15 @@ class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
 
     # -- secrets ---------------------------------------------------------------------
 
+    def find_secret(self, name: str) -> bytes | None:
+        with self._read() as conn:
+            return conn.execute(sa.select(secrets.c.value)
+                                .where(secrets.c.name == name)).scalar_one_or_none()
+
+    def delete_secret(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute(sa.delete(secrets).where(secrets.c.name == name))
+
     def secret(self, name: str, create: Callable[[], bytes] | None = None) -> bytes:
         with self._read() as conn:
             value = conn.execute(sa.select(secrets.c.value)
