@@ -44,6 +44,7 @@ class PutMediaConnection:
         self.status: int | None = None
         self.headers: dict[str, str] = {}
         self.error_body = b""
+        self.chunks: list[bytes] = []  # the response body's HTTP chunks, as sent
         self.got_continue = False
         self.closed = threading.Event()
         self.started = threading.Event()
@@ -79,7 +80,8 @@ class PutMediaConnection:
                 return
             pending = b""
             while (size := int(self.file.readline().strip() or b"0", 16)):
-                pending += self.file.read(size)
+                self.chunks.append(self.file.read(size))
+                pending += self.chunks[-1]
                 self.file.readline()
                 *lines, pending = pending.split(b"\n")
                 for line in lines:

@@ -85,6 +85,20 @@ def test_producer_sdk_framing_acks_last_fragment_before_the_body_ends(shared_ser
     conn.close()
 
 
+def test_every_ack_is_its_own_http_chunk(shared_server, kvs, h264):
+    """The producer SDK's ack parser reads one ack per callback and drops a second that came
+    in the same read: RECEIVED and PERSISTED of a fragment must not share a chunk."""
+    stream = make_stream(kvs, "put-chunks")
+    conn = PutMediaConnection(shared_server.port, stream)
+    conn.send(synthetic.to_mkv(h264, NOW_MS - 40_000))
+    conn.finish()
+    acks = conn.all_acks()
+    conn.close()
+    assert len(persisted(acks)) == 4
+    lines = [chunk.count(b"\n") for chunk in conn.chunks]
+    assert lines == [1] * len(conn.chunks) and len(conn.chunks) >= 8, conn.chunks
+
+
 def test_reconnect_resending_fragments_does_not_duplicate(shared_server, kvs, archived, h264):
     stream = make_stream(kvs, "put-dupes")
     body = synthetic.to_mkv(h264, NOW_MS - 50_000)

@@ -122,10 +122,11 @@ class _Upload:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
         async def ack(*messages: dict) -> None:
-            """One write per fragment: its RECEIVED and PERSISTED (or ERROR) together."""
-            for group in _per_fragment(messages):
-                lines = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in group)
-                await send({"type": "http.response.body", "body": lines.encode(),
+            """One write (one HTTP chunk) per ack: the producer SDK's parser takes a
+            callback's first ack for its fragment and drops a second one in the same read."""
+            for message in messages:
+                line = json.dumps(message, separators=(",", ":")) + "\n"
+                await send({"type": "http.response.body", "body": line.encode(),
                             "more_body": True})
 
         started = last_data = time.monotonic()
@@ -171,16 +172,6 @@ class _Upload:
                 next_message.cancel()
         log.info("PutMedia to %s ended: %d fragments persisted, %d duplicates",
                  self.session.stream.name, self.session.persisted, self.session.duplicates)
-
-
-def _per_fragment(acks) -> list[list[dict]]:
-    """Acks in groups that each end with a fragment's last ack (PERSISTED or ERROR)."""
-    groups: list[list[dict]] = [[]]
-    for ack in acks:
-        groups[-1].append(ack)
-        if ack["EventType"] != "RECEIVED":
-            groups.append([])
-    return [group for group in groups if group]
 
 
 def _receive_stamped(receive) -> asyncio.Task[tuple[dict, int]]:
