@@ -52,7 +52,7 @@ def server(tmp_path_factory, h264):
     kvs = server.client("kinesisvideo")
     server.arns = {name: kvs.create_stream(StreamName=name, DataRetentionInHours=24)["StreamARN"]
                    for name in ("front-door", "back-yard", "side-gate")}
-    kvs.create_signaling_channel(ChannelName="porch")
+    server.channel_arn = kvs.create_signaling_channel(ChannelName="porch")["ChannelARN"]
     status, error, _, _ = producer_sdk_put_media(
         server.port, "front-door", synthetic.to_mkv(h264, START_MS), **ADMIN,
         signed={"x-amzn-producer-start-timestamp": f"{START_MS / 1000:.3f}"})
@@ -147,6 +147,13 @@ def test_a_user_sees_what_the_policy_allows_and_not_allowed_for_the_rest(
         assert visible_text(page, "#error") is None
         assert page.page.is_hidden("#credentials-dialog")  # good keys: not asked again
         page.shot("22-iam-denied-stream")
+
+        # the live page of a channel the user may not describe
+        page.page.goto(f"{server.endpoint}/#/channel/porch")
+        page.page.wait_for_selector("#live-state[data-state=failed]")
+        assert page.page.text_content("#live-state") == "Not allowed"
+        assert visible_text(page, "#error") == \
+            f"Not allowed: kinesisvideo:DescribeSignalingChannel on {server.channel_arn}"
         assert not page.errors
     finally:
         context.close()
