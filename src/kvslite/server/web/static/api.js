@@ -6,8 +6,10 @@ import { askForCredentials, loadCredentials } from './credentials.js';
 import { MIN_SAMPLING_INTERVAL_MS } from './limits.js';
 import { signRequest } from './sigv4.js';
 
+// Errors that new keys can cure (the dialog asks for them); AccessDeniedException is not
+// one: the keys are good, their policy does not allow the action, and the view says so.
 const AUTH_ERRORS = new Set(['MissingAuthenticationTokenException', 'UnrecognizedClientException',
-  'InvalidSignatureException', 'IncompleteSignatureException']);
+  'InvalidSignatureException', 'IncompleteSignatureException', 'ExpiredTokenException']);
 
 export class ApiError extends Error {
   constructor(code, message, status) {

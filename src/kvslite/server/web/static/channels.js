@@ -2,7 +2,7 @@
  * time from ListSignalingChannels, each name a link to the channel's live page. */
 
 import { api } from './api.js';
-import { $, el, showError } from './dom.js';
+import { $, el, isDenied, showDenied, showError } from './dom.js';
 import { fmtDateTime } from './format.js';
 
 let listGeneration = 0;  // answers for an older showChannels are dropped
@@ -21,10 +21,20 @@ export async function showChannels() {
       token = page.NextToken;
     } while (token);
   } catch (error) {
-    showError(error);
+    if (generation !== listGeneration) return;
+    if (!isDenied(error)) {
+      showError(error);
+      return;
+    }
+    // Not allowed to list channels: said in their place, the streams above keep working.
+    table.hidden = true;
+    $('#no-channels').hidden = true;
+    showDenied($('#channels-denied'), error);
+    table.dataset.ready = 'true';
     return;
   }
   if (generation !== listGeneration) return;
+  showDenied($('#channels-denied'), null);
   channels.sort((a, b) => a.ChannelName.localeCompare(b.ChannelName));
   $('#no-channels').hidden = channels.length > 0;
   table.hidden = channels.length === 0;

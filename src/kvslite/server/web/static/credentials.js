@@ -1,10 +1,13 @@
-/* The user's AWS keys: kept in sessionStorage (this tab only), asked for in a dialog. */
+/* The user's AWS keys: the administrator's, an IAM user's, or temporary ones with a session
+ * token (e.g. from the IoT credential provider); kept in sessionStorage (this tab only),
+ * asked for in a dialog. */
 
 import { $ } from './dom.js';
 
 const STORAGE_KEY = 'kvslite.credentials';
 
-/** {accessKeyId, secretAccessKey, region}, or null when the user gave none. */
+/** {accessKeyId, secretAccessKey, sessionToken (temporary keys only), region}, or null when
+ * the user gave none. */
 export function loadCredentials() {
   try {
     const value = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || 'null');
@@ -39,7 +42,8 @@ export function setupCredentials(onSaved) {
   const dialog = $('#credentials-dialog');
   const form = $('#credentials-form');
   $('#credentials-button').addEventListener('click', () => {
-    openDialog('Keys for servers started with --access-key-id. ' +
+    openDialog('Keys for servers started with --access-key-id: the administrator\'s or an ' +
+      'IAM user\'s; temporary keys also need their session token. ' +
       'They stay in this tab (sessionStorage).');
   });
   form.addEventListener('submit', (event) => {
@@ -47,9 +51,11 @@ export function setupCredentials(onSaved) {
     sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
       accessKeyId: form.accessKeyId.value.trim(),
       secretAccessKey: form.secretAccessKey.value,
+      ...(form.sessionToken.value.trim() ? { sessionToken: form.sessionToken.value.trim() } : {}),
       region: form.region.value.trim() || 'us-east-1',
     }));
     form.secretAccessKey.value = '';
+    form.sessionToken.value = '';
     dialog.close();
     onSaved();
   });

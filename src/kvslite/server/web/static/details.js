@@ -3,7 +3,7 @@
  * (DescribeImageGenerationConfiguration, DescribeNotificationConfiguration). */
 
 import { api } from './api.js';
-import { $ } from './dom.js';
+import { $, errorText, isDenied } from './dom.js';
 import { fmtRetention } from './format.js';
 
 const SELECTORS = { PRODUCER_TIMESTAMP: 'producer time', SERVER_TIMESTAMP: 'server time' };
@@ -67,8 +67,8 @@ async function loadEventConfig(name, { key, path, member, format, title }, signa
     else setDetail(key, 'not configured', 'none');
   } catch (error) {
     if (signal.aborted || error.name === 'AbortError') return;
-    setDetail(key, 'unavailable', 'error',
-      error.code ? `${error.code}: ${error.message}` : String(error.message || error));
+    if (isDenied(error)) setDetail(key, 'not allowed', 'denied', errorText(error));
+    else setDetail(key, 'unavailable', 'error', errorText(error));
   }
 }
 

@@ -2,7 +2,7 @@
  * (GetClip, an MP4), both over the visible range by default. */
 
 import { api, getImages, minSamplingInterval, timeRange } from './api.js';
-import { $, download } from './dom.js';
+import { $, download, errorText } from './dom.js';
 import { fileStamp, fmtBytes, fmtDuration, fromLocalInput, toLocalInput, zoneName }
   from './format.js';
 import { defaultRange, S } from './state.js';
@@ -12,7 +12,7 @@ const MAX_ZIP_IMAGES = 5000;
 let imagesJob = null;  // the AbortController of the download under way
 let clipJob = null;
 
-const failure = (error) => `${error.code || 'Error'}: ${error.message}`;
+const failure = (error) => (error.code ? errorText(error) : `Error: ${error.message}`);
 
 function setupImagesDialog() {
   const dialog = $('#images-dialog');

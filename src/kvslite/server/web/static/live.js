@@ -7,7 +7,7 @@
 
 import { api } from './api.js';
 import { loadCredentials } from './credentials.js';
-import { $, el, showError } from './dom.js';
+import { $, el, isDenied, showError } from './dom.js';
 import { presignUrl } from './sigv4.js';
 
 const REJOIN_DELAY_MS = 1000;
@@ -194,13 +194,14 @@ class LiveSession {
     if (this.pc?.connectionState === 'connected') return;  // the video needs it no more
     // A refused upgrade shows the page no status: name the likely reasons.
     this.fail(new Error('The signaling service closed the connection (refused keys, a ' +
-      'channel being deleted, or all its viewers connected).'));
+      'policy that does not allow ConnectAsViewer, a channel being deleted, or all its ' +
+      'viewers connected).'));
   }
 
   fail(error) {
     if (this.closed || error.name === 'AbortError') return;
     this.hangUp();
-    setState('failed', 'Not connected');
+    setState('failed', isDenied(error) ? 'Not allowed' : 'Not connected');
     showError(error);
   }
 }

@@ -2,11 +2,11 @@
  * interval so panning back costs nothing) and its thumbnails. */
 
 import { listFragments, timeRange } from './api.js';
-import { $, showError } from './dom.js';
+import { $, isDenied, showDenied, showError } from './dom.js';
 import { MAX_FRAGMENT_SPAN_MS } from './limits.js';
 import { scheduleRender } from './render.js';
 import { S, streamShown } from './state.js';
-import { loadThumbs } from './thumbnails.js';
+import { loadThumbs, showThumbsDenied } from './thumbnails.js';
 
 const SPAN_TOLERANCE_MS = 250;        // closer fragments are drawn as one span
 
@@ -23,8 +23,15 @@ export function scheduleLoad() {
       return;
     }
     const generation = ++S.generation;
-    const fragments = loadFragments(generation).catch(showError);
-    const thumbs = loadThumbs(generation, fragments).catch(showError);
+    // A refusal by policy is said where the data would be; the rest of the page goes on.
+    const fragments = loadFragments(generation).catch((error) => {
+      if (isDenied(error)) showDenied($('#stream-status'), error);
+      else showError(error);
+    });
+    const thumbs = loadThumbs(generation, fragments).catch((error) => {
+      if (isDenied(error)) showThumbsDenied(generation, error);
+      else showError(error);
+    });
     Promise.allSettled([fragments, thumbs]).then(() => {
       if (generation === S.generation && loadTimer === null) delete timeline.dataset.busy;
     });

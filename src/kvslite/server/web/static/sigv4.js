@@ -87,13 +87,17 @@ function sign(canonicalRequest, credentials, now) {
 export function signRequest(url, body, credentials, now = new Date()) {
   // The browser sends Host itself, as url.host (no port for the scheme's default).
   const { host, pathname } = new URL(url, location.href);
-  const signedHeaders = 'host;x-amz-date';
+  // Temporary keys send their session token, signed with the rest, as the SDKs do.
+  const token = credentials.sessionToken;
+  const signedHeaders = token ? 'host;x-amz-date;x-amz-security-token' : 'host;x-amz-date';
   const { amzDate, scope, signature } = sign((amzDate) => ['POST',
     pathname.split('/').map((part) => encodeURIComponent(decodeURIComponent(part))).join('/'),
-    '', `host:${host}\nx-amz-date:${amzDate}\n`, signedHeaders,
+    '', `host:${host}\nx-amz-date:${amzDate}\n` +
+      (token ? `x-amz-security-token:${token}\n` : ''), signedHeaders,
     hex(sha256(utf8(body)))].join('\n'), credentials, now);
   return {
     'x-amz-date': amzDate,
+    ...(token ? { 'x-amz-security-token': token } : {}),
     authorization: `AWS4-HMAC-SHA256 Credential=${credentials.accessKeyId}/${scope}, ` +
       `SignedHeaders=${signedHeaders}, Signature=${signature}`,
   };

@@ -3,7 +3,7 @@
 
 import { api } from './api.js';
 import { clearDetails, loadEventConfigs, showStreamInfo } from './details.js';
-import { $, el, showError } from './dom.js';
+import { $, el, isDenied, showDenied, showError } from './dom.js';
 import { stopPlayer } from './player.js';
 import { S } from './state.js';
 import { streamSummary } from './summaries.js';
@@ -21,6 +21,7 @@ export function resetStream(name) {
   $('#track').replaceChildren();
   $('#axis').replaceChildren();
   $('#stream-status').textContent = '';
+  delete $('#stream-status').dataset.state;
   clearDetails();
   delete $('#thumbs').dataset.ready;
   delete $('#track').dataset.ready;
@@ -38,10 +39,12 @@ export async function showStream(name, query) {
   loadEventConfigs(name, signal);  // meanwhile, each shown when it arrives; never an error
   try {
     // DescribeStream: a stream that does not exist is an error, not an empty timeline.
-    const [description, summary] = await Promise.all([
-      api('/describeStream', { StreamName: name }, { signal }),
-      streamSummary(name),
-    ]);
+    // Both asked at once; DescribeStream's refusal, if any, is the one reported.
+    const described = api('/describeStream', { StreamName: name }, { signal });
+    const summarized = streamSummary(name);
+    summarized.catch(() => {});  // reported below, once DescribeStream has answered
+    const description = await described;
+    const summary = await summarized;
     if (S.stream !== name) return;
     showStreamInfo(description.StreamInfo);
     if (summary.noRetention) {
@@ -51,7 +54,9 @@ export async function showStream(name, query) {
       S.extent = { start: summary.first, end: summary.last };
     }
   } catch (error) {
-    showError(error);
+    if (S.stream !== name) return;
+    if (isDenied(error)) showDenied($('#stream-status'), error);  // in the timeline's stead
+    else showError(error);
     return;
   }
   const start = Number(query.get('start'));
@@ -63,3 +68,4 @@ export async function showStream(name, query) {
   }
   view.dataset.ready = 'true';
 }
+

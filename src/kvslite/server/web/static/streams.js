@@ -2,7 +2,7 @@
  * size filled in per row as their summaries arrive. */
 
 import { api } from './api.js';
-import { $, el, showError } from './dom.js';
+import { $, el, errorText, isDenied, showDenied, showError } from './dom.js';
 import { fmtAgo, fmtBytes, fmtDateTime, fmtRetention } from './format.js';
 import { clearSummaries, streamSummary } from './summaries.js';
 
@@ -24,10 +24,21 @@ export async function showList() {
       token = page.NextToken;
     } while (token);
   } catch (error) {
-    showError(error);
+    if (generation !== listGeneration) return;
+    if (!isDenied(error)) {
+      showError(error);
+      return;
+    }
+    // The keys are good but may not list streams: say so where the list would be.
+    tbody.replaceChildren();
+    $('#streams').hidden = true;
+    $('#no-streams').hidden = true;
+    showDenied($('#streams-denied'), error);
+    $('#list-view').dataset.ready = 'true';
     return;
   }
   if (generation !== listGeneration) return;
+  showDenied($('#streams-denied'), null);
   streams.sort((a, b) => a.StreamName.localeCompare(b.StreamName));
   tbody.replaceChildren();
   $('#no-streams').hidden = streams.length > 0;
@@ -76,9 +87,10 @@ async function fillSummary(row, name, generation) {
       size.dataset.bytes = summary.bytes;
     }
   } catch (error) {
-    last.textContent = '—';
-    size.textContent = '—';
-    last.title = size.title = error.message;
+    // A stream the user may list but not read: its cells say so.
+    last.textContent = size.textContent = isDenied(error) ? 'not allowed' : '—';
+    last.title = size.title = errorText(error);
+    if (isDenied(error)) last.dataset.state = size.dataset.state = 'denied';
   }
   last.classList.remove('pending');
   size.classList.remove('pending');

@@ -1,7 +1,7 @@
 /* Thumbnails along the timeline, from GetImages. */
 
 import { getImages, minSamplingInterval } from './api.js';
-import { $, el } from './dom.js';
+import { $, el, errorText } from './dom.js';
 import { fmtDateTime } from './format.js';
 import { scheduleRender } from './render.js';
 import { S, timelineWidth } from './state.js';
@@ -32,6 +32,7 @@ export async function loadThumbs(generation, fragmentsLoaded) {
     slots.push({ from, to: from + interval, center: from + Math.floor(interval / 2) });
   }
   delete thumbs.dataset.ready;
+  delete thumbs.dataset.state;
 
   const fresh = new Map();  // this call's answers, including those too recent to cache
   const missing = slots.filter((slot) => !S.thumbCache.has(String(slot.center)));
@@ -110,4 +111,13 @@ function cacheImage(image) {
   // Recent time may still be filling in: only remember its images, not its absence.
   if (entry.src || ts < Date.now() - 120_000) S.thumbCache.set(String(ts), entry);
   return entry;
+}
+
+/** GetImages refused by policy: the row of thumbnails says so instead. */
+export function showThumbsDenied(generation, error) {
+  if (generation !== S.generation) return;
+  const thumbs = $('#thumbs');
+  thumbs.replaceChildren(el('p', { class: 'denied', text: errorText(error) }));
+  thumbs.dataset.state = 'denied';
+  thumbs.dataset.ready = String(generation);
 }
