@@ -635,7 +635,9 @@ def test_files_are_served_with_types_caching_and_no_traversal(server):
         status, headers, body = raw(server, "GET", path)
         assert status == 404 and headers["x-amzn-errortype"] == "UnknownOperationException", path
         assert b"import" not in body
-    status, headers, _ = raw(server, "POST", "/")
+    status, headers, body = raw(server, "POST", "/")  # IAM and STS answer there, not the page
+    assert status == 400 and b"<ErrorResponse" in body and b"<!doctype" not in body.lower()
+    status, headers, _ = raw(server, "PUT", "/")
     assert status == 405 and headers["x-amzn-errortype"] == "MethodNotAllowedException"
     status, headers, _ = raw(server, "POST", "/noSuchOperation")  # API paths are unchanged
     assert status == 404 and headers["x-amzn-errortype"] == "UnknownOperationException"
