@@ -21,7 +21,10 @@ from pathlib import Path
 import av
 import boto3
 import numpy as np
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 from kvslite.media.mkv import (Cluster, Frame, StreamHeader, Track, write_cluster, write_header,
                                write_tags)
@@ -191,16 +194,22 @@ def pct(values, q):
 # -- PutMedia ---------------------------------------------------------------------------------
 
 class Upload:
-    """A raw-socket PutMedia; a reader thread timestamps each PERSISTED ack as it arrives."""
+    """A raw-socket PutMedia; a reader thread timestamps each PERSISTED ack as it arrives.
+    With `key` = (access key id, secret) the request is SigV4-signed over the empty payload,
+    as the producer SDK signs it."""
 
-    def __init__(self, port: int, stream: str):
+    def __init__(self, port: int, stream: str, key: tuple[str, str] | None = None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        head = (f"POST /putMedia HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ntransfer-encoding: chunked"
-                f"\r\nx-amzn-stream-name: {stream}\r\nx-amzn-fragment-timecode-type: ABSOLUTE\r\n"
-                f"x-amzn-producer-start-timestamp: {time.time():.3f}\r\n"
-                "x-amzn-fragment-acknowledgment-required: 1\r\n\r\n")
-        self.sock.sendall(head.encode())
+        headers = {"host": f"127.0.0.1:{port}", "transfer-encoding": "chunked",
+                   "x-amzn-stream-name": stream, "x-amzn-fragment-timecode-type": "ABSOLUTE",
+                   "x-amzn-producer-start-timestamp": f"{time.time():.3f}",
+                   "x-amzn-fragment-acknowledgment-required": "1"}
+        if key is not None:
+            headers = signed_put_media(f"http://127.0.0.1:{port}/putMedia", headers, key)
+        head = "POST /putMedia HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n"
+                                                         for k, v in headers.items())
+        self.sock.sendall(head.encode() + b"\r\n")
         self.persisted: dict[int, float] = {}  # FragmentTimecode -> perf_counter at receipt
         self.errors: list[dict] = []
         self.cond, self.closed = threading.Condition(), False
@@ -249,14 +258,22 @@ class Upload:
         self.sock.close()
 
 
-def upload_unpaced(port: int, stream: str, header: bytes, gops, n: int, limit_s: float) -> dict:
+def signed_put_media(url: str, headers: dict[str, str], key: tuple[str, str]) -> dict[str, str]:
+    """`headers` plus botocore's SigV4 (service kinesisvideo, the empty payload)."""
+    request = AWSRequest(method="POST", url=url, headers=headers, data=b"")
+    SigV4Auth(Credentials(*key), "kinesisvideo", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+def upload_unpaced(port: int, stream: str, header: bytes, gops, n: int, limit_s: float,
+                   key: tuple[str, str] | None = None) -> dict:
     """n 1-s fragments (timecodes in the past, 1 s apart) back to back on one PutMedia.
     Throughput = body bytes / (first byte sent -> last PERSISTED ack); ack latency includes
     queueing behind earlier fragments, since the client runs ahead."""
     base = int(time.time() * 1000) - (n + 10) * 1000
     frags = [(base + k * 1000, chunk(fragment(gops[k % len(gops)], base + k * 1000)))
              for k in range(n)]  # built before timing
-    up, sent_at = Upload(port, stream), {}
+    up, sent_at = Upload(port, stream, key), {}
     t0 = time.perf_counter()
     up.sock.sendall(chunk(header))
     for tc, data in frags:
@@ -278,7 +295,8 @@ def upload_unpaced(port: int, stream: str, header: bytes, gops, n: int, limit_s:
             "first_timecode_ms": base, "end_timecode_ms": base + len(sent_at) * 1000}
 
 
-def paced_cameras(port: int, streams: list[str], header: bytes, gops, seconds: int) -> dict:
+def paced_cameras(port: int, streams: list[str], header: bytes, gops, seconds: int,
+                  key: tuple[str, str] | None = None) -> dict:
     """One PutMedia per stream, each paced like a camera (one 1-s fragment per second, starts
     staggered over one second) for `seconds`; ack latency from a fragment's last byte sent."""
     base = int(time.time() * 1000)
@@ -290,7 +308,7 @@ def paced_cameras(port: int, streams: list[str], header: bytes, gops, seconds: i
         r = results[i]
         r.update(sent={}, lat=[], errors=[], lag=0.0, bytes=0)
         try:
-            up = Upload(port, streams[i])
+            up = Upload(port, streams[i], key)
             up.sock.sendall(chunk(header))
             r["bytes"] = len(header)
             for k, data in enumerate(frags):  # fragment k is complete 1 s after it starts

@@ -19,11 +19,14 @@ its own last bytes; ack latency = PERSISTED ack received - sendall() of the frag
 byte returned. In A that includes queueing behind earlier fragments (the client runs ahead).
 MB = 10^6 bytes.
 
+  --signed-as  uploads signed by the admin key or an IAM user's (its policy checked):
+         compare server CPU per fragment with the unsigned default.
   --cluster  B only, on one node of examples/local_cluster.py (PostgreSQL + SeaweedFS S3):
          adds how much of the run SeaweedFS spent growing volumes (its log's "grow" lines).
 
 Rerun:  .venv/bin/python benchmarks/ingest.py [--seconds 20] [--streams 20] [--mb 200]
-                                              [--cluster] [--out results.json]
+                                              [--cluster] [--signed-as nobody|admin|user]
+                                              [--out results.json]
 """
 
 from __future__ import annotations
@@ -94,6 +97,22 @@ def cluster_run(args, header: bytes, gops) -> dict:
     return {"B_concurrent_paced": b, "seaweed": volume_growth(weed_log)}
 
 
+ADMIN_KEY = ("AKIDBENCH", "bench-secret")
+
+
+def user_key(endpoint: str) -> tuple[str, str]:
+    """An IAM user allowed PutMedia on the bench streams only, and its access key."""
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id=ADMIN_KEY[0], aws_secret_access_key=ADMIN_KEY[1])
+    iam.create_user(UserName="bench-camera")
+    iam.put_user_policy(UserName="bench-camera", PolicyName="upload", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "kinesisvideo:PutMedia",
+             "Resource": "arn:aws:kinesisvideo:*:*:stream/bench-*/*"}]}))
+    made = iam.create_access_key(UserName="bench-camera")["AccessKey"]
+    return made["AccessKeyId"], made["SecretAccessKey"]
+
+
 def cpu_per_fragment(b: dict) -> float | None:
     return round(b["server_cpu_s"] * 1000 / b["fragments_persisted"], 2) \
         if b["fragments_persisted"] else None
@@ -124,6 +143,10 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=200, help="scenario A upload size (MB)")
     ap.add_argument("--cluster", action="store_true",
                     help="scenario B only, on PostgreSQL + SeaweedFS (examples/local_cluster.py)")
+    ap.add_argument("--signed-as", choices=["nobody", "admin", "user"], default="nobody",
+                    help="uploads unsigned to an anonymous server (default), or SigV4-signed by "
+                         "the administrator's key or by an IAM user's whose policy allows "
+                         "PutMedia on the bench streams (the authorization check's cost)")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "kvslite-ingest.json"))
     args = ap.parse_args()
     started = time.perf_counter()
@@ -143,17 +166,21 @@ def main() -> None:
     try:
         floor = floor_baseline(root / "floor", [fragment(gops[k % len(gops)], k * 1000)
                                                 for k in range(n_a)], limit_s=120)
-        with Server(root, "--log-level", "warning") as server:
-            kvs = boto3.client("kinesisvideo", endpoint_url=f"http://127.0.0.1:{server.port}",
-                               region_name="us-east-1", aws_access_key_id="x",
-                               aws_secret_access_key="x")
+        admin = None if args.signed_as == "nobody" else ADMIN_KEY
+        with Server(root, "--log-level", "warning",
+                    *(("--access-key-id", ADMIN_KEY[0], "--secret-access-key", ADMIN_KEY[1])
+                      if admin else ())) as server:
+            endpoint = f"http://127.0.0.1:{server.port}"
+            kvs = boto3.client("kinesisvideo", endpoint_url=endpoint, region_name="us-east-1",
+                               aws_access_key_id=ADMIN_KEY[0], aws_secret_access_key=ADMIN_KEY[1])
             for name in ["bench-a"] + [f"bench-b-{i}" for i in range(args.streams)]:
                 kvs.create_stream(StreamName=name, DataRetentionInHours=24, MediaType="video/h264")
+            key = user_key(endpoint) if args.signed_as == "user" else admin
             cpu0 = server.cpu_s()
-            a = upload_unpaced(server.port, "bench-a", header, gops, n_a, limit_s=300)
+            a = upload_unpaced(server.port, "bench-a", header, gops, n_a, limit_s=300, key=key)
             cpu1 = server.cpu_s()
             b = paced_cameras(server.port, [f"bench-b-{i}" for i in range(args.streams)],
-                              header, gops, args.seconds)
+                              header, gops, args.seconds, key=key)
             for r, cpu_s in ((a, cpu1 - cpu0), (b, server.cpu_s() - cpu1)):
                 r["server_cpu_s"] = round(cpu_s, 2)
                 # the figure to compare: server CPU per fragment persisted
@@ -161,6 +188,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {
+        "signed_as": args.signed_as,
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "processor": platform.processor()},
         "video": {"width": W, "height": H, "fps": FPS, "fragment_bytes_avg": round(frag_size),

@@ -97,6 +97,7 @@ def test_both_engines_have_the_same_tables_keys_and_indexes(tmp_path, postgres_u
     lite = sqlite_shape(tmp_path / "meta.db", types=False)
     assert postgres_shape(url, types=False) == lite
     assert sorted(lite) == ["channel_tags", "deliveries", "fragments", "headers",
+                            "iam_access_keys", "iam_user_policies", "iam_users",
                             "lease_epochs", "leases", "media_storage", "secrets",
                             "signaling_channels",
                             "stream_configs", "streams", "tags"]

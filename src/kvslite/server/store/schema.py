@@ -195,7 +195,8 @@ iam_users = sa.Table(
 iam_access_keys = sa.Table(
     "iam_access_keys", metadata,
     sa.Column("access_key_id", KEY, primary_key=True),
-    sa.Column("user_name", KEY, sa.ForeignKey("iam_users.name"), nullable=False),
+    sa.Column("user_name", KEY, sa.ForeignKey("iam_users.name", ondelete="RESTRICT"),
+              nullable=False),  # DeleteUser refuses (DeleteConflict) before this would
     sa.Column("secret", BLOB, nullable=False),
     sa.Column("status", TEXT, nullable=False),  # Active or Inactive
     sa.Column("create_date", SECONDS, nullable=False),
@@ -204,7 +205,8 @@ sa.Index("iam_access_keys_by_user", iam_access_keys.c.user_name)
 
 iam_user_policies = sa.Table(
     "iam_user_policies", metadata,
-    sa.Column("user_name", KEY, sa.ForeignKey("iam_users.name"), nullable=False),
+    sa.Column("user_name", KEY, sa.ForeignKey("iam_users.name", ondelete="RESTRICT"),
+              nullable=False),  # DeleteUser refuses (DeleteConflict) before this would
     sa.Column("policy_name", KEY, nullable=False),
     sa.Column("document", TEXT, nullable=False),
     sa.PrimaryKeyConstraint("user_name", "policy_name"),
