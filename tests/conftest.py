@@ -44,25 +44,46 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ServerProcess":
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), *self.extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=self.preexec_fn,
-        )
+        for attempt in range(3):
+            self.log = open(self.log_path, "ab")
+            logged = self.log_path.stat().st_size  # this start's lines come after
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kvslite", "serve", "--port", str(self.port),
+                 "--data-dir", str(self.data_dir), *self.extra_args],
+                stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                preexec_fn=self.preexec_fn,
+            )
+            if self._listening(logged):
+                return self
+            if b"address already in use" not in self._since(logged) or attempt == 2:
+                raise RuntimeError(f"kvslite exited early:\n{self.output()}")
+            # another test's server took the port between free_port() and the bind
+            self.log.close()
+            self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _listening(self, logged: int) -> bool:
+        """True once this process (not another that took the same free port) listens."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"kvslite exited early:\n{self.output()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
+                return False
+            if b"kvslite listening on" in self._since(logged):
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    return True
+                except OSError:
+                    pass
+            time.sleep(0.05)
         raise RuntimeError(f"kvslite did not start:\n{self.output()}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def _since(self, offset: int) -> bytes:
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc is None:
