@@ -11,7 +11,7 @@ import time
 
 import pytest
 from botocore.exceptions import ClientError
-from test_signaling_ws import SIGNED, create_channel, master_url, received
+from test_signaling_ws import SIGNED, create_channel, held_messages, master_url, received, until
 from websockets.asyncio.client import connect
 
 OFFER = base64.b64encode(b'{"type":"offer","sdp":"v=0 alexa"}').decode()
@@ -66,8 +66,10 @@ def test_a_master_connecting_during_the_wait_gets_the_held_offer(server):
     arn = create_channel(server, "porch")
 
     async def scenario():
-        async def late_master() -> dict:
-            await asyncio.sleep(0.5)  # the offer is held meanwhile: no master yet
+        before = held_messages(server)
+
+        async def late_master() -> dict:  # connects once the offer is held for it
+            await until(lambda: held_messages(server) == before + 1, "the offer held")
             async with connect(master_url(server, arn)) as master:
                 # the C SDK's capitalised keys
                 return await answer_one_offer(master, ("action", "RecipientClientId",

@@ -21,6 +21,7 @@ from test_signaling_ws import (
     SECRET,
     SIGNED,
     create_channel,
+    until,
     master_url,
     offer,
     presign,
@@ -90,7 +91,7 @@ def test_a_viewer_and_a_master_on_different_nodes_signal_each_other(nodes):
     asyncio.run(scenario())
 
 
-def test_a_message_waits_for_a_master_connecting_on_another_node(nodes):
+def test_a_message_waits_for_a_master_connecting_on_another_node(nodes, database):
     a, b = nodes
     arn = create_channel(a, "held", ttl=30)
 
@@ -98,7 +99,8 @@ def test_a_message_waits_for_a_master_connecting_on_another_node(nodes):
         async with connect(viewer_url(a, arn, "v")) as viewer:
             await viewer.send(offer("Zmlyc3Q="))
             await viewer.send(offer(BIG))
-            await asyncio.sleep(0.3)  # no master anywhere: both wait in the database
+            # no master anywhere: both wait in the database
+            await until(lambda: waiting_in_database(database, arn) == 2, "both rows")
             async with connect(master_url(b, arn)) as master:
                 assert [(await received(master))["messagePayload"] for _ in range(2)] == [
                     "Zmlyc3Q=", BIG]
@@ -114,7 +116,12 @@ def test_a_newer_master_on_another_node_replaces_the_old_one(nodes):
 
     async def scenario():
         async with connect(master_url(a, arn)) as old:
-            await asyncio.sleep(0.3)  # the old master's join reaches every node first
+            # Once the old master's first message comes through, its join (announced before
+            # its messages are read) is in the database's notification order ahead of the
+            # new master's.
+            async with connect(viewer_url(b, arn, "probe")) as probe:
+                await old.send(answer("probe", "cHJvYmU="))
+                assert (await received(probe))["messagePayload"] == "cHJvYmU="
             async with connect(master_url(b, arn)) as new, \
                     connect(viewer_url(a, arn, "v")) as viewer:
                 assert await received(old) == {"messageType": "GO_AWAY"}

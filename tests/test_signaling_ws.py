@@ -106,6 +106,23 @@ def logged(server, text: str, count: int) -> str:
     return log
 
 
+def held_messages(server) -> float:
+    """How many messages the server has held for an absent master so far (/metrics)."""
+    text = urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith('kvslite_signaling_messages_total{result="held"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def until(condition, what: str, timeout: float = 5) -> None:
+    """Wait (without blocking the event loop) until `condition()` holds."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def signed_server(start_server):
     return start_server(*SIGNED, "--access-log")
@@ -143,9 +160,10 @@ def test_a_message_waits_for_a_late_master_within_the_ttl(signed_server):
     arn = create_channel(signed_server, "late", ttl=5)
 
     async def scenario():
+        before = held_messages(signed_server)
         async with connect(viewer_url(signed_server, arn, "v")) as viewer:
             await viewer.send(offer("aGVsZA=="))
-            await asyncio.sleep(0.2)
+            await until(lambda: held_messages(signed_server) == before + 1, "the offer held")
             async with connect(master_url(signed_server, arn)) as master:
                 assert (await received(master))["messagePayload"] == "aGVsZA=="
     asyncio.run(scenario())

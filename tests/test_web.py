@@ -21,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from PIL import Image
 
 from kvs_media import PutMediaConnection, psnr, put_mkv
@@ -117,7 +118,7 @@ def assert_fits_width(page: Page, width: int) -> None:
     try:
         page.page.wait_for_function(f"document.documentElement.scrollWidth <= {width}",
                                     timeout=5000)
-    except Exception:
+    except PlaywrightTimeoutError:
         wide = page.page.evaluate(f"""[...document.querySelectorAll('body *')]
             .filter(e => e.getBoundingClientRect().right > {width})
             .map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5)""")

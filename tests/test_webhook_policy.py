@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from engines import need
 from webhook_receiver import Receiver
 
 from kvslite.server.delivery.failures import DeliveryError
@@ -151,9 +152,9 @@ def test_an_answer_without_a_status_line_is_a_failure():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the certificate")
 def test_https_connects_to_the_vetted_address_and_verifies_the_host_name(tmp_path,
                                                                           monkeypatch):
+    need(shutil.which("openssl") is not None, "the openssl command (to make a certificate)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                     str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",

@@ -59,13 +59,15 @@ class SocketPeer:
         try:
             await self.websocket.send_text(text)
         except (RuntimeError, OSError, WebSocketDisconnect):
+            # The client is gone: its receive loop (SignalingEndpoint._serve) sees the
+            # disconnect and takes it out of the hub; nothing is owed to a closed socket.
             pass
 
     async def close(self) -> None:
         try:
             await self.websocket.close(1000)
         except (RuntimeError, OSError):
-            pass
+            pass  # closed already, by the client or an earlier close: the outcome wanted
 
 
 class SignalingEndpoint:

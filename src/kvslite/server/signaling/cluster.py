@@ -111,8 +111,9 @@ class ClusterRelay:
         if not self.bus.listening.is_set():
             try:
                 await asyncio.wait_for(self.bus.listening.wait(), LISTEN_WAIT_S)
-            except TimeoutError:
-                pass
+            except TimeoutError:  # go on: the listener keeps retrying, and on reconnecting
+                log.warning("not yet listening for other nodes' signaling messages after "
+                            "%s s; this node's connections get them once it is", LISTEN_WAIT_S)
 
     async def _on_note(self, note: dict) -> None:
         key: Key = (note["arn"], note["to"])
