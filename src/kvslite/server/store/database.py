@@ -10,7 +10,9 @@ one transaction. Where the engines differ, a subclass fills in a small, named ho
   database's);
 - `_schema_version()` / `_record_schema_version()`: where the schema version is kept;
 - `_is_disk_full()`: which driver error means a full disk (OutOfSpace, an error clients
-  can act on).
+  can act on);
+- `writer` and `_writer_turn()`: where write transactions run and who may run one now
+  (PostgreSQL: any pooled connection, concurrently; SQLite: one connection, in turn).
 
 Row locks are written with `with_for_update()`, which PostgreSQL renders and SQLite, whose
 write transactions run one at a time anyway, leaves out.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
@@ -53,13 +55,15 @@ class SqlDatabase(ABC):
     MIGRATIONS: ClassVar[list[Migration]]
     insert: ClassVar[Callable[..., Any]]  # sqlalchemy.dialects.<engine>.insert
 
-    def __init__(self, engine: sa.Engine, where: str):
+    def __init__(self, engine: sa.Engine, where: str, *, writer: sa.Engine | None = None):
         self._engine = engine
+        self._writer = writer or engine  # where write transactions run
         self._compiled: dict[sa.Executable, _Compiled] = {}
         self._migrate(where)
 
     def close(self) -> None:
         self._engine.dispose()
+        self._writer.dispose()
 
     # -- connections and transactions -----------------------------------------------------
 
@@ -72,8 +76,14 @@ class SqlDatabase(ABC):
     def _write(self) -> Iterator[sa.Connection]:
         """One transaction, committed on leaving the block, rolled back on an exception.
         A block may roll back itself (`_rollback`) and leave: nothing is committed."""
-        with self._errors(), self._engine.connect() as conn, self._transaction(conn):
+        with self._errors(), self._writer_turn(), self._writer.connect() as conn, \
+                self._transaction(conn):
             yield conn
+
+    def _writer_turn(self) -> AbstractContextManager[object]:
+        """Held while a write transaction runs: nothing here (the database orders
+        concurrent writers itself), or a turn on a single writer connection."""
+        return nullcontext()
 
     @contextmanager
     def _transaction(self, conn: sa.Connection) -> Iterator[sa.Connection]:

@@ -3,15 +3,18 @@
 Every write is one `BEGIN IMMEDIATE` transaction committed with synchronous=FULL, so
 what a caller was told is stored survives a crash, and writers in other threads or
 processes wait their turn: each guarantee of `MetadataStore` holds because SQLite runs
-write transactions one at a time. The queries are sql_store's; this module holds what is
+write transactions one at a time. This process runs all of its writes on one connection,
+taken in turn (`_writer_turn`); reads use a pool. The queries are sql_store's; this module holds what is
 SQLite's own (see the hooks in `database`).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +26,8 @@ from kvslite.server.store.schema import INT
 from kvslite.server.store.sql_store import SqlMetadataStore
 from kvslite.server.store.sqlite_schema import MIGRATIONS
 
-POOL_SIZE = 16  # connections kept open; more are opened (and closed) when threads need them
+POOL_SIZE = 16  # readers' connections kept open; more are opened (and closed) when needed
+WRITER_WAIT_S = 30.0  # how long a write waits for its turn, as for SQLite's own write lock
 
 
 def _enable_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
@@ -65,7 +69,12 @@ class SqliteMetadataStore(SqlMetadataStore):
         engine = sa.create_engine("sqlite://", creator=partial(_connect, self.path),
                                   poolclass=sa.QueuePool, pool_size=POOL_SIZE,
                                   max_overflow=-1, isolation_level="AUTOCOMMIT")
-        super().__init__(engine, str(self.path))
+        # every write transaction ends in a commit or a rollback of its own: no reset needed
+        writer = sa.create_engine("sqlite://", creator=partial(_connect, self.path),
+                                  poolclass=sa.StaticPool, isolation_level="AUTOCOMMIT",
+                                  pool_reset_on_return=None)
+        self._writer_lock = threading.Lock()
+        super().__init__(engine, str(self.path), writer=writer)
 
     def ping(self, timeout_s: float) -> None:
         """A local file answers at once, or raises (missing, unreadable)."""
@@ -74,6 +83,19 @@ class SqliteMetadataStore(SqlMetadataStore):
 
     def _fragment_committed(self, arn: str) -> None:
         self.new_fragments.notify(arn)
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's writes take turns on one connection. Its page cache then stays
+        warm: SQLite drops a connection's cache whenever another connection has written,
+        and a pool of writers re-read ~30 pages per fragment. And a writer waiting its
+        turn sleeps on a lock, not in SQLite's busy-wait backoff (sleeps of up to 100 ms)."""
+        if not self._writer_lock.acquire(timeout=WRITER_WAIT_S):
+            raise sqlite3.OperationalError("database is locked")  # as SQLite says it
+        try:
+            yield
+        finally:
+            self._writer_lock.release()
 
     # -- hooks ----------------------------------------------------------------------------
 
