@@ -542,6 +542,26 @@ def test_renew_extends_a_live_lease_only(clocked, clock):
     assert clocked.acquire_lease(resource, "D", limit=1, ttl_ms=1000) is None
 
 
+def test_a_fragment_committed_under_its_fence_renews_it(clocked, clock):
+    """add_fragment with renew_fence_ms renews the fence in the fragment's commit (an
+    upload sending fragments needs no renewals of its own); without it, it does not; a
+    refused fragment renews nothing."""
+    stream, header_id = new_stream(clocked)
+    resource = f"put-media:{stream.arn}"
+    lease = clocked.acquire_lease(resource, "A", limit=1, ttl_ms=1000)
+    clock.advance(0.9)
+    _, created = add(clocked, stream.arn, header_id, 1, "one", fence=lease, renew_fence_ms=1000)
+    assert created
+    clock.advance(0.6)  # 1.5 s: alive only thanks to the commit (until 1.9 s)
+    assert clocked.acquire_lease(resource, "B", limit=1, ttl_ms=1000) is None
+    add(clocked, stream.arn, header_id, 2, "two", fence=lease)  # checked, not renewed
+    clock.advance(0.5)  # 2.0 s: expired
+    with pytest.raises(LeaseLost):
+        add(clocked, stream.arn, header_id, 3, "three", fence=lease, renew_fence_ms=1000)
+    assert clocked.count_leases(resource) == 0  # the refused commit renewed nothing
+    assert clocked.acquire_lease(resource, "B", limit=1, ttl_ms=1000) is not None
+
+
 def test_count_leases_counts_live_leases_only(clocked, clock):
     """What a node that lost its lease reports: whether anyone holds the slot now."""
     resource = "put-media:stream-z"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from kvslite.server.api_errors import RESOURCE_NOT_FOUND, ApiError
+from kvslite.server.archive.leases import LEASE_TTL_MS
 from kvslite.media import mkv, remux
 from kvslite.media.limits import MAX_FRAGMENT_SPAN_MS, video_track
 from kvslite.media.nal import REFERENCE, PictureRole, length_size, picture_role
@@ -129,7 +130,7 @@ class Archive:
         (found by add_fragment in the commit, not by a lookup of its own before: resends
         are rare, and every fragment would pay that round trip).
         Raises StreamNotActive (deleted meanwhile) or LeaseLost (fenced off); either way
-        nothing is left behind."""
+        nothing is left behind. A `fence` still held is renewed by the commit."""
         data, offsets = mkv.write_cluster(cluster)
         digest = hashlib.sha256(data).digest()
         server_ms = self._never_before_previous(stream, server_ms, fence)
@@ -147,7 +148,7 @@ class Archive:
             raise StreamNotActive(stream.arn) from None
         try:
             fragment, created = self.store.add_fragment(
-                fence=fence, arn=stream.arn, producer_ms=producer_ms, server_ms=server_ms,
+                fence=fence, renew_fence_ms=LEASE_TTL_MS, arn=stream.arn, producer_ms=producer_ms, server_ms=server_ms,
                 duration_ms=duration_ms, size=len(data), header_id=header_id, blob_key=key,
                 frames=pack_frames(entries), digest=digest, deliveries=list(deliveries))
         except BaseException:

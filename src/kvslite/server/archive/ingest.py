@@ -82,6 +82,7 @@ class IngestSession:
         self.received = 0
         self.persisted = 0
         self.duplicates = 0
+        self.lease_renewed: float | None = None  # monotonic: a fragment's commit renewed it
         # progress: when the header or a fragment last completed, and bytes received then
         self.progress_ms = int(now() * 1000)
         self.received_at_progress = 0
@@ -256,6 +257,8 @@ class IngestSession:
         except MediaUnavailable as e:  # S3 down: archiving failed, not kvslite itself
             raise IngestError(ids.ARCHIVAL_ERROR, f"the media store is unavailable: {e.detail}",
                               cluster.timecode) from None
+        if self.lease is not None:
+            self.lease_renewed = time.monotonic()
         if created:
             self.persisted += 1
             if deliveries:

@@ -102,7 +102,10 @@ class _Upload:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _keep_lease(self) -> None:
-        """Renew the upload's slot on the stream while it lives."""
+        """Renew the upload's slot on the stream while it lives. Each fragment's commit
+        renews it too: an upload sending fragments at least every RENEW_EVERY_S needs
+        no renewal of its own (hundreds of cameras would otherwise add a write each)."""
+        self.renewed = max(self.renewed, self.session.lease_renewed or 0.0)
         if time.monotonic() - self.renewed < RENEW_EVERY_S:
             return
         if not await run_in_threadpool(self.leases.renew, self.lease):

@@ -236,13 +236,14 @@ class MetadataStore(Protocol):
 
     def add_fragment(self, *, arn: str, producer_ms: int, server_ms: int, duration_ms: int,
                      size: int, header_id: int, blob_key: str, frames: bytes, digest: bytes,
-                     fence: Lease | None = None,
+                     fence: Lease | None = None, renew_fence_ms: int | None = None,
                      deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
         """Commit a fragment, assigning the stream's next seq and its number; returns it
         and True, or the fragment already stored with the same producer time and digest
         and False. `deliveries` ((kind, event JSON) pairs) go into the outbox in the same
         commit, for a new fragment only. Raises StreamNotActive, or LeaseLost if `fence` is
-        no longer held."""
+        no longer held; with `renew_fence_ms`, a fence still held is renewed for that long
+        in the same commit (a writer that commits often needs no renewals of its own)."""
 
     def find_fragment(self, arn: str, *, producer_ms: int, digest: bytes) -> Fragment | None:
         """The fragment with exactly this producer time and content, if stored."""

@@ -40,6 +40,7 @@ from kvslite.server.store.metadata import (
     fragment_number,
 )
 from kvslite.server.store.schema import (
+    INT,
     fragments,
     headers,
     lease_epochs,
@@ -90,6 +91,7 @@ class _NewFragment:
     """An add_fragment request: the row (seq and number still to come) and its checks."""
     fragment: Fragment
     fence: Lease | None
+    renew_fence_ms: int | None
     deliveries: tuple[tuple[str, str], ...]
 
 
@@ -98,6 +100,14 @@ def _holds_query(now: sa.ColumnElement[int]) -> sa.Select:
     """The live lease, locked against its removal until the transaction ends."""
     return (sa.select(le.epoch).where(_LEASE, le.expires_ms > now)
             .with_for_update(read=True, key_share=True))
+
+
+@cache
+def _renew_query(now: sa.ColumnElement[int]) -> sa.Update:
+    """The live lease renewed for "ttl_ms" more, its row locked until the transaction ends;
+    no row if it is no longer held."""
+    return (sa.update(leases).where(_LEASE, le.expires_ms > now)
+            .values(expires_ms=now + sa.bindparam("ttl_ms", type_=INT)).returning(le.epoch))
 
 
 def _stream_of(row: sa.Row) -> Stream:
@@ -235,7 +245,7 @@ class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
 
     def add_fragment(self, *, arn: str, producer_ms: int, server_ms: int, duration_ms: int,
                      size: int, header_id: int, blob_key: str, frames: bytes, digest: bytes,
-                     fence: Lease | None = None,
+                     fence: Lease | None = None, renew_fence_ms: int | None = None,
                      deliveries: Sequence[tuple[str, str]] = ()) -> tuple[Fragment, bool]:
         """Committed with the fragments other threads add at the same time (group_commit):
         one transaction, one commit, each caller told its own outcome."""
@@ -243,7 +253,8 @@ class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
                             server_ms=server_ms, duration_ms=duration_ms, size=size,
                             header_id=header_id, blob_key=blob_key, frames=frames,
                             digest=digest)
-        return self._fragment_commits.submit(_NewFragment(fragment, fence, tuple(deliveries)))
+        return self._fragment_commits.submit(
+            _NewFragment(fragment, fence, renew_fence_ms, tuple(deliveries)))
 
     @cached_property
     def _fragment_commits(self) -> GroupCommit[_NewFragment]:
@@ -286,7 +297,7 @@ class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
         taken = self._run_compiled(conn, _TAKE_SEQ, stream=arn)
         if not taken:
             return StreamNotActive(arn)
-        if new.fence is not None and not self._holds(conn, new.fence):
+        if new.fence is not None and not self._holds(conn, new.fence, new.renew_fence_ms):
             self._run_compiled(conn, _GIVE_SEQ_BACK, stream=arn)
             return LeaseLost(new.fence.resource)
         seq = taken[0][0]
@@ -337,9 +348,13 @@ class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
         return {"lease_resource": lease.resource, "lease_holder": lease.holder,
                 "lease_epoch": lease.epoch}
 
-    def _holds(self, conn: sa.Connection, lease: Lease) -> bool:
-        """Whether `lease` is live; its row stays locked until the transaction ends, so no
-        acquire can drop it (and take the slot over) before this commits."""
+    def _holds(self, conn: sa.Connection, lease: Lease, renew_ms: int | None = None) -> bool:
+        """Whether `lease` is live (and then renewed for `renew_ms`, if given); its row stays
+        locked until the transaction ends, so no acquire can drop it (and take the slot
+        over) before this commits."""
+        if renew_ms is not None:
+            return bool(self._run_compiled(conn, _renew_query(self.NOW), **self._lease(lease),
+                                           now=self._now_ms(), ttl_ms=renew_ms))
         return bool(self._run_compiled(conn, _holds_query(self.NOW), **self._lease(lease),
                                        now=self._now_ms()))
 
