@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from kvslite.server.store.files import FileBlobStore
 
 
@@ -52,3 +54,29 @@ def test_file_blob_store_fsyncs_the_blob_then_renames_then_fsyncs_the_folder(tmp
         assert file_syncs[0] < renames[-1] < dir_syncs[-1], events
     else:
         assert file_syncs[0] < dir_syncs[-1], events
+
+
+def test_a_new_folder_is_on_disk_before_put_returns(tmp_path, monkeypatch):
+    """A stream's first blob makes its folder: the folder's own entry is fsynced too (in
+    its parent), else the blob could be lost with its folder after a power cut."""
+    store = FileBlobStore(tmp_path / "media")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino),
+                                                 real_fsync(fd))[1])
+    store.put("streams/s-2/1-abcd.mkv", b"data")
+    monkeypatch.undo()
+    media = tmp_path / "media"
+    for folder in (media, media / "streams", media / "streams" / "s-2"):
+        assert folder.stat().st_ino in synced, folder
+
+
+@pytest.mark.parametrize("key", ["../x.mkv", "streams/../../x.mkv", "/etc/passwd", "",
+                                 "streams//x.mkv", "streams/./x.mkv"])
+def test_a_key_that_would_leave_the_store_is_refused(tmp_path, key):
+    store = FileBlobStore(tmp_path / "media")
+    with pytest.raises(ValueError, match="escapes the store"):
+        store.put(key, b"data")
+    with pytest.raises(ValueError, match="escapes the store"):
+        store.get(key)
+    assert not (tmp_path / "x.mkv").exists()
