@@ -69,3 +69,41 @@ def _wait_until(condition, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.002)
+
+
+def test_one_batch_at_a_time_under_many_callers_and_each_gets_its_own_outcome():
+    """16 threads submit 40 requests each: never two batches at once, every caller gets
+    its own result, and callers share batches. An unsettled request fails, alone."""
+    running, overlaps, lock = [0], [], threading.Lock()
+
+    def run_batch(batch):
+        with lock:
+            running[0] += 1
+            overlaps.append(running[0])
+        time.sleep(0.001)
+        for pending in batch:
+            if pending.request != (3, 7):  # left unsettled
+                pending.succeed(pending.request)
+        with lock:
+            running[0] -= 1
+
+    commits = GroupCommit(run_batch)
+    outcomes: dict = {}
+
+    def caller(thread):
+        for i in range(40):
+            try:
+                outcomes[thread, i] = commits.submit((thread, i))
+            except RuntimeError as e:
+                outcomes[thread, i] = str(e)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert max(overlaps) == 1
+    assert len(outcomes) == 640
+    assert outcomes.pop((3, 7)) == "the batch left this request unsettled"
+    assert all(key == value for key, value in outcomes.items())
+    assert commits.batches < 640

@@ -8,7 +8,10 @@ takes them all. Nobody waits for a timer: an idle store commits a lone request a
 
 The caller that runs a batch is one of the callers (no thread of its own to start or
 stop). The batch function gives every request its own outcome, a result or an error, so
-one bad request never fails the others.
+one bad request never fails the others. Every waiting caller is woken exactly once: when
+its request is settled, or when it is its turn to run the next batch (a shared condition
+would wake them all at each batch, and hundreds of cameras' threads would spend their CPU
+on context switches).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Pending(Generic[Request]):
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.woken = threading.Event()  # settled, or its turn to run a batch
 
     def succeed(self, result: Any) -> None:
         self.result, self.done = result, True
@@ -47,7 +51,7 @@ class GroupCommit(Generic[Request]):
 
     def __init__(self, run_batch: Callable[[list[Pending[Request]]], None]):
         self._run_batch = run_batch
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[Pending[Request]] = []
         self._running = False
         self.batches = 0  # how many batches ran (tests and metrics read it)
@@ -55,27 +59,35 @@ class GroupCommit(Generic[Request]):
     @property
     def queued(self) -> int:
         """Requests waiting for the next batch."""
-        with self._changed:
+        with self._lock:
             return len(self._queue)
 
     def submit(self, request: Request) -> Any:
         """Run `request` in the next batch: its result, or its error raised here."""
         pending = Pending(request)
-        with self._changed:
+        with self._lock:
             self._queue.append(pending)
-            while self._running and not pending.done:
-                self._changed.wait()
+            runs_next = not self._running
+            self._running = True
+        if not runs_next:
+            pending.woken.wait()
             if pending.done:  # another caller's batch ran it
                 return pending.outcome()
-            self._running = True
+        # this caller runs the next batch: everything queued by now, its own request first
+        with self._lock:
             batch, self._queue = self._queue, []
         try:
             self._run(batch)
         finally:
-            with self._changed:
-                self._running = False
+            with self._lock:
                 self.batches += 1
-                self._changed.notify_all()  # wakes the settled, and the next batch's runner
+                following = self._queue[0] if self._queue else None
+                self._running = following is not None
+            for settled in batch:
+                if settled is not pending:
+                    settled.woken.set()
+            if following is not None:
+                following.woken.set()  # not settled: its turn to run the next batch
         return pending.outcome()
 
     def _run(self, batch: list[Pending[Request]]) -> None:
@@ -85,3 +97,6 @@ class GroupCommit(Generic[Request]):
             for pending in batch:
                 if not pending.done:
                     pending.fail(e)
+        for pending in batch:  # woken unsettled, a caller would take itself for the runner
+            if not pending.done:
+                pending.fail(RuntimeError("the batch left this request unsettled"))
