@@ -23,9 +23,12 @@ MB = 10^6 bytes.
          compare server CPU per fragment with the unsigned default.
   --cluster  B only, on one node of examples/local_cluster.py (PostgreSQL + SeaweedFS S3):
          adds how much of the run SeaweedFS spent growing volumes (its log's "grow" lines).
+  --server-cpus  pin the server to these CPUs ("1", "0-3") and the load generator to the
+         others: cameras per server core, without the load generator's share of the cores.
 
 Rerun:  .venv/bin/python benchmarks/ingest.py [--seconds 20] [--streams 20] [--mb 200]
                                               [--cluster] [--signed-as nobody|admin|user]
+                                              [--server-cpus 1]
                                               [--out results.json]
 """
 
@@ -113,6 +116,15 @@ def user_key(endpoint: str) -> tuple[str, str]:
     return made["AccessKeyId"], made["SecretAccessKey"]
 
 
+def pin_apart(server: Server, cpus: str) -> None:
+    """The server on `cpus`, this process (the load generator) on every other CPU."""
+    server.pin(cpus)
+    mine = set(os.sched_getaffinity(0)) - set(os.sched_getaffinity(server.proc.pid))
+    if not mine:
+        raise SystemExit(f"--server-cpus {cpus} leaves no CPU for the load generator")
+    os.sched_setaffinity(0, mine)
+
+
 def cpu_per_fragment(b: dict) -> float | None:
     return round(b["server_cpu_s"] * 1000 / b["fragments_persisted"], 2) \
         if b["fragments_persisted"] else None
@@ -147,6 +159,9 @@ def main() -> None:
                     help="uploads unsigned to an anonymous server (default), or SigV4-signed by "
                          "the administrator's key or by an IAM user's whose policy allows "
                          "PutMedia on the bench streams (the authorization check's cost)")
+    ap.add_argument("--server-cpus", default=None,
+                    help="pin the server to these CPUs (taskset list, e.g. 1 or 0-3) and this "
+                         "load generator to the rest")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "kvslite-ingest.json"))
     args = ap.parse_args()
     started = time.perf_counter()
@@ -176,6 +191,8 @@ def main() -> None:
             for name in ["bench-a"] + [f"bench-b-{i}" for i in range(args.streams)]:
                 kvs.create_stream(StreamName=name, DataRetentionInHours=24, MediaType="video/h264")
             key = user_key(endpoint) if args.signed_as == "user" else admin
+            if args.server_cpus:
+                pin_apart(server, args.server_cpus)
             cpu0 = server.cpu_s()
             a = upload_unpaced(server.port, "bench-a", header, gops, n_a, limit_s=300, key=key)
             cpu1 = server.cpu_s()
@@ -188,7 +205,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {
-        "signed_as": args.signed_as,
+        "signed_as": args.signed_as, "server_cpus": args.server_cpus or "all (shared)",
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "processor": platform.processor()},
         "video": {"width": W, "height": H, "fps": FPS, "fragment_bytes_avg": round(frag_size),

@@ -6,6 +6,8 @@ frames, long size fields, BlockGroups, Voids) under byte mutations and random ch
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,9 +86,9 @@ def read(cls: type[MkvReader], data: bytes, cuts: list[int]) -> tuple[list, tupl
     """What a reader makes of `data` fed in pieces cut at `cuts`: its events, each as plain
     values, and its error (reason, message), if any."""
     r, events, error = reader(cls), [], None
-    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(data))), len(data)]
+    bounds = [0, *sorted({c for c in cuts if 0 < c < len(data)}), len(data)]
     try:
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             events += r.feed(data[a:b])
         events += r.close()
     except MkvError as e:
