@@ -2,7 +2,9 @@
 is asked for only when a chunk completes something to archive (issue 22).
 
 A camera sends each fragment in many body chunks; a hand-off to a worker thread per chunk
-cost ~0.1 ms of CPU each. `kvslite_putmedia_handoffs_total` counts the hand-offs.
+cost ~0.1 ms of CPU each. `kvslite_putmedia_handoffs_total` counts the hand-offs. Likewise
+an upload's lease is renewed by the commits of its fragments, not by writes of its own
+(`kvslite_lease_renewals_total`).
 """
 
 from __future__ import annotations
@@ -81,3 +83,41 @@ def test_long_runs_of_tiny_elements_are_parsed_off_the_event_loop(shared_server,
     fragment, = shared_server.client("kinesis-video-archived-media").list_fragments(
         StreamName="voids")["Fragments"]
     assert fragment["FragmentSizeInBytes"] == len(mkv.write_cluster(cluster)[0])
+
+
+def lease_renewals(server) -> float:
+    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return next(sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == "kvslite_lease_renewals_total")
+
+
+def test_a_busy_upload_is_kept_alive_by_its_commits_an_idle_one_renews(start_server, h264):
+    """Over 7 s (two renewal periods of 3 s), an upload committing a fragment every 0.5 s
+    writes no lease renewal of its own: each commit renews its lease. An idle upload beside
+    it renews on its own, once or twice. (Before, the busy upload renewed too: 3 or more.)"""
+    server = start_server()
+    kvs = server.client("kinesisvideo")
+    for name in ("busy", "idle"):
+        kvs.create_stream(StreamName=name, DataRetentionInHours=1)
+    header = mkv.write_header(synthetic.stream_header(h264))
+    start = NOW_MS - 600_000
+    fragments = [f for k in range(4) for f in sdk_fragments(h264, start + k * 4000)]
+    busy, idle = PutMediaConnection(server.port, "busy"), PutMediaConnection(server.port, "idle")
+    idle.send(header + fragments[0])
+    busy.send(header + fragments[0])
+    busy.wait_for("PERSISTED")
+    idle.wait_for("PERSISTED")
+    before = lease_renewals(server)
+    t0, persisted = time.monotonic(), []
+    for k, fragment in enumerate(fragments[1:15]):  # 14 fragments, 0.5 s apart: 7 s
+        time.sleep(max(0.0, t0 + 0.5 * (k + 1) - time.monotonic()))
+        busy.send(fragment)
+        persisted.append(busy.wait_for("PERSISTED")[-1])
+    renewed = lease_renewals(server) - before
+    for conn in (busy, idle):
+        conn.finish()
+        assert not [a for a in conn.all_acks() if a["EventType"] == "ERROR"]
+        conn.close()
+    assert [ack["EventType"] for ack in persisted] == ["PERSISTED"] * 14
+    assert 1 <= renewed <= 2, f"{renewed} renewals in {time.monotonic() - t0:.1f} s"

@@ -27,6 +27,8 @@ DECODE_SECONDS = Histogram("kvslite_decode_seconds",
                            "Time to decode and encode the images of one fragment")
 CONNECTIONS = Gauge("kvslite_open_connections", "Open long-lived media connections",
                     ["kind"])
+LEASE_RENEWALS = Counter("kvslite_lease_renewals", "Lease renewals written on their own (an "
+                         "upload's lease is also renewed by each fragment it commits)")
 LEASES_LOST = Counter("kvslite_leases_lost",
                       "Uploads or reads whose per-stream slot expired and was taken over")
 SWEEPER_LAG = Gauge("kvslite_sweeper_lag_seconds",

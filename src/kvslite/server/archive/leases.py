@@ -15,6 +15,7 @@ import socket
 import threading
 import uuid
 
+from kvslite.server import metrics
 from kvslite.server.store.metadata import Lease, MetadataStore, Stream
 
 log = logging.getLogger("kvslite.leases")
@@ -55,6 +56,7 @@ class Leases:
                                         limit=limit, ttl_ms=LEASE_TTL_MS)
 
     def renew(self, lease: Lease) -> bool:
+        metrics.LEASE_RENEWALS.inc()
         return self.store.renew_lease(lease, LEASE_TTL_MS)
 
     def why_lost(self, lease: Lease, unrenewed_s: float) -> str:
