@@ -104,8 +104,7 @@ def _holds_query(now: sa.ColumnElement[int]) -> sa.Select:
 
 @cache
 def _renew_query(now: sa.ColumnElement[int]) -> sa.Update:
-    """The live lease renewed for "ttl_ms" more, its row locked until the transaction ends;
-    no row if it is no longer held."""
+    """_holds_query's lease, renewed for "ttl_ms" more; no row if it is no longer held."""
     return (sa.update(leases).where(_LEASE, le.expires_ms > now)
             .values(expires_ms=now + sa.bindparam("ttl_ms", type_=INT)).returning(le.epoch))
 
@@ -352,11 +351,9 @@ class SqlMetadataStore(FragmentQueries, SqlChannels, SqlIam):
         """Whether `lease` is live (and then renewed for `renew_ms`, if given); its row stays
         locked until the transaction ends, so no acquire can drop it (and take the slot
         over) before this commits."""
-        if renew_ms is not None:
-            return bool(self._run_compiled(conn, _renew_query(self.NOW), **self._lease(lease),
-                                           now=self._now_ms(), ttl_ms=renew_ms))
-        return bool(self._run_compiled(conn, _holds_query(self.NOW), **self._lease(lease),
-                                       now=self._now_ms()))
+        query = _holds_query(self.NOW) if renew_ms is None else _renew_query(self.NOW)
+        return bool(self._run_compiled(conn, query, **self._lease(lease), now=self._now_ms(),
+                                       ttl_ms=renew_ms))  # (the first query has no ttl_ms)
 
     def renew_lease(self, lease: Lease, ttl_ms: int) -> bool:
         with self._write() as conn:
