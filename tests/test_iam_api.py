@@ -145,6 +145,15 @@ def test_inline_policies_are_put_read_listed_and_deleted(iam):
                                                        "NotAction": "*", "Resource": "*"}}),
     json.dumps({"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": [1],
                                                        "Resource": "*"}}),
+    # policies no request could be checked against: stored, they failed every request
+    json.dumps({"Version": "2012-10-17", "Statement": {"Effect": "Allow",
+                                                       "Action": "kinesisvideo",
+                                                       "Resource": "*"}}),
+    json.dumps({"Version": "2012-10-17", "Extra": 1, "Statement": {
+        "Effect": "Allow", "Action": "kinesisvideo:GetImages", "Resource": "*"}}),
+    json.dumps({"Version": "2012-10-17", "Statement": {
+        "Effect": "Allow", "Action": "kinesisvideo:GetImages", "Resource": "*",
+        "Condition": {"StringEquals": "x"}}}),
 ])
 def test_a_malformed_policy_is_refused(iam, document):
     iam.create_user(UserName="shape")

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kvslite.server.edge.connections import GuardedH11Protocol
+from kvslite.server.iam.policy import PolicyError, parse
 from kvslite.server.iam.principal import Principal
 from kvslite.server.iam.tokens import SessionCredentials
 
@@ -52,13 +53,13 @@ def parse_role_alias(value: str) -> RoleAlias:
                          f"digits and _=,@-), got {value!r}")
     try:
         policy = Path(path).read_text()
-        document = json.loads(policy)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--iot-role-alias {name}: cannot read a JSON policy from "
-                         f"{path}: {e}") from None
-    if not isinstance(document, dict) or "Statement" not in document:
-        raise ValueError(f"--iot-role-alias {name}: {path} is not a policy document "
-                         f"(no Statement)")
+    except OSError as e:
+        raise ValueError(f"--iot-role-alias {name}: cannot read {path}: {e}") from None
+    try:
+        parse(policy)  # what every device's request will be checked against
+    except PolicyError as e:
+        raise ValueError(f"--iot-role-alias {name}: {path} is not a valid policy: {e}"
+                         ) from None
     return RoleAlias(name, policy)
 
 
