@@ -154,49 +154,37 @@ class MkvReader:
 
     def _simple_blocks(self, limit: int) -> int:
         """The fast path of a camera's stream: read up to `limit` SimpleBlocks that lie whole
-        in the buffer, inside a Cluster whose Timecode came; how many. It stops at anything
-        else (another element, a partial block, anything suspect), which `_step` reads,
-        checks and refuses with its reasons: both paths give the same frames."""
+        in the buffer, inside a Cluster whose Timecode came; how many. It only skips
+        `_step`'s per-element dispatch: each block goes through `_add_block` as there, and
+        anything else (another element, a partial block, a size `_step` would refuse) is
+        left to `_step`, which reads it and names the fault."""
         if self._skip or self._cluster_tc is None or not self._stack:
             return 0
         parent, end = self._stack[-1]
         if parent != CLUSTER:
             return 0
-        buf, pos, tracks, frames = self._buf, self._pos, self._tracks, self._frames
-        assert tracks is not None  # a Cluster starts only after Tracks
-        cluster_end = (self._cluster_start + self.max_cluster_size
-                       if end is None else min(end, self._cluster_start + self.max_cluster_size))
-        offset = self._abs - pos  # absolute position of buf[0]
+        cluster_end = self._cluster_start + self.max_cluster_size
+        if end is not None:
+            cluster_end = min(end, cluster_end)
         max_block = self.max_frame_size + _BLOCK_OVERHEAD
-        done = 0
-        while done < limit and len(frames) < self.max_cluster_frames:
-            if pos + 9 > len(buf) or buf[pos] != SIMPLE_BLOCK:
+        buf, done = self._buf, 0
+        while done < limit:
+            pos = self._pos
+            if pos + 2 > len(buf) or buf[pos] != SIMPLE_BLOCK:
                 break
-            first = buf[pos + 1]  # the block's size: a vint of 1 to 8 bytes
-            szlen = 9 - first.bit_length()
-            if not 1 <= szlen <= 8:
+            szlen = 9 - buf[pos + 1].bit_length()  # the block's size: a vint of 1 to 8 bytes
+            if not 1 <= szlen <= 8 or pos + 1 + szlen > len(buf):
                 break
             size = int.from_bytes(buf[pos + 1:pos + 1 + szlen], "big") & ((1 << 7 * szlen) - 1)
-            start = pos + 1 + szlen  # the block header
-            stop = start + size
+            stop = pos + 1 + szlen + size
             if size >= (1 << 7 * szlen) - 1 or size > max_block or stop > len(buf) \
-                    or offset + stop > cluster_end:
+                    or self._abs + stop - pos > cluster_end:
                 break
-            track = buf[start]  # a 1-byte track number vint (tracks 1-127)
-            if not track & 0x80 or track == 0xFF or size < 4:
-                break
-            track &= 0x7F
-            flags = buf[start + 3]
-            if track not in tracks or flags & 0x06 or size - 4 > self.max_frame_size:
-                break
-            rel = int.from_bytes(buf[start + 1:start + 3], "big", signed=True)
             with memoryview(buf) as view, view[pos:stop] as part:
                 block = bytes(part)
-            frames.append(Frame(track, self._cluster_tc + rel, bool(flags & 0x80), block=block,
-                                payload_offset=start + 4 - pos, payload_size=stop - start - 4))
-            pos = stop
+            self._consume(stop - pos)
+            self._add_block(block, 1 + szlen, False)
             done += 1
-        self._consume(pos - self._pos)
         return done
 
     @staticmethod
