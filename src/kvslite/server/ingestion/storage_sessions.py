@@ -237,10 +237,15 @@ class StorageSession:
                            f"number of viewers connected to the session ({MAX_VIEWERS})")
         viewer = StorageViewer(client_id, self.ice_servers)
         self.viewers[client_id] = viewer
-        offer = await viewer.offer()
-        text = json.dumps({"messageType": "SDP_OFFER", "messagePayload": base64.b64encode(
-            json.dumps(offer).encode()).decode("ascii")})
-        if not await self.owner.hub.relay.deliver(self.channel_arn, client_id, text):
+        try:
+            offer = await viewer.offer()
+            text = json.dumps({"messageType": "SDP_OFFER", "messagePayload": base64.b64encode(
+                json.dumps(offer).encode()).decode("ascii")})
+            delivered = await self.owner.hub.relay.deliver(self.channel_arn, client_id, text)
+        except BaseException:  # no offer went out: the viewer must not keep a slot
+            await self._drop_viewer(client_id)
+            raise
+        if not delivered:
             await self._drop_viewer(client_id)
             raise invalid(f"the viewer {client_id[:256]} disconnected")
         self.peer.request_keyframe()  # the viewer's video starts at an IDR
