@@ -5,6 +5,7 @@ temporary credentials, which boto3 and a producer-SDK-shaped PutMedia then sign 
 from __future__ import annotations
 
 import base64
+import calendar
 import http.client
 import json
 import socket
@@ -28,6 +29,11 @@ pytestmark = pytest.mark.slow  # servers, certificates and a TLS listener each
 POLICY = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Action": "kinesisvideo:*",
     "Resource": "arn:aws:kinesisvideo:*:*:stream/${credentials-iot:ThingName}/*"}]}
+
+
+def expiry_of(credentials: dict) -> float:
+    """The credentials' expiration (UTC, as the provider writes it) in epoch seconds."""
+    return calendar.timegm(time.strptime(credentials["expiration"], "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def kvslite(*args: str, data_dir: Path) -> list[str]:
@@ -106,8 +112,8 @@ def test_a_device_certificate_buys_credentials_that_upload(start_server, tmp_pat
     assert sorted(credentials) == ["accessKeyId", "expiration", "secretAccessKey",
                                    "sessionToken"]
     assert credentials["accessKeyId"].startswith("ASIA") and len(credentials["accessKeyId"]) == 20
-    expires = time.mktime(time.strptime(credentials["expiration"], "%Y-%m-%dT%H:%M:%SZ"))
-    assert abs(expires - time.timezone - (time.time() + 3600)) < 5  # AWS's default hour
+    expires = expiry_of(credentials)
+    assert abs(expires - (time.time() + 3600)) < 5  # AWS's default hour
 
     server.client("kinesisvideo").create_stream(StreamName="cam2", DataRetentionInHours=1)
     kvs = session_client(server, credentials)
@@ -152,9 +158,7 @@ def test_forged_and_expired_tokens_are_refused(start_server, tmp_path):
     assert error_code(session_client(server, wrong_secret).list_streams) == \
         (403, "InvalidSignatureException")
 
-    time.sleep(max(0.0, time.mktime(time.strptime(credentials["expiration"],
-                                                  "%Y-%m-%dT%H:%M:%SZ"))
-                   - time.timezone - time.time()) + 0.2)
+    time.sleep(max(0.0, expiry_of(credentials) - time.time()) + 0.2)
     assert error_code(kvs.list_streams) == (403, "ExpiredTokenException")
 
 

@@ -145,6 +145,7 @@ def test_the_session_moves_to_a_live_node_when_its_node_is_killed(two_nodes):
 
             refusals = 0
             while True:  # the master rejoins through A: refused until B's lease expires
+                assert time.time() - killed < 30, "B's lease never expired"  # TTL: 15 s
                 try:
                     offer = await master.join(a)
                     break

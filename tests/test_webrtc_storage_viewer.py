@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from botocore.exceptions import ClientError
 from test_signaling_ws import create_channel, master_url, received, viewer_url
-from webrtc_master import GOP, PacedVideo, Tone, enable_storage, encode_h264, ice_servers
+from webrtc_master import FPS, GOP, PacedVideo, Tone, enable_storage, encode_h264, ice_servers
 from websockets.asyncio.client import connect
 
 from kvslite.server.ingestion.storage_peer import use_pass_through
@@ -94,7 +94,9 @@ async def master_and_viewer(server, channel_arn: str, units: list[bytes]) -> dic
                                 channelArn=channel_arn, clientId="viewer-1")
         got["offer"] = await received(viewer_socket, timeout=10)
         await answer(viewer, viewer_socket, got["offer"])
+        sending = time.monotonic() + 10 + len(units) / FPS  # paced at FPS once connected
         while video.sent < len(units):
+            assert time.monotonic() < sending, f"{video.sent} of {len(units)} units sent"
             await asyncio.sleep(0.1)
         deadline = time.monotonic() + 5  # what the test asserts has come through the relays
         while len(got["video"]) < 3 * GOP and time.monotonic() < deadline:
