@@ -63,12 +63,6 @@ class _ExactHeadersSigner(SigV4Auth):
         return headers
 
 
-def credential_key_id(authorization: str) -> str | None:
-    """The access key id an Authorization header names, if it names one."""
-    match = _AUTH_RE.match(authorization.strip())
-    return match["credential"].split("/", 1)[0] if match else None
-
-
 def _forbidden(code: str, message: str) -> ApiError:
     return ApiError(code, message, status=403)
 
