@@ -85,8 +85,8 @@ def get_credentials(port: int, ca: Path, cert: Path | None, key: Path | None, th
         conn.close()
 
 
-def session_client(server, credentials: dict):
-    return boto3.client("kinesisvideo", endpoint_url=server.endpoint, region_name=REGION,
+def session_client(server, credentials: dict, service: str = "kinesisvideo"):
+    return boto3.client(service, endpoint_url=server.endpoint, region_name=REGION,
                         aws_access_key_id=credentials["accessKeyId"],
                         aws_secret_access_key=credentials["secretAccessKey"],
                         aws_session_token=credentials["sessionToken"],
@@ -160,6 +160,9 @@ def test_forged_and_expired_tokens_are_refused(start_server, tmp_path):
 
     time.sleep(max(0.0, expiry_of(credentials) - time.time()) + 0.2)
     assert error_code(kvs.list_streams) == (403, "ExpiredTokenException")
+    # the query protocol (STS, IAM) names it as AWS does there
+    sts = session_client(server, credentials, service="sts")
+    assert error_code(sts.get_caller_identity) == (403, "ExpiredToken")
 
 
 def test_the_thing_must_be_the_certificates_and_the_alias_known(start_server, tmp_path):

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kvslite.server.api_errors import ApiError
+from kvslite.server.api_errors import EXPIRED_TOKEN, ApiError
 from kvslite.server.iam.principal import Principal
 
 SECRET_NAME = "session-credentials"  # the store-kept key, where no key file is given
-EXPIRED_TOKEN = "ExpiredTokenException"
 _VERSION = b"\x01"  # the token format; a token of another version is not ours
 _NONCE_BYTES = 12
 _ASSOCIATED = b"kvslite session token"
