@@ -96,7 +96,7 @@ class EdgeApp:
         async def endpoint(request: Request) -> Response:
             request.scope[OPERATION] = operation.name
             body = await read_body(request, self.settings.max_request_body_bytes)
-            self._authenticate(request, body)
+            await self._authenticate(request, body)
             if handler is None:
                 raise ApiError(NOT_IMPLEMENTED,
                                f"kvslite does not implement {operation.name}", status=501)
@@ -115,7 +115,7 @@ class EdgeApp:
             request.scope[OPERATION] = "PutMedia"
             request.scope[STREAM] = (request.headers.get("x-amzn-stream-name")
                                      or request.headers.get("x-amzn-stream-arn"))
-            self._authenticate(request, b"", streaming=True)  # signs the empty payload
+            await self._authenticate(request, b"", streaming=True)  # signs the empty payload
             await self._authorize(request, "PutMedia", {
                 "StreamName": request.headers.get("x-amzn-stream-name"),
                 "StreamARN": request.headers.get("x-amzn-stream-arn")})
@@ -128,12 +128,17 @@ class EdgeApp:
         if self.authorizer is not None and self.authorizer.evaluates(request.scope):
             await run_in_threadpool(self.authorizer.check, request.scope, operation, params)
 
-    def _authenticate(self, request: Request, body: bytes, service: str = sigv4.SIGNING_NAME,
-                      *, streaming: bool = False):
+    async def _authenticate(self, request: Request, body: bytes,
+                            service: str = sigv4.SIGNING_NAME, *, streaming: bool = False):
         """Check the signature; the principal who signed goes in the scope and is returned
-        (None without credentials configured, auth_enabled: anything goes)."""
+        (None without credentials configured, auth_enabled: anything goes). On a worker
+        thread: a user's key is looked up in the metadata store (round trips on
+        PostgreSQL), which must not hold up every other request on the event loop."""
         if not self.settings.auth_enabled:
             return None
+        return await run_in_threadpool(self._verify, request, body, service, streaming)
+
+    def _verify(self, request: Request, body: bytes, service: str, streaming: bool):
         headers: dict[str, list[str]] = {}
         for name, value in request.headers.raw:
             headers.setdefault(name.decode("latin-1").lower(), []).append(

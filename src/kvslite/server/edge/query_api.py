@@ -22,7 +22,8 @@ XML = "text/xml"
 
 class QueryApi:
     """`handlers[service][Action]` take the typed parameters and the caller's principal;
-    `authenticate(request, body, service)` checks the signature and returns the principal."""
+    `await authenticate(request, body, service)` checks the signature and returns the
+    principal."""
 
     def __init__(self, handlers: dict[str, dict[str, Callable]], authenticate: Callable,
                  read_body: Callable, max_body_bytes: int, request_id_key: str,
@@ -46,7 +47,7 @@ class QueryApi:
             service = query_protocol.service_model(service_name)
             op = query_protocol.operation(service, params)
             request.scope[OPERATION] = op.name
-            principal = self.authenticate(request, body, service_name)
+            principal = await self.authenticate(request, body, service_name)
             request.scope[PRINCIPAL] = principal
             if self.authorize is not None:
                 self.authorize(request.scope, op.name, params)

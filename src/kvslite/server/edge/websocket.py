@@ -118,7 +118,7 @@ class SignalingEndpoint:
                                       or client_id.startswith("AWS_")):
             raise ApiError(INVALID_ARGUMENT, "X-Amz-ClientId must match [a-zA-Z0-9_.-]{1,256} "
                                              "and may not start with AWS_")
-        self._authenticate(websocket, query)
+        await run_in_threadpool(self._authenticate, websocket, query)  # may read the store
         if self.authorizer is not None and self.authorizer.evaluates(scope):
             self.authorizer.check(scope, scope[OPERATION], {"ChannelARN": arn})  # no lookup
         channel = await run_in_threadpool(self.channels.find, arn)
