@@ -156,3 +156,27 @@ def test_a_missing_key_file_is_not_made_up_by_a_cluster_node(postgres_url, tmp_p
     with pytest.raises(RuntimeError, match="missing.key does not exist"):
         node.start()
     assert not (tmp_path / "missing.key").exists()
+
+
+def test_a_cluster_node_without_the_key_file_refuses_to_start_once_one_is_in_use(
+        postgres_url, tmp_path):
+    """Without the file, the node would make fresh store-kept keys that open none of the
+    users' secrets (each user's key refused there), and seal new ones apart."""
+    database = fresh_database(postgres_url)
+    key_file = tmp_path / "iam.key"
+    key_file.write_text(base64.b64encode(bytes(range(32))).decode() + "\n")
+    upgraded = ServerProcess(tmp_path / "node0", *ADMIN, "--database-url", database)
+    without = ServerProcess(tmp_path / "node1", *ADMIN, "--database-url", database)
+    try:
+        upgraded.start()  # as before the key file: the key kept in the store
+        key = new_user(upgraded)
+        upgraded.stop()
+        upgraded.extra_args += ["--iam-key-file", str(key_file)]
+        upgraded.start()  # the secrets move under the file's key
+        with pytest.raises(RuntimeError, match="sealed with a key file, and this node was "
+                                               "given none"):
+            without.start()
+        assert lists_streams(upgraded, key)
+    finally:
+        upgraded.stop()
+        without.stop()

@@ -15,7 +15,9 @@ store-kept keys are deleted; session tokens sealed with the old key just stop op
 A cluster (PostgreSQL metadata) needs the same key on every node, so its key file is
 never made up by a node: it must exist. Without --iam-key-file a cluster keeps using the
 store-kept keys, as before, with a warning at start: refusing to start would break
-clusters that were set up before the setting existed.
+clusters that were set up before the setting existed. Once a node has moved the secrets
+under a key file, the store says so (KEY_FILE_IN_USE), and a node started without the file
+refuses to start: it would make fresh store-kept keys that open none of the secrets.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = logging.getLogger("kvslite")
 
 KEY_BYTES = 32
 STORED_ACCESS_KEY_SECRET = "iam-access-key-encryption"  # the store-kept Fernet key, if any
+KEY_FILE_IN_USE = "iam-key-file-in-use"  # set once secrets are sealed under a key file
 ACCESS_KEYS_LABEL = b"kvslite iam access-key secrets v1"
 SESSION_TOKENS_LABEL = b"kvslite iam session tokens v1"
 MAKE_ONE = "make one with `openssl rand -base64 32 > FILE && chmod 600 FILE`"
@@ -56,6 +59,10 @@ def open_keys(store, key_file: Path | None, *, create: bool) -> ServerKeys:
     """The keys from `key_file` (made if missing and `create`), the store's secrets moved
     under them; with no file, the keys kept in the store."""
     if key_file is None:
+        if store.find_secret(KEY_FILE_IN_USE) is not None:
+            raise ServerKeyError("the IAM secrets in this metadata store are sealed with a "
+                                 "key file, and this node was given none: start it with "
+                                 "the other nodes' --iam-key-file")
         log.warning("the IAM server key is kept in the metadata store, so a database dump "
                     "holds the key with the secrets it encrypts: give every node the same "
                     "--iam-key-file (%s) and restart them", MAKE_ONE.replace("FILE", "iam.key"))
@@ -63,6 +70,7 @@ def open_keys(store, key_file: Path | None, *, create: bool) -> ServerKeys:
             MultiFernet([Fernet(store.secret(STORED_ACCESS_KEY_SECRET, Fernet.generate_key))]),
             store.secret(tokens.SECRET_NAME, tokens.new_key))
     key = read_key_file(key_file, create=create)
+    store.secret(KEY_FILE_IN_USE, lambda: b"1")  # before the store-kept keys go
     current = Fernet(base64.urlsafe_b64encode(derive(key, ACCESS_KEYS_LABEL)))
     stored = store.find_secret(STORED_ACCESS_KEY_SECRET)
     access_keys = MultiFernet([current] + ([Fernet(stored)] if stored else []))
