@@ -128,6 +128,28 @@ def test_an_explicit_deny_beats_an_allow(server):
     assert kvs.describe_stream(StreamName="B")["StreamInfo"]["Status"] == "ACTIVE"
 
 
+PLAIN_HTTP_DENIED = {"Effect": "Deny", "Action": "*", "Resource": "*",
+                     "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+
+
+def test_global_condition_keys_apply_a_deny_of_plain_http_and_of_other_addresses(server):
+    """AWS supplies aws:SecureTransport and aws:SourceIp on every request; kvslite too
+    (test_tls.py: the same policy over HTTPS), so a Deny conditioned on them applies."""
+    allow_all = {"Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*"}
+    key = user_with(server, "tls-only", allow_all, PLAIN_HTTP_DENIED)
+    kvs = server.client("kinesisvideo", key=key[0], secret=key[1])
+    assert refusal(kvs.list_streams)[:2] == ("AccessDeniedException", 401)
+    key = user_with(server, "office", allow_all, {
+        "Effect": "Deny", "Action": "*", "Resource": "*",
+        "Condition": {"StringNotEquals": {"aws:SourceIp": "192.0.2.7"}}})
+    kvs = server.client("kinesisvideo", key=key[0], secret=key[1])
+    assert refusal(kvs.list_streams)[:2] == ("AccessDeniedException", 401)
+    key = user_with(server, "loopback", {**allow_all, "Condition": {
+        "StringEquals": {"aws:SourceIp": "127.0.0.1", "aws:SecureTransport": "false"}}})
+    kvs = server.client("kinesisvideo", key=key[0], secret=key[1])
+    assert len(kvs.list_streams()["StreamInfoList"]) == 3
+
+
 def test_put_media_to_another_stream_is_refused_before_any_ack(server):
     camera = user_with(server, "camera", {"Effect": "Allow", "Action": "kinesisvideo:PutMedia",
                                           "Resource": "arn:aws:kinesisvideo:*:*:stream/A/*"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import shutil
 import ssl
 import subprocess
@@ -54,6 +55,28 @@ def test_boto3_over_https(tls_server, certificate):
     for client in (kvs, media, untrusting):
         client.close()  # kept-alive connections would hold up the server's shutdown
     assert "Traceback" not in tls_server.output()
+
+
+def test_a_policy_that_denies_plain_http_allows_a_user_over_https(start_server, certificate):
+    """aws:SecureTransport is "true" over TLS (test_least_privilege.py: "false" without)."""
+    cert, key = certificate
+    server = start_server("--tls-cert", str(cert), "--tls-key", str(key),
+                          "--access-key-id", "AKIDEXAMPLE", "--secret-access-key", "secret")
+    iam = https_client(server, "iam", str(cert))
+    iam.create_user(UserName="tls-only")
+    iam.put_user_policy(UserName="tls-only", PolicyName="tls", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "kinesisvideo:ListStreams", "Resource": "*"},
+            {"Effect": "Deny", "Action": "*", "Resource": "*",
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}))
+    user_key = iam.create_access_key(UserName="tls-only")["AccessKey"]
+    kvs = boto3.client("kinesisvideo", endpoint_url=f"https://127.0.0.1:{server.port}",
+                       region_name=REGION, aws_access_key_id=user_key["AccessKeyId"],
+                       aws_secret_access_key=user_key["SecretAccessKey"], verify=str(cert),
+                       config=Config(retries={"max_attempts": 1}))
+    assert kvs.list_streams()["StreamInfoList"] == []
+    for client in (iam, kvs):
+        client.close()
 
 
 def test_plain_http_to_the_tls_port_gets_no_api_answer(tls_server, certificate):

@@ -74,7 +74,7 @@ class Authorizer:
                 code: str = ACCESS_DENIED) -> None:
         principal: Principal = scope[PRINCIPAL]
         policies = [parse(text) for text in principal.policies]
-        if decide(policies, action, resource, principal.variables) != ALLOW:
+        if decide(policies, action, resource, request_context(scope, principal)) != ALLOW:
             metrics.ACCESS_DENIED.labels(action).inc()
             scope[DENIED] = action
             raise ApiError(code, f"User: {principal.arn} is not authorized to perform: "
@@ -113,3 +113,18 @@ def denial_status(operation: str) -> int:
             error = service.shape_for(ACCESS_DENIED).metadata.get("error", {})
             return error.get("httpStatusCode", DEFAULT_DENIAL_STATUS)
     return DEFAULT_DENIAL_STATUS
+
+
+def request_context(scope: Mapping[str, Any], principal: Principal) -> dict[str, str]:
+    """The condition keys of a request: the caller's variables, and the global keys AWS
+    supplies on every request that kvslite knows as well. A key left out is absent, and a
+    condition on an absent key does not hold: a Deny of plain HTTP (Bool
+    aws:SecureTransport false) would never apply."""
+    context = dict(principal.variables)
+    # "https"/"wss" over TLS, also where a trusted balancer says so (X-Forwarded-Proto)
+    secure = scope.get("scheme") in ("https", "wss")
+    context["aws:SecureTransport"] = "true" if secure else "false"
+    client = scope.get("client")
+    if client:
+        context["aws:SourceIp"] = client[0]
+    return context

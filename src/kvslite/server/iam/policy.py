@@ -13,7 +13,8 @@ The subset of AWS's policy language kvslite speaks:
   `${?}` and `${$}` stand for a literal `*`, `?` and `$`. A value substituted is literal text,
   never a wildcard. A variable with no value and no default makes that resource match nothing.
 - Conditions: StringEquals, StringNotEquals, StringLike, StringNotLike (and their
-  `IgnoreCase`/`IfExists` forms where AWS has them) and Bool, on the caller's variables. Any
+  `IgnoreCase`/`IfExists` forms where AWS has them) and Bool, on the request's context (the
+  caller's variables and the global keys edge/authorization.py supplies). Any
   other operator cannot be evaluated here, and such a statement fails closed: an Allow does
   not apply, a Deny does.
 
