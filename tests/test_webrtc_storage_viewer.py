@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from botocore.exceptions import ClientError
-from test_signaling_ws import create_channel, master_url, received, viewer_url
+from test_signaling_ws import create_channel, master_url, offer, received, viewer_url
 from webrtc_master import FPS, GOP, PacedVideo, Tone, enable_storage, encode_h264, ice_servers
 from websockets.asyncio.client import connect
 
@@ -186,3 +186,37 @@ def test_join_storage_session_as_viewer_refusals_and_viewer_limit(coturn, start_
     assert "connect as viewer" in refusals[0][2]
     assert refusals[1][:2] == ("ClientLimitExceededException", 400)
     assert "maximum number of viewers connected to the session" in refusals[1][2]
+
+
+@pytest.mark.slow
+def test_a_viewer_reconnecting_under_the_same_client_id_talks_to_the_master(
+        coturn, start_server):
+    """The storage session serves the WebSocket that joined it; a new one under the same
+    ClientId (a reloaded page) replaces it, and its offers go to the master as any viewer's,
+    until it joins the session in turn."""
+    server = start_server(*coturn.kvslite_args())
+    kvs = server.client("kinesisvideo")
+    storage = server.client("kinesis-video-webrtc-storage")
+    stream_arn = kvs.create_stream(StreamName="s", DataRetentionInHours=1)["StreamARN"]
+    channel_arn = create_channel(server, "s")
+    enable_storage(server, channel_arn, stream_arn)
+
+    async def reconnect() -> list[dict]:
+        async with connect(master_url(server, channel_arn)) as master_socket:
+            await asyncio.to_thread(storage.join_storage_session, channelArn=channel_arn)
+            await received(master_socket, timeout=10)  # the session's offer (unanswered)
+            async with connect(viewer_url(server, channel_arn, "v0")) as first:
+                await asyncio.to_thread(storage.join_storage_session_as_viewer,
+                                        channelArn=channel_arn, clientId="v0")
+                assert (await received(first, timeout=10))["messageType"] == "SDP_OFFER"
+                async with connect(viewer_url(server, channel_arn, "v0")) as second:
+                    await second.send(offer("cmVsb2FkZWQ="))  # to the master
+                    to_master = await received(master_socket, timeout=5)
+                    await asyncio.to_thread(storage.join_storage_session_as_viewer,
+                                            channelArn=channel_arn, clientId="v0")
+                    return [to_master, await received(second, timeout=10)]
+
+    to_master, session_offer = asyncio.run(reconnect())
+    assert (to_master["messageType"], to_master["senderClientId"],
+            to_master["messagePayload"]) == ("SDP_OFFER", "v0", "cmVsb2FkZWQ=")
+    assert session_offer["messageType"] == "SDP_OFFER"  # joined again: the session offers

@@ -130,13 +130,14 @@ class StorageSessions:
         await session.add_viewer(client_id)
 
     def has_viewer(self, channel_arn: str, client_id: str) -> bool:
+        """Whether the viewer connected as `client_id` now is one the session joined."""
         session = self.sessions.get(channel_arn)
-        return session is not None and client_id in session.viewers
+        return session is not None and session.viewer_of(client_id) is not None
 
     async def from_viewer(self, channel_arn: str, client_id: str, message: dict) -> None:
         """A joined viewer's answer or candidate, as the hub relays it to a master."""
         session = self.sessions.get(channel_arn)
-        viewer = session.viewers.get(client_id) if session is not None else None
+        viewer = session.viewer_of(client_id) if session is not None else None
         if viewer is None:
             raise invalid("the viewer left the storage session")
         await apply(viewer, {"action": message.get("messageType"),
@@ -235,7 +236,8 @@ class StorageSession:
         if len(self.viewers) >= MAX_VIEWERS:
             raise ApiError(CLIENT_LIMIT_EXCEEDED, "The storage session has its maximum "
                            f"number of viewers connected to the session ({MAX_VIEWERS})")
-        viewer = StorageViewer(client_id, self.ice_servers)
+        connection = self.owner.hub.viewers.get(self.channel_arn, {}).get(client_id)
+        viewer = StorageViewer(client_id, connection, self.ice_servers)
         self.viewers[client_id] = viewer
         try:
             offer = await viewer.offer()
@@ -255,10 +257,17 @@ class StorageSession:
         if viewer is not None:
             await viewer.close()
 
+    def viewer_of(self, client_id: str) -> StorageViewer | None:
+        """The joined viewer whose WebSocket is the one connected as `client_id` now."""
+        viewer = self.viewers.get(client_id)
+        connected = self.owner.hub.viewers.get(self.channel_arn, {}).get(client_id)
+        if viewer is None or connected is None or viewer.connection is not connected:
+            return None
+        return viewer
+
     def _gone_viewers(self) -> list[str]:
-        connected = self.owner.hub.viewers.get(self.channel_arn, {})
         return [client_id for client_id, viewer in self.viewers.items()
-                if viewer.failed or client_id not in connected]
+                if viewer.failed or self.viewer_of(client_id) is None]
 
     async def _watch(self) -> None:
         while True:

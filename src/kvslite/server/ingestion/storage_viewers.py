@@ -64,9 +64,13 @@ class ForwardedTrack(MediaStreamTrack):
 
 
 class StorageViewer(SignaledPeer):
-    def __init__(self, client_id: str, ice_servers: Sequence[IceServer]):
+    def __init__(self, client_id: str, connection: Connection | None,
+                 ice_servers: Sequence[IceServer]):
         super().__init__(ice_servers)
         self.client_id = client_id
+        # the viewer's WebSocket when it joined: one reconnecting under the same ClientId
+        # is another viewer, which talks to the master until it joins in turn
+        self.connection = connection
         self.video = ForwardedTrack("video", CLOCKS["video/h264"])
         self.audio = ForwardedTrack("audio", CLOCKS["audio/opus"])
 
