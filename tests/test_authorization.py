@@ -116,3 +116,21 @@ def test_the_iam_api_needs_iam_actions_on_the_user_named():
         f"iam:DeleteUser on resource: arn:aws:iam::{ACCOUNT}:user/ops")
     with pytest.raises(ApiError):  # no UserName: the caller's own user, "cam"
         authorizer().check_iam({PRINCIPAL: admin_of_cams}, "ListAccessKeys", {})
+
+
+def test_an_iam_resource_names_the_users_path():
+    paths = Authorizer(region="us-east-1", account_id=ACCOUNT, stream_arn={}.get,
+                       channel_arn={}.get, user_path={"cam-7": "/cameras/"}.get)
+    admin_of_path = user({"Effect": "Allow", "Action": "iam:*",
+                          "Resource": f"arn:aws:iam::{ACCOUNT}:user/cameras/*"})
+    scope = {PRINCIPAL: admin_of_path}
+    paths.check_iam(scope, "CreateUser", {"UserName": "cam-8", "Path": "/cameras/"})
+    paths.check_iam(scope, "DeleteUser", {"UserName": "cam-7"})  # its stored path
+    for params in ({"UserName": "cam-8"}, {"UserName": "cam-9", "Path": "/other/"}):
+        with pytest.raises(ApiError) as refused:
+            paths.check_iam(scope, "CreateUser", params)
+        assert refused.value.message.endswith(
+            f"on resource: arn:aws:iam::{ACCOUNT}:user{params.get('Path', '/')}"
+            f"{params['UserName']}")
+    with pytest.raises(ApiError):  # a user that does not exist: on the path "/"
+        paths.check_iam(scope, "DeleteUser", {"UserName": "cam-x"})

@@ -293,3 +293,31 @@ def test_the_wire_is_awss_query_protocol(server):
     assert "<Code>MissingAuthenticationToken</Code>" in unsigned.text
     assert http("GET", server.endpoint + "/").status_code == 200
 
+
+
+def test_an_administrator_of_a_path_manages_the_users_on_it_and_no_others(server, iam):
+    """IAM policies name users with their path (arn:aws:iam::<account>:user/cameras/cam-7)."""
+    iam.create_user(UserName="path-admin")
+    iam.put_user_policy(UserName="path-admin", PolicyName="cameras", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": {
+            "Effect": "Allow", "Action": "iam:*",
+            "Resource": "arn:aws:iam::000000000000:user/cameras/*"}}))
+    key = iam.create_access_key(UserName="path-admin")["AccessKey"]
+    delegated = server.client("iam", key=key["AccessKeyId"], secret=key["SecretAccessKey"])
+    iam.create_user(UserName="ops-2")  # on the path "/"
+    try:
+        assert delegated.create_user(UserName="cam-7", Path="/cameras/")["User"]["Arn"] == \
+            "arn:aws:iam::000000000000:user/cameras/cam-7"
+        delegated.create_access_key(UserName="cam-7")
+        assert code_of(delegated.create_user, UserName="cam-8") == ("AccessDenied", 403)
+        with pytest.raises(ClientError) as refused:
+            delegated.create_access_key(UserName="ops-2")
+        assert refused.value.response["Error"]["Message"].endswith(
+            "iam:CreateAccessKey on resource: arn:aws:iam::000000000000:user/ops-2")
+    finally:
+        for name in ("cam-7", "path-admin", "ops-2"):
+            for listed in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]:
+                iam.delete_access_key(UserName=name, AccessKeyId=listed["AccessKeyId"])
+            for policy in iam.list_user_policies(UserName=name)["PolicyNames"]:
+                iam.delete_user_policy(UserName=name, PolicyName=policy)
+            iam.delete_user(UserName=name)

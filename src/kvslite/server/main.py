@@ -222,11 +222,11 @@ def build(settings: Settings) -> Server:
     credentials = Credentials(metadata, keys.access_keys, account_id=settings.account_id,
                               admin_key_id=settings.access_key_id,
                               admin_secret=settings.secret_access_key, sessions=temporary)
+    users = Users(metadata, keys.access_keys, account_id=settings.account_id)
     authorizer = Authorizer(region=settings.region, account_id=settings.account_id,
                             stream_arn=arn_by_name(control.resolve),
-                            channel_arn=arn_by_name(channels.resolve))
-    iam = IamApi(Users(metadata, keys.access_keys, account_id=settings.account_id),
-                 account_id=settings.account_id)
+                            channel_arn=arn_by_name(channels.resolve), user_path=users.path)
+    iam = IamApi(users, account_id=settings.account_id)
     app = EdgeApp(settings, handlers, put_media=put_media,
                   routes=[*sessions.routes(), *Health(archive).routes(),
                           *SnsEndpoints(signer).routes(),

@@ -32,16 +32,17 @@ from kvslite.server.iam.principal import Principal
 
 ADMIN = "admin"
 DEFAULT_DENIAL_STATUS = 403
-# name -> the ARN of the stream or channel with that name, None if there is none
+# a name -> what bears it (a stream's or channel's ARN, a user's path), None if nothing
 Lookup = Callable[[str], "str | None"]
 
 
 class Authorizer:
     def __init__(self, *, region: str, account_id: str, stream_arn: Lookup,
-                 channel_arn: Lookup):
+                 channel_arn: Lookup, user_path: Lookup = lambda name: None):
         self.region = region
         self.account_id = account_id
         self.lookups = {STREAM: stream_arn, CHANNEL: channel_arn}
+        self.user_path = user_path  # an IAM user's name -> its path, None if there is none
 
     @staticmethod
     def evaluates(scope: MutableMapping[str, Any]) -> bool:
@@ -63,11 +64,13 @@ class Authorizer:
     def check_iam(self, scope: MutableMapping[str, Any], operation: str,
                   params: Mapping[str, object]) -> None:
         """The same for the IAM API (`iam:<operation>`); its refusal is IAM's own,
-        AccessDenied with 403."""
+        AccessDenied with 403. Blocking (the user's path is looked up): call it from a
+        worker thread."""
         if not self.evaluates(scope) or operation in actions.NO_PERMISSION_NEEDED:
             return
         resource = actions.iam_resource(operation, params, account_id=self.account_id,
-                                        caller=scope[PRINCIPAL].name)
+                                        caller=scope[PRINCIPAL].name,
+                                        user_path=self.user_path)
         self.require(scope, f"iam:{operation}", resource, 403, code=IAM_ACCESS_DENIED)
 
     def require(self, scope: MutableMapping[str, Any], action: str, resource: str, status: int, *,

@@ -49,8 +49,8 @@ class QueryApi:
             request.scope[OPERATION] = op.name
             principal = await self.authenticate(request, body, service_name)
             request.scope[PRINCIPAL] = principal
-            if self.authorize is not None:
-                self.authorize(request.scope, op.name, params)
+            if self.authorize is not None:  # may read the store: on a worker thread
+                await run_in_threadpool(self.authorize, request.scope, op.name, params)
             handler = self.handlers[service_name].get(op.name)
             if handler is None:
                 raise ApiError(INVALID_ACTION, f"kvslite does not implement "

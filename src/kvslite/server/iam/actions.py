@@ -20,14 +20,17 @@ The resource is what AWS names in its resource types:
 - List* operations (and ListEdgeAgentConfigurations, which names a hub device): `*`.
 
 The IAM API's operations are `iam:<operation>` on the user they name
-(`arn:aws:iam::<account>:user/<name>`; the caller's own user where UserName is left out, as
-AWS does), ListUsers on `*`. STS GetCallerIdentity needs no permission, as on AWS.
+(`arn:aws:iam::<account>:user<path><name>`, the user's path included as on AWS: CreateUser's
+Path, else the stored user's, "/" for a user that does not exist; the caller's own user where
+UserName is left out, as AWS does), ListUsers on `*`. STS GetCallerIdentity needs no permission, as on AWS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from kvslite.server.iam.principal import user_arn
 
 SERVICE = "kinesisvideo"
 STREAM, CHANNEL, GIVEN, ANY = "stream", "channel", "given", "*"
@@ -99,8 +102,11 @@ NO_PERMISSION_NEEDED = {"GetCallerIdentity"}
 
 
 def iam_resource(operation: str, params: Mapping[str, object], *, account_id: str,
-                 caller: str) -> str:
-    """The resource of an IAM API request by the user named `caller`."""
+                 caller: str, user_path: Callable[[str], str | None]) -> str:
+    """The resource of an IAM API request by the user named `caller`; `user_path` gives a
+    stored user's path (None if there is no such user)."""
     if operation == "ListUsers":
         return "*"
-    return f"arn:aws:iam::{account_id}:user/{_text(params, 'UserName') or caller}"
+    name = _text(params, "UserName") or caller
+    path = _text(params, "Path") if operation == "CreateUser" else user_path(name)
+    return user_arn(account_id, path or "/", name)

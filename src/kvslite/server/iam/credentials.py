@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from cryptography.fernet import InvalidToken, MultiFernet
 
-from kvslite.server.iam.principal import Principal
+from kvslite.server.iam.principal import Principal, root_arn, user_arn
 from kvslite.server.iam.tokens import SessionCredentials
 from kvslite.server.iam.users import ACTIVE
 
@@ -28,7 +28,7 @@ class Credentials:
         self.admin = None
         if admin_key_id and admin_secret:
             self.admin = (admin_secret, Principal(
-                arn=f"arn:aws:iam::{account_id}:root", name="root", kind="admin",
+                arn=root_arn(account_id), name="root", kind="admin",
                 access_key_id=admin_key_id))
 
     def lookup(self, access_key_id: str, session_token: str | None
@@ -51,7 +51,7 @@ class Credentials:
             return None
         policies = tuple(self.store.user_policies(user.name).values())
         return secret, Principal(
-            arn=f"arn:aws:iam::{self.account_id}:user{user.path}{user.name}",
+            arn=user_arn(self.account_id, user.path, user.name),
             name=user.name, kind="user", policies=policies,
             variables={"aws:username": user.name, "aws:userid": user.user_id,
                        "aws:principaltype": "User"},

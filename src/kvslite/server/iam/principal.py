@@ -23,3 +23,13 @@ class Principal:
     policies: tuple[str, ...] = ()
     variables: dict[str, str] = field(default_factory=dict)
     access_key_id: str = ""
+
+
+def user_arn(account_id: str, path: str, name: str) -> str:
+    """An IAM user's ARN: its path ("/", "/cameras/") between `user` and its name."""
+    return f"arn:aws:iam::{account_id}:user{path}{name}"
+
+
+def root_arn(account_id: str) -> str:
+    """The account's own ARN: the administrator's."""
+    return f"arn:aws:iam::{account_id}:root"

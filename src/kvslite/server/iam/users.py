@@ -24,6 +24,7 @@ from kvslite.server.api_errors import (
     ApiError,
 )
 from kvslite.server.iam.policy_shape import check_user_policy
+from kvslite.server.iam.principal import user_arn
 from kvslite.server.store.metadata import NameTaken
 from kvslite.server.store.sql_iam import (
     AccessKey,
@@ -83,8 +84,13 @@ class Users:
         self.cipher = cipher
         self.account_id = account_id
 
+    def path(self, name: str) -> str | None:
+        """The path of the user `name`, None if there is no such user."""
+        user = self.store.get_user(name)
+        return None if user is None else user.path
+
     def arn(self, user: IamUser) -> str:
-        return f"arn:aws:iam::{self.account_id}:user{user.path}{user.name}"
+        return user_arn(self.account_id, user.path, user.name)
 
     # -- users ------------------------------------------------------------------------
 

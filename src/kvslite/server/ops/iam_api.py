@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 
-from kvslite.server.iam.principal import Principal
+from kvslite.server.iam.principal import Principal, root_arn
 from kvslite.server.iam.users import AccessKey, IamUser, Users, validation_error
 
 IamHandler = Callable[[dict[str, Any], Principal | None], dict | None]
@@ -53,7 +53,7 @@ class IamApi:
     def get_user(self, params: dict, caller: Principal | None) -> dict:
         if "UserName" not in params and (caller is None or caller.kind == "admin"):
             return {"User": {"Path": "/", "UserId": self.account_id, "CreateDate": 0,
-                             "Arn": f"arn:aws:iam::{self.account_id}:root"}}
+                             "Arn": root_arn(self.account_id)}}
         return {"User": self._user(self.users.get_user(_user_name(params, caller)))}
 
     def list_users(self, params: dict, caller: Principal | None) -> dict:
@@ -110,7 +110,7 @@ class IamApi:
     def get_caller_identity(self, params: dict, caller: Principal | None) -> dict:
         if caller is None or caller.kind == "admin":  # anonymous mode acts as the admin
             return {"UserId": self.account_id, "Account": self.account_id,
-                    "Arn": f"arn:aws:iam::{self.account_id}:root"}
+                    "Arn": root_arn(self.account_id)}
         return {"UserId": caller.variables.get("aws:userid", caller.access_key_id),
                 "Account": self.account_id, "Arn": caller.arn}
 
