@@ -60,8 +60,7 @@ class EdgeApp:
         self.settings = settings
         self.authorizer = authorizer  # who may do what (edge/authorization.py)
         # who holds an access key (iam/credentials.py); else the settings' single key
-        self.lookup = lookup or sigv4.single_key(settings.access_key_id or "",
-                                                 settings.secret_access_key or "")
+        self.lookup = lookup
         self.signaling = signaling  # WebSocket upgrades on any path (edge/websocket.py)
         self.handlers = _checked(handlers)
         kvs = [Route(path, self._operation(route), methods=["POST"])
@@ -144,7 +143,8 @@ class EdgeApp:
             headers.setdefault(name.decode("latin-1").lower(), []).append(
                 value.decode("latin-1"))
         principal = sigv4.verify(
-            lookup=self.lookup,
+            lookup=self.lookup, access_key_id=self.settings.access_key_id or "",
+            secret_access_key=self.settings.secret_access_key or "",
             method=request.method,
             path=request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
             or request.url.path,

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kvslite.server.edge.connections import GuardedH11Protocol
+from kvslite.server.edge.tls import server_context
 from kvslite.server.iam.policy import PolicyError, parse
 from kvslite.server.iam.principal import Principal
 from kvslite.server.iam.tokens import SessionCredentials
@@ -67,8 +68,7 @@ def client_context(cert: Path, key: Path, device_cas: list[Path],
                    crl: Path | None = None) -> ssl.SSLContext:
     """The listener's TLS: this server certificate, and a client certificate required,
     issued by one of `device_cas`, unexpired and, with a `crl`, not revoked."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context = server_context(cert, key)
     context.verify_mode = ssl.CERT_REQUIRED
     for ca in device_cas:
         context.load_verify_locations(cafile=str(ca))

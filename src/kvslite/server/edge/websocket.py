@@ -133,8 +133,8 @@ class SignalingEndpoint:
             return
         raw_path = websocket.scope.get("raw_path") or websocket.scope["path"].encode()
         websocket.scope[PRINCIPAL] = sigv4.verify_presigned(
-            lookup=self.lookup or sigv4.single_key(settings.access_key_id or "",
-                                                   settings.secret_access_key or ""),
+            lookup=self.lookup, access_key_id=settings.access_key_id or "",
+            secret_access_key=settings.secret_access_key or "",
             path=raw_path.decode("latin-1").split("?")[0] or "/",
             query=query, host=websocket.headers.get("host", ""),
             max_skew_s=settings.max_clock_skew_s)
