@@ -26,10 +26,10 @@ from webrtc_pages import (  # noqa: F401 - the *_fixture functions: fixtures use
     KEY,
     NPM_PACKAGES,
     SECRET,
-    Peer,
     browser_fixture,
     bundle_fixture,
     page_origin_fixture,
+    peers_on,
 )
 
 pytestmark = pytest.mark.slow  # a browser, coturn and a TLS server
@@ -56,15 +56,8 @@ def kvs_webrtc(start_server, certificate, coturn, page_origin):
 
 @pytest.fixture
 def peers(browser, page_origin, kvs_webrtc):
-    opened: list[Peer] = []
-
-    def open_peer(role: str, **options) -> Peer:
-        opened.append(Peer(browser, page_origin, kvs_webrtc.https, role, **options))
-        return opened[-1]
-
-    yield open_peer
-    for peer in opened:
-        peer.close()
+    with peers_on(browser, page_origin, kvs_webrtc.https) as open_peer:
+        yield open_peer
 
 
 def wait_for_connect_lines(server, timeout_s: float = 5) -> list[tuple[str, str]]:

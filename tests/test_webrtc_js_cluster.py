@@ -30,10 +30,10 @@ from webrtc_pages import (  # noqa: F401 - the *_fixture functions: fixtures use
     KEY,
     NPM_PACKAGES,
     SECRET,
-    Peer,
     browser_fixture,
     bundle_fixture,
     page_origin_fixture,
+    peers_on,
 )
 
 pytestmark = pytest.mark.slow  # PostgreSQL, two nodes, HAProxy, coturn and a browser
@@ -90,15 +90,8 @@ def cluster(postgres_url, certificate, coturn, page_origin, tmp_path):
 
 @pytest.fixture
 def peers(browser, page_origin, cluster):
-    opened: list[Peer] = []
-
-    def open_peer(role: str, **options) -> Peer:
-        opened.append(Peer(browser, page_origin, cluster.https, role, **options))
-        return opened[-1]
-
-    yield open_peer
-    for peer in opened:
-        peer.close()
+    with peers_on(browser, page_origin, cluster.https) as open_peer:
+        yield open_peer
 
 
 def signaling_connections(node: ServerProcess) -> dict[str, int]:

@@ -146,14 +146,20 @@ def join_as_viewer_error(server, channel_arn: str, client_id: str) -> tuple[str,
             error["Error"]["Message"])
 
 
-@pytest.mark.slow
-def test_join_storage_session_as_viewer_refusals_and_viewer_limit(coturn, start_server):
-    server = start_server(*coturn.kvslite_args())
+def storage_channel(server) -> str:
+    """A new channel "s" whose media is stored in a new stream "s"; its ARN."""
     kvs = server.client("kinesisvideo")
-    storage = server.client("kinesis-video-webrtc-storage")
     stream_arn = kvs.create_stream(StreamName="s", DataRetentionInHours=1)["StreamARN"]
     channel_arn = create_channel(server, "s")
     enable_storage(server, channel_arn, stream_arn)
+    return channel_arn
+
+
+@pytest.mark.slow
+def test_join_storage_session_as_viewer_refusals_and_viewer_limit(coturn, start_server):
+    server = start_server(*coturn.kvslite_args())
+    storage = server.client("kinesis-video-webrtc-storage")
+    channel_arn = storage_channel(server)
 
     unknown = channel_arn.replace("/s/", "/nope/")
     assert join_as_viewer_error(server, unknown, "v")[:2] == ("ResourceNotFoundException", 404)
@@ -195,11 +201,8 @@ def test_a_viewer_reconnecting_under_the_same_client_id_talks_to_the_master(
     ClientId (a reloaded page) replaces it, and its offers go to the master as any viewer's,
     until it joins the session in turn."""
     server = start_server(*coturn.kvslite_args())
-    kvs = server.client("kinesisvideo")
     storage = server.client("kinesis-video-webrtc-storage")
-    stream_arn = kvs.create_stream(StreamName="s", DataRetentionInHours=1)["StreamARN"]
-    channel_arn = create_channel(server, "s")
-    enable_storage(server, channel_arn, stream_arn)
+    channel_arn = storage_channel(server)
 
     async def reconnect() -> list[dict]:
         async with connect(master_url(server, channel_arn)) as master_socket:

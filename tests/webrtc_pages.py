@@ -12,10 +12,12 @@ Fixtures `bundle`, `page_origin` and `browser`: a test module imports their func
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -112,3 +114,19 @@ class Peer:
 
     def close(self):
         self.context.close()
+
+
+@contextlib.contextmanager
+def peers_on(browser, page_origin: str, endpoint: str) -> Iterator[Callable[..., "Peer"]]:
+    """open_peer(role, **options) -> a new Peer of the endpoint; all closed on the way out."""
+    opened: list[Peer] = []
+
+    def open_peer(role: str, **options) -> Peer:
+        opened.append(Peer(browser, page_origin, endpoint, role, **options))
+        return opened[-1]
+
+    try:
+        yield open_peer
+    finally:
+        for peer in opened:
+            peer.close()
