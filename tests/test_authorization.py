@@ -114,8 +114,10 @@ def test_the_iam_api_needs_iam_actions_on_the_user_named():
     assert refused.value.message == (
         f"User: arn:aws:iam::{ACCOUNT}:user/cam is not authorized to perform: "
         f"iam:DeleteUser on resource: arn:aws:iam::{ACCOUNT}:user/ops")
-    with pytest.raises(ApiError):  # no UserName: the caller's own user, "cam"
+    with pytest.raises(ApiError) as refused:  # no UserName: the caller's own user, "cam"
         authorizer().check_iam({PRINCIPAL: admin_of_cams}, "ListAccessKeys", {})
+    assert refused.value.message.endswith(
+        f"iam:ListAccessKeys on resource: arn:aws:iam::{ACCOUNT}:user/cam")
 
 
 def test_an_iam_resource_names_the_users_path():
@@ -132,5 +134,6 @@ def test_an_iam_resource_names_the_users_path():
         assert refused.value.message.endswith(
             f"on resource: arn:aws:iam::{ACCOUNT}:user{params.get('Path', '/')}"
             f"{params['UserName']}")
-    with pytest.raises(ApiError):  # a user that does not exist: on the path "/"
+    with pytest.raises(ApiError) as refused:  # a user that does not exist: on the path "/"
         paths.check_iam(scope, "DeleteUser", {"UserName": "cam-x"})
+    assert refused.value.message.endswith(f"on resource: arn:aws:iam::{ACCOUNT}:user/cam-x")
