@@ -39,14 +39,13 @@ from kvslite.server.ingestion.hosting import Hosting
 from kvslite.server.ingestion.recorder import Recorder
 from kvslite.server.ingestion.storage_peer import SignaledPeer, StoragePeer
 from kvslite.server.ingestion.storage_viewers import MAX_VIEWERS, StorageViewer, ViewerMessages
-from kvslite.server.signaling.channels import Channels
+from kvslite.server.signaling.channels import ENABLED, Channels
 from kvslite.server.signaling.hub import Connection, Hub
 from kvslite.server.signaling.turn import IceServers
 from kvslite.server.store.metadata import Lease, Stream
 
 log = logging.getLogger("kvslite.ingestion")
 
-ENABLED = "ENABLED"
 MAX_DURATION_S = 3600  # AWS's storage session limit
 NO_MEDIA_S = 15.0  # a session whose master sends nothing this long (from the offer) ends
 WATCH_EVERY_S = 0.5
@@ -167,7 +166,7 @@ class StorageSessions:
         try:
             item = json.loads(text)
             if "end" in item:  # in the background: the relay goes on meanwhile
-                asyncio.ensure_future(session.end(str(item["end"])))
+                session.end_soon(str(item["end"]))
             else:
                 await apply(session.peer, item["message"])
         except Exception as e:  # an ApiError for garbage from the master, or a bug
@@ -276,13 +275,13 @@ class StorageSession:
                 await self._drop_viewer(client_id)
             reason = self._why_end()
             if reason:
-                asyncio.ensure_future(self.end(reason))
+                self.end_soon(reason)
                 return
             if time.monotonic() - self.renewed >= RENEW_EVERY_S:
                 for lease, what in ((self.lease, "the stream"), (self.host, "the channel")):
                     if not await asyncio.to_thread(self.owner.leases.renew, lease):
                         metrics.LEASES_LOST.inc()
-                        asyncio.ensure_future(self.end(f"its lease on {what} was lost"))
+                        self.end_soon(f"its lease on {what} was lost")
                         return
                 self.renewed = time.monotonic()
 
@@ -301,10 +300,15 @@ class StorageSession:
             return self.recorder.error
         return None
 
-    async def end(self, reason: str) -> None:
-        """Release everything, once; later calls wait for the first."""
+    def end_soon(self, reason: str) -> None:
+        """Start releasing everything, once (the session holds the task)."""
         if self.ending is None:
             self.ending = asyncio.ensure_future(self._end(reason))
+
+    async def end(self, reason: str) -> None:
+        """Release everything, once; later calls wait for the first."""
+        self.end_soon(reason)
+        assert self.ending is not None
         await asyncio.shield(self.ending)
 
     async def _end(self, reason: str) -> None:
