@@ -87,8 +87,9 @@ fragments = sa.Table(
     sa.PrimaryKeyConstraint("arn", "seq"),
 )
 sa.Index("fragments_by_number", fragments.c.arn, fragments.c.number, unique=True)
-sa.Index("fragments_by_producer_time", fragments.c.arn, fragments.c.producer_ms)
 sa.Index("fragments_by_server_time", fragments.c.arn, fragments.c.server_ms)
+# (arn, producer_ms, digest) also finds a stream's fragments by producer time: no index of
+# its own, which every fragment's commit would write as well
 sa.Index("fragments_by_content", fragments.c.arn, fragments.c.producer_ms,
          fragments.c.digest, unique=True)
 sa.Index("fragments_by_blob", fragments.c.blob_key)
