@@ -103,7 +103,7 @@ def test_both_engines_have_the_same_tables_keys_and_indexes(tmp_path, postgres_u
                             "stream_configs", "streams", "tags"]
     assert [name for name, _, _ in lite["fragments"]["indexes"]] == [
         "fragments_by_blob", "fragments_by_content", "fragments_by_header",
-        "fragments_by_number", "fragments_by_server_time"]
+        "fragments_by_server_time"]
 
 
 def test_an_earlier_sqlite_database_opens_with_its_data_and_the_new_schema(tmp_path):

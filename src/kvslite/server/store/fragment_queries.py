@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from kvslite.server.store.metadata import Clock, Fragment
+from kvslite.server.store.metadata import Clock, Fragment, seq_of
 from kvslite.server.store.schema import fragments
 from kvslite.server.store.sql_outbox import SqlOutbox
 
@@ -81,11 +81,15 @@ class FragmentQueries(SqlOutbox):
                          end_ms=end_ms, limit=limit)
 
     def fragments_by_number(self, arn: str, numbers: list[str]) -> dict[str, Fragment]:
+        """Found through the primary key: a number is its fragment's seq (seq_of), so it
+        needs no index of its own, which every fragment's commit would write."""
+        by_seq = {seq: number for number in numbers if (seq := seq_of(number)) is not None}
+        seqs = list(by_seq)
         found: dict[str, Fragment] = {}
-        for start in range(0, len(numbers), _BATCH):
-            batch = numbers[start:start + _BATCH]
-            for fragment in self._fragments(f.arn == arn, f.number.in_(batch)):
-                found[fragment.number] = fragment
+        for start in range(0, len(seqs), _BATCH):
+            batch = seqs[start:start + _BATCH]
+            for fragment in self._fragments(f.arn == arn, f.seq.in_(batch)):
+                found[by_seq[fragment.seq]] = fragment
         return found
 
     def latest_fragment(self, arn: str) -> Fragment | None:

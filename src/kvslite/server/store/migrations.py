@@ -53,8 +53,14 @@ def one_producer_time_index(conn: sa.Connection) -> None:
     conn.exec_driver_sql("DROP INDEX IF EXISTS fragments_by_producer_time")
 
 
+def numbers_by_seq(conn: sa.Connection) -> None:
+    """A fragment's number is found by its seq (the primary key), so the index on
+    (arn, number) only cost every commit a page."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS fragments_by_number")
+
+
 STEPS: list[Migration] = [same_indexes_on_both, signaling_channels, media_storage, iam_users,
-                          one_producer_time_index]
+                          one_producer_time_index, numbers_by_seq]
 
 
 def migrate(conn: sa.Connection, migrations: list[Migration], version: int,

@@ -86,7 +86,8 @@ fragments = sa.Table(
     sa.Column("digest", BLOB),
     sa.PrimaryKeyConstraint("arn", "seq"),
 )
-sa.Index("fragments_by_number", fragments.c.arn, fragments.c.number, unique=True)
+# a fragment's number is its seq written as AWS writes numbers (metadata.fragment_number):
+# found by (arn, seq), it needs no index of its own
 sa.Index("fragments_by_server_time", fragments.c.arn, fragments.c.server_ms)
 # (arn, producer_ms, digest) also finds a stream's fragments by producer time: no index of
 # its own, which every fragment's commit would write as well
