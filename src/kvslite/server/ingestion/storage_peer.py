@@ -211,9 +211,11 @@ class StoragePeer(SignaledPeer):
         then would make a second one at once, a one-frame first fragment.)"""
         while True:
             await asyncio.sleep(0.2)
-            sources = self._media_ssrcs(receiver)
-            if not (self.video_started and sources) or \
+            if not self.video_started or \
                     time.monotonic() - self.last_idr < self.keyframe_every_s:
+                continue
+            sources = self._media_ssrcs(receiver)  # reads the SDP: only when a PLI is due
+            if not sources:
                 continue
             await receiver._send_rtcp_pli(sources[0])  # aiortc has no public call
             self.keyframe_requests += 1
