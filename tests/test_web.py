@@ -415,7 +415,7 @@ def test_stream_page_shows_image_generation_and_notifications(page, browser, ser
         phone.page.wait_for_selector("#stream-view[data-ready]")
         assert stream_details(phone) == expected
         phone.shot("18-phone-stream-details")
-        assert phone.page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert_fits_width(phone, 390)
         boxes = phone.page.eval_on_selector_all(
             "#stream-details dd", "dds => dds.map(d => d.getBoundingClientRect().toJSON())")
         assert all(0 <= b["left"] and b["right"] <= 390 for b in boxes)
@@ -459,7 +459,7 @@ def test_phone_sized_screen(browser, server):
         page.page.wait_for_selector("#list-view[data-ready]")
         page.page.wait_for_function("() => !document.querySelector('#streams .pending')")
         page.shot("09-phone-stream-list")
-        assert page.page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert_fits_width(page, 390)
         page.page.tap("#streams tbody tr[data-stream=front-door] a")
         settle(page)
         page.shot("10-phone-timeline")
