@@ -22,7 +22,8 @@ The resource is what AWS names in its resource types:
 The IAM API's operations are `iam:<operation>` on the user they name
 (`arn:aws:iam::<account>:user<path><name>`, the user's path included as on AWS: CreateUser's
 Path, else the stored user's, "/" for a user that does not exist; the caller's own user where
-UserName is left out, as AWS does), ListUsers on `*`. STS GetCallerIdentity needs no permission, as on AWS.
+UserName is left out, as AWS does), ListUsers on `*`. STS GetCallerIdentity needs no
+permission, as on AWS.
 """
 
 from __future__ import annotations
