@@ -238,7 +238,7 @@ def build(settings: Settings) -> Server:
                                               access_log=settings.access_log,
                                               lookup=credentials.lookup,
                                               authorizer=authorizer),
-                  lookup=credentials.lookup,
+                  lookup=credentials.lookup, reads_store=credentials.reads_store,
                   query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()},
                   authorizer=authorizer)
     iot = None

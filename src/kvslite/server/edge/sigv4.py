@@ -77,6 +77,12 @@ def _unrecognized() -> ApiError:
 Lookup = Callable[[str, "str | None"], "tuple[str, Any] | None"]
 
 
+def signing_key_id(authorization: str) -> str | None:
+    """The access key id an Authorization header names (None if it is not SigV4's)."""
+    match = _AUTH_RE.match(authorization.strip())
+    return match["credential"].split("/")[0] if match else None
+
+
 def single_key(access_key_id: str, secret_access_key: str) -> Lookup:
     """A lookup that knows one key (whatever session token comes with it)."""
     def lookup(key_id: str, token: str | None):

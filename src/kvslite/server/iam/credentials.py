@@ -31,6 +31,12 @@ class Credentials:
                 arn=root_arn(account_id), name="root", kind="admin",
                 access_key_id=admin_key_id))
 
+    def reads_store(self, access_key_id: str, session_token: str | None) -> bool:
+        """Whether `lookup` of this key reads the store: a user's key does; the
+        administrator's and a session token's (which carries its principal) do not."""
+        admin = self.admin is not None and access_key_id == self.admin[1].access_key_id
+        return session_token is None and not admin
+
     def lookup(self, access_key_id: str, session_token: str | None
                ) -> tuple[str, Principal] | None:
         """The secret to verify the signature with and who signed, or None for a key
