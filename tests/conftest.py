@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from coturn_server import coturn  # noqa: F401 - one TURN server for the whole session
 from postgres_server import postgres_url  # noqa: F401 - the PostgreSQL server fixture
 from seaweed_server import seaweed  # noqa: F401 - one SeaweedFS for the whole session
@@ -24,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+
+def refusal(call, *args, **kwargs) -> tuple[str, int, str]:
+    """How a boto3 call that must fail was refused: (error code, HTTP status, message)."""
+    with pytest.raises(ClientError) as refused:
+        call(*args, **kwargs)
+    response = refused.value.response
+    return (response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"],
+            response["Error"]["Message"])
 
 
 class ServerProcess:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ServerProcess
+from conftest import ServerProcess, refusal
 from kvs_media import persisted_numbers, put_mkv, wait_until
 from seaweed_server import REGION
 
@@ -117,12 +117,6 @@ def objects(s3, bucket: str, prefix: str) -> dict[str, dict]:
     return {o["Key"]: o for o in listed}
 
 
-def code_of(call) -> str:
-    with pytest.raises(ClientError) as e:
-        call()
-    return e.value.response["Error"]["Code"]
-
-
 def test_configurations_are_validated_kept_and_deleted(world):
     server, _, bucket, webhook = world
     kvs = server.client("kinesisvideo")
@@ -147,8 +141,8 @@ def test_configurations_are_validated_kept_and_deleted(world):
                                     FormatConfig={"JPEGQuality": "0"}),
     }
     for name, wrong in bad.items():
-        assert code_of(lambda: kvs.update_image_generation_configuration(
-            StreamName="cfg", ImageGenerationConfiguration=wrong)) == \
+        assert refusal(lambda: kvs.update_image_generation_configuration(
+            StreamName="cfg", ImageGenerationConfiguration=wrong))[0] == \
             "InvalidArgumentException", name
     sns = {"Status": "ENABLED",
            "DestinationConfig": {"Uri": "arn:aws:sns:us-east-1:000000000000:doorbell"}}
@@ -156,11 +150,11 @@ def test_configurations_are_validated_kept_and_deleted(world):
         kvs.update_notification_configuration(StreamName="cfg", NotificationConfiguration=sns)
     assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
     assert "webhook" in e.value.response["Error"]["Message"]
-    assert code_of(lambda: kvs.update_image_generation_configuration(
-        StreamName="cfg-noarchive", ImageGenerationConfiguration=config)) == \
+    assert refusal(lambda: kvs.update_image_generation_configuration(
+        StreamName="cfg-noarchive", ImageGenerationConfiguration=config))[0] == \
         "NoDataRetentionException"
-    assert code_of(lambda: kvs.describe_notification_configuration(
-        StreamName="nosuch")) == "ResourceNotFoundException"
+    assert refusal(lambda: kvs.describe_notification_configuration(
+        StreamName="nosuch"))[0] == "ResourceNotFoundException"
     # kept across a restart, exactly as given
     server.stop()
     server.start()

@@ -16,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from conftest import refusal
 from kvs_media import persisted_numbers, psnr, put_mkv
 from kvslite.media import synthetic
 
@@ -263,10 +264,7 @@ def error_code(client, **overrides):
                   SamplingInterval=100, Format="JPEG")
     params.update(overrides)
     params = {k: v for k, v in params.items() if v is not None}
-    with pytest.raises(ClientError) as e:
-        client.get_images(**params)
-    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"][
-        "HTTPStatusCode"]
+    return refusal(client.get_images, **params)[:2]
 
 
 @pytest.mark.parametrize("overrides", [

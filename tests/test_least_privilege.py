@@ -10,8 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from botocore.exceptions import ClientError
-from conftest import REGION, ServerProcess
+from conftest import REGION, ServerProcess, refusal
 from kvs_media import EMPTY_SHA256, PutMediaConnection, sign_v4
 from test_signaling_ws import presign
 from websockets.asyncio.client import connect
@@ -44,14 +43,6 @@ def user_with(server, name: str, *statements) -> tuple[str, str]:
         {"Version": "2012-10-17", "Statement": list(statements)}))
     key = iam.create_access_key(UserName=name)["AccessKey"]
     return key["AccessKeyId"], key["SecretAccessKey"]
-
-
-def refusal(call, **kwargs) -> tuple[str, int, str]:
-    with pytest.raises(ClientError) as refused:
-        call(**kwargs)
-    error = refused.value.response
-    return (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"],
-            error["Error"]["Message"])
 
 
 def images(server, key, stream: str) -> list:

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
+from conftest import refusal
 from kvs_media import put_mkv, wait_until
 from test_event_delivery import NOTIFY, START_MS, tagged_mkv
 from webhook_receiver import Receiver
@@ -33,12 +33,6 @@ def notify_to(kvs, stream: str, uri: str) -> None:
         "Status": "ENABLED", "DestinationConfig": {"Uri": uri}})
 
 
-def error_of(call) -> tuple[str, str]:
-    with pytest.raises(ClientError) as e:
-        call()
-    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
-
-
 def delivered(server) -> int:
     with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -52,12 +46,12 @@ def test_internal_addresses_are_refused_unless_allowed(start_server):
     kvs = start_server().client("kinesisvideo")
     kvs.create_stream(StreamName="ssrf", DataRetentionInHours=1)
     for uri in INTERNAL:
-        code, message = error_of(lambda: notify_to(kvs, "ssrf", uri))
+        code, _, message = refusal(lambda: notify_to(kvs, "ssrf", uri))
         assert code == "InvalidArgumentException", uri
         assert "--webhook-allow" in message, (uri, message)
     for uri, why in (("http://user:pw@example.com/hook", "must not carry credentials"),
                      ("ftp://example.com/hook", "http:// or https://")):
-        code, message = error_of(lambda: notify_to(kvs, "ssrf", uri))
+        code, _, message = refusal(lambda: notify_to(kvs, "ssrf", uri))
         assert code == "InvalidArgumentException"
         assert message.startswith(f"DestinationConfig.Uri {uri!r}: a webhook Uri ") and \
             why in message, message
