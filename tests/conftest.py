@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -16,6 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from coturn_server import coturn  # noqa: F401 - one TURN server for the whole session
 from postgres_server import postgres_url  # noqa: F401 - the PostgreSQL server fixture
+from prometheus_client.parser import text_string_to_metric_families
 from seaweed_server import seaweed  # noqa: F401 - one SeaweedFS for the whole session
 
 REGION = "us-east-1"
@@ -26,6 +28,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def metric(server, name: str, **labels: str) -> float:
+    """The sample `name` with exactly these labels on a server's (or node's) /metrics; 0.0
+    while it has not been written."""
+    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return next((sample.value for family in text_string_to_metric_families(text)
+                 for sample in family.samples
+                 if sample.name == name and sample.labels == labels), 0.0)
 
 
 def refusal(call, *args, **kwargs) -> tuple[str, int, str]:

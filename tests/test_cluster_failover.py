@@ -16,6 +16,7 @@ import urllib.request
 import av
 import pytest
 from engines import LIBFAKETIME, need
+from conftest import metric
 from kvs_media import wait_until
 from local_cluster import LocalCluster
 from test_local_cluster import three_nodes
@@ -50,9 +51,7 @@ def put_media_holder(cluster: LocalCluster):
     for node in cluster.nodes:
         if not node.running:
             continue
-        with urllib.request.urlopen(f"{node.endpoint}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        if re.search(r'kvslite_open_connections\{kind="put_media"\} [1-9]', text):
+        if metric(node, "kvslite_open_connections", kind="put_media") >= 1:
             return node
     return None
 

@@ -3,10 +3,9 @@ answers: cached and uncached GetImages give the same bytes, and a repeat decodes
 
 from __future__ import annotations
 
-import re
-import urllib.request
 
 import pytest
+from conftest import metric
 from kvs_media import put_mkv
 
 from kvslite.server.archive.image_cache import ImageCache, ImageKey
@@ -35,13 +34,6 @@ def test_the_cap_is_honoured_and_the_least_recently_used_go_first():
     assert cache.get(key(2, quality=70)) is None  # every parameter is part of the key
 
 
-def metric(server, name: str) -> float:
-    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 @pytest.fixture(scope="module")
 def servers(module_servers, h264):
     cached = module_servers("--min-sampling-interval-ms", "100")
@@ -63,11 +55,11 @@ def test_a_repeat_is_served_from_the_cache_with_the_same_bytes(servers):
     cached, uncached = servers
     first = get_images(cached)
     decodes = metric(cached, "kvslite_decode_seconds_count")
-    hits = metric(cached, 'kvslite_image_cache_total{result="hit"}')
+    hits = metric(cached, "kvslite_image_cache_total", result="hit")
     again = get_images(cached)
     assert again == first and len(first) == 40 and all(content for _, content in first)
     assert metric(cached, "kvslite_decode_seconds_count") == decodes  # nothing decoded
-    assert metric(cached, 'kvslite_image_cache_total{result="hit"}') - hits == 40
+    assert metric(cached, "kvslite_image_cache_total", result="hit") - hits == 40
     assert get_images(uncached) == first  # the cache changes nothing in the answer
     assert get_images(cached, WidthPixels=160) != first  # another size: made anew
     assert metric(cached, "kvslite_decode_seconds_count") > decodes

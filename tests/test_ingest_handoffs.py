@@ -10,22 +10,14 @@ an upload's lease is renewed by the commits of its fragments, not by writes of i
 from __future__ import annotations
 
 import time
-import urllib.request
 
+from conftest import metric
 from kvs_media import PutMediaConnection
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvslite.media import ebml, mkv, synthetic
 
 NOW_MS = int(time.time() * 1000)
 END_OF_FRAGMENT = mkv.write_tags([("AWS_KINESISVIDEO_END_OF_FRAGMENT", "")])
-
-
-def handoffs(server) -> float:
-    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return next(sample.value for family in text_string_to_metric_families(text)
-                for sample in family.samples if sample.name == "kvslite_putmedia_handoffs_total")
 
 
 def sdk_fragments(h264, start_ms: int) -> list[bytes]:
@@ -48,12 +40,13 @@ def test_one_handoff_per_fragment_however_many_chunks(shared_server, kvs, h264):
     conn = PutMediaConnection(shared_server.port, "handoffs")
     conn.send(mkv.write_header(synthetic.stream_header(h264)) + fragments[0])
     conn.wait_for("PERSISTED")
-    before = handoffs(shared_server)
+    before = metric(shared_server, "kvslite_putmedia_handoffs_total")
     for fragment in fragments[1:]:  # 40 chunks each, the next only once this one is acked
         for piece in pieces(fragment, 40):
             conn.send(piece)
         assert conn.wait_for("PERSISTED")[-1]["EventType"] == "PERSISTED"
-    assert handoffs(shared_server) - before == 3  # one per fragment, none per chunk
+    # one per fragment, none per chunk
+    assert metric(shared_server, "kvslite_putmedia_handoffs_total") - before == 3
     conn.finish()
     acks = conn.all_acks()
     conn.close()
@@ -71,7 +64,7 @@ def test_long_runs_of_tiny_elements_are_parsed_off_the_event_loop(shared_server,
     data, _ = mkv.write_cluster(cluster, unknown_size=True)
     voids = ebml.element(ebml.VOID, b"") * 3000  # 2 bytes each, skipped by the reader
     conn = PutMediaConnection(shared_server.port, "voids")
-    before = handoffs(shared_server)
+    before = metric(shared_server, "kvslite_putmedia_handoffs_total")
     conn.send(mkv.write_header(synthetic.stream_header(h264)) + data + voids + END_OF_FRAGMENT)
     done = conn.wait_for("PERSISTED")
     conn.finish()
@@ -79,17 +72,10 @@ def test_long_runs_of_tiny_elements_are_parsed_off_the_event_loop(shared_server,
     conn.close()
     assert [a["EventType"] for a in done] == ["RECEIVED", "PERSISTED"]
     assert done[-1]["FragmentTimecode"] == cluster.timecode
-    assert handoffs(shared_server) - before >= 1
+    assert metric(shared_server, "kvslite_putmedia_handoffs_total") - before >= 1
     fragment, = shared_server.client("kinesis-video-archived-media").list_fragments(
         StreamName="voids")["Fragments"]
     assert fragment["FragmentSizeInBytes"] == len(mkv.write_cluster(cluster)[0])
-
-
-def lease_renewals(server) -> float:
-    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return next(sample.value for family in text_string_to_metric_families(text)
-                for sample in family.samples if sample.name == "kvslite_lease_renewals_total")
 
 
 def test_a_busy_upload_is_kept_alive_by_its_commits_an_idle_one_renews(start_server, h264):
@@ -108,13 +94,13 @@ def test_a_busy_upload_is_kept_alive_by_its_commits_an_idle_one_renews(start_ser
     busy.send(header + fragments[0])
     busy.wait_for("PERSISTED")
     idle.wait_for("PERSISTED")
-    before = lease_renewals(server)
+    before = metric(server, "kvslite_lease_renewals_total")
     t0, persisted = time.monotonic(), []
     for k, fragment in enumerate(fragments[1:15]):  # 14 fragments, 0.5 s apart: 7 s
         time.sleep(max(0.0, t0 + 0.5 * (k + 1) - time.monotonic()))
         busy.send(fragment)
         persisted.append(busy.wait_for("PERSISTED")[-1])
-    renewed = lease_renewals(server) - before
+    renewed = metric(server, "kvslite_lease_renewals_total") - before
     for conn in (busy, idle):
         conn.finish()
         assert not [a for a in conn.all_acks() if a["EventType"] == "ERROR"]

@@ -7,10 +7,9 @@ import asyncio
 import json
 import re
 import time
-import urllib.request
 
 import pytest
-from conftest import REGION, ServerProcess, refusal
+from conftest import REGION, ServerProcess, metric, refusal
 from kvs_media import EMPTY_SHA256, PutMediaConnection, sign_v4
 from test_signaling_ws import presign
 from websockets.asyncio.client import connect
@@ -53,14 +52,6 @@ def images(server, key, stream: str) -> list:
                                SamplingInterval=3000, Format="JPEG")["Images"]
 
 
-def denied_total(server, action: str) -> float:
-    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found = re.search(rf'^kvslite_access_denied_total{{action="{re.escape(action)}"}} (\S+)$',
-                      text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 READ_A = {"Effect": "Allow", "Action": ["kinesisvideo:GetImages", "kinesisvideo:ListFragments"],
           "Resource": "arn:aws:kinesisvideo:*:*:stream/A/*"}
 
@@ -71,7 +62,7 @@ def test_a_reader_of_stream_a_reads_a_and_nothing_else(server):
     assert len(images(server, reader, "A")) == 4  # a sample every 3 s in 10 s: NO_MEDIA each
     archived = server.client("kinesis-video-archived-media", key=reader[0], secret=reader[1])
     archived.list_fragments(StreamARN=server.arns["A"])
-    before = denied_total(server, "kinesisvideo:GetImages")
+    before = metric(server, "kvslite_access_denied_total", action="kinesisvideo:GetImages")
     now = time.time()
     assert refusal(archived.get_images, StreamName="B", ImageSelectorType="SERVER_TIMESTAMP",
                    StartTimestamp=now - 10, EndTimestamp=now, SamplingInterval=3000,
@@ -79,7 +70,8 @@ def test_a_reader_of_stream_a_reads_a_and_nothing_else(server):
         "AccessDeniedException", 403,
         f"User: {user_arn} is not authorized to perform: kinesisvideo:GetImages on "
         f"resource: {server.arns['B']}")
-    assert denied_total(server, "kinesisvideo:GetImages") == before + 1
+    assert metric(server, "kvslite_access_denied_total",
+                  action="kinesisvideo:GetImages") == before + 1
     kvs = server.client("kinesisvideo", key=reader[0], secret=reader[1])
     for stream in ("A", "B"):
         assert refusal(kvs.delete_stream, StreamARN=server.arns[stream]) == (

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import boto3
 import pytest
-from conftest import REGION
+from conftest import REGION, metric
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -108,11 +108,7 @@ def logged(server, text: str, count: int) -> str:
 
 def held_messages(server) -> float:
     """How many messages the server has held for an absent master so far (/metrics)."""
-    text = urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith('kvslite_signaling_messages_total{result="held"}'):
-            return float(line.split()[-1])
-    return 0.0
+    return metric(server, "kvslite_signaling_messages_total", result="held")
 
 
 async def until(condition, what: str, timeout: float = 5) -> None:

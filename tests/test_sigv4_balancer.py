@@ -16,6 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from cluster_engines import free_ports
+from conftest import metric
 from kvs_media import producer_sdk_put_media, sign_v4
 from local_cluster import HAProxy, LocalCluster
 from test_local_cluster import need_engines
@@ -44,13 +45,7 @@ def signed_client(endpoint_url: str, service: str):
 
 def ingested(node) -> float:
     """The node's kvslite_fragments_ingested_total."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{node.endpoint}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("kvslite_fragments_ingested_total "):
-                return float(line.split()[1])
-    return 0.0
+    return metric(node, "kvslite_fragments_ingested_total")
 
 
 def test_producer_sdk_put_media_through_the_load_balancer(cluster, h264):

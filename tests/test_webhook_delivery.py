@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import refusal
+from conftest import metric, refusal
 from kvs_media import put_mkv, wait_until
 from test_event_delivery import NOTIFY, START_MS, tagged_mkv
 from webhook_receiver import Receiver
@@ -34,12 +33,8 @@ def notify_to(kvs, stream: str, uri: str) -> None:
 
 
 def delivered(server) -> int:
-    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith('kvslite_deliveries_total{kind="notification",'
-                               'result="delivered"}'):
-                return int(float(line.split()[-1]))
-    return 0
+    return int(metric(server, "kvslite_deliveries_total", kind="notification",
+                      result="delivered"))
 
 
 def test_internal_addresses_are_refused_unless_allowed(start_server):

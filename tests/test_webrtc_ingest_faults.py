@@ -8,13 +8,12 @@ within its bound and releases its lease (a fresh JoinStorageSession works right 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.request
 import uuid
 
 import pytest
 from botocore.exceptions import ClientError
+from conftest import metric
 from kvs_media import wait_until
 from postgres_server import fresh_database
 from seaweed_server import REGION
@@ -56,9 +55,7 @@ def at_least(server, stream: str, count: int) -> dict[str, bytes]:
 def storage_sessions(server) -> int:
     """The node's open storage sessions, from its /metrics (its log says each session's
     end, but only once per 10 s alike)."""
-    with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return int(float(re.search(r"^kvslite_storage_sessions (\S+)$", text, re.M)[1]))
+    return int(metric(server, "kvslite_storage_sessions"))
 
 
 async def sessions_become(server, count: int, timeout: float = 20) -> None:
