@@ -70,7 +70,7 @@ import simplejpeg
 
 from kvslite.media.mkv import Cluster, Frame, StreamHeader, Track, write_cluster, write_header
 from kvslite.media.nal import AVC, length_size, picture_role
-from kvslite.media.synthetic import render_frame
+from kvslite.media.synthetic import read_frame_index, render_frame
 from common import Server, encode_h264, split_gops
 
 FPS, GOP, FRAME_MS = 25, 50, 40
@@ -129,12 +129,8 @@ def frame_index(jpeg: bytes, w: int, h: int) -> int:
     """Read back the 16-bit frame index render_frame draws as a 2x8 grid of blocks."""
     # decode at 1/4 scale (the grid of the small render); thumbnails at their own size
     sw, sh = (w // 4, h // 4) if w >= 640 else (w, h)
-    img = simplejpeg.decode_jpeg(jpeg, fastdct=True, min_width=sw, min_height=sh)
-    band, y1, index = int(sh * 0.4), int(sh * 0.75), 0
-    for bit in range(16):
-        y, x = band + (y1 - band) * (2 * (bit // 8) + 1) // 4, sw * (2 * (bit % 8) + 1) // 16
-        index = index << 1 | int(img[y - 2:y + 3, x - 2:x + 3].mean() > 128)
-    return index
+    return read_frame_index(
+        simplejpeg.decode_jpeg(jpeg, fastdct=True, min_width=sw, min_height=sh))
 
 
 def accuracy(jpegs, interval_ms: int, w: int, h: int, clip_frames: int = 1 << 16,

@@ -70,19 +70,6 @@ def frame_ms(i: int) -> int:
     return START_MS + (2000 * i + FPS) // (2 * FPS)  # i * 1000 / 30 rounded half up
 
 
-def read_index(rgb: np.ndarray) -> int:
-    """The frame index the synthetic picture spells in its 2x8 black/white blocks."""
-    height, width = rgb.shape[:2]
-    y0, y1 = int(height * 0.4), int(height * 0.75)
-    bits = 0
-    for bit in range(16):
-        r, c = divmod(bit, 8)
-        y = y0 + (y1 - y0) * (2 * r + 1) // 4
-        x = width * (2 * c + 1) // 16
-        bits = bits << 1 | int(rgb[y, x].mean() > 128)
-    return bits
-
-
 def test_fragments_are_cut_at_every_idr_with_exact_frames_and_times(video):
     units = access_units(video)
     events = mkv_events(run(units, LiveMkv(START_MS)))
@@ -111,7 +98,7 @@ def test_ffmpeg_decodes_every_frame_in_order(video):
         pictures = [(round(frame.pts * float(frame.time_base) * 1000),
                      frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)]
     assert [ms for ms, _ in pictures] == [frame_ms(i) for i in range(SECONDS * FPS)]
-    assert [read_index(rgb) for _, rgb in pictures] == list(range(SECONDS * FPS))
+    assert [synthetic.read_frame_index(rgb) for _, rgb in pictures] == list(range(SECONDS * FPS))
     reference = video.frames_rgb()
     assert all(np.array_equal(rgb, ref) for (_, rgb), (_, ref) in zip(pictures, reference))
 
@@ -324,4 +311,4 @@ def test_putmedia_archives_it_and_getimages_finds_each_frame(video, start_server
             SamplingInterval=1)["Images"][0]
         assert round(image["TimeStamp"].timestamp() * 1000) == frame_ms(i)
         picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(image["ImageContent"]))))
-        assert read_index(picture[..., :3]) == i
+        assert synthetic.read_frame_index(picture[..., :3]) == i

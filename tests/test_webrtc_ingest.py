@@ -23,9 +23,10 @@ from webrtc_master import (
     annexb_to_avcc,
     enable_storage,
     encode_h264,
-    frame_index,
     run_master,
 )
+
+from kvslite.media import synthetic
 
 SECONDS = 6
 FRAMES = FPS * SECONDS
@@ -93,7 +94,7 @@ def test_a_masters_webrtc_media_is_archived_frame_exact(coturn, start_server):
         assert len(images) == 1, (offset_ms, images)
         image = np.asarray(Image.open(io.BytesIO(base64.b64decode(images[0]["ImageContent"]))
                                       ).convert("RGB"))
-        assert frame_index(image) == offset_ms // 40, offset_ms
+        assert synthetic.read_frame_index(image) == offset_ms // 40, offset_ms
 
 
 @pytest.mark.slow

@@ -56,19 +56,6 @@ def annexb_to_avcc(unit: bytes) -> bytes:
     return b"".join(len(n).to_bytes(4, "big") + n for n in nals)
 
 
-def frame_index(image: np.ndarray) -> int:
-    """The index render_frame drew as 16 binary blocks (40%-75% of the height)."""
-    height, width = image.shape[:2]
-    y0, y1 = int(height * 0.4), int(height * 0.75)
-    index = 0
-    for bit in range(16):
-        row, col = divmod(bit, 8)
-        y = y0 + (y1 - y0) * (2 * row + 1) // 4
-        x = width * (2 * col + 1) // 16
-        index = index << 1 | int(image[y, x].mean() > 128)
-    return index
-
-
 class PacedVideo(MediaStreamTrack):
     """Pre-encoded access units at FPS, from when the connection is up: aiortc's sender
     packetizes an `av.Packet` as it is, without re-encoding."""

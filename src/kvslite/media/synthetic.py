@@ -60,6 +60,9 @@ def _draw_text(img: np.ndarray, text: str, x: int, y: int, h: int, w: int, color
         _draw_char(img, ch, x + i * cell + cell // 8, y, cell - cell // 4, h, color)
 
 
+INDEX_TOP, INDEX_BOTTOM = 0.4, 0.75  # the band of the frame index's blocks (of the height)
+
+
 def render_frame(index: int, width: int = 320, height: int = 240, fps: int = 25) -> np.ndarray:
     """The source picture (H x W x 3 uint8 RGB) of frame `index`."""
     yy, xx = np.mgrid[0:height, 0:width]
@@ -69,14 +72,14 @@ def render_frame(index: int, width: int = 320, height: int = 240, fps: int = 25)
     img[..., 2] = 90
     # Clock and frame counter (top 40%).
     secs, ff = divmod(index, fps)
-    band = int(height * 0.4)
+    band = int(height * INDEX_TOP)
     line_h = band // 2 - 4
     _draw_text(img, f"{secs // 60 % 100:02d}:{secs % 60:02d}.{ff % 100:02d}", 2, 2, line_h,
                width - 4, (255, 255, 0))
     _draw_text(img, f"{index % 10**6:06d}", 2 + width // 8, band // 2 + 2, line_h,
                width - 4 - width // 4, (255, 255, 255))
-    # Frame index in binary, 16 big blocks (next 35%).
-    y0, y1 = band, int(height * 0.75)
+    # Frame index in binary, 16 big blocks (next 35%; read_frame_index reads them back).
+    y0, y1 = band, int(height * INDEX_BOTTOM)
     for bit in range(16):
         r, c = divmod(bit, 8)
         by0 = y0 + (y1 - y0) * r // 2
@@ -89,6 +92,21 @@ def render_frame(index: int, width: int = 320, height: int = 240, fps: int = 25)
     img[y1:, :] = (60, 60, 60)
     img[y1:, x:x + bar_w] = (255, 80 + (index * 37) % 176, 40)
     return img
+
+
+def read_frame_index(picture: np.ndarray) -> int:
+    """The frame index render_frame drew into a decoded picture (any size, RGB or gray):
+    each of its 16 blocks read by the mean of the pixels around its centre, which lossy
+    coding leaves far from the middle grey."""
+    height, width = picture.shape[:2]
+    y0, y1 = int(height * INDEX_TOP), int(height * INDEX_BOTTOM)
+    index = 0
+    for bit in range(16):
+        row, col = divmod(bit, 8)
+        y, x = y0 + (y1 - y0) * (2 * row + 1) // 4, width * (2 * col + 1) // 16
+        centre = picture[max(0, y - 2):y + 3, max(0, x - 2):x + 3]
+        index = index << 1 | int(centre.mean() > 128)
+    return index
 
 
 @dataclass
