@@ -137,6 +137,12 @@ def put_mkv(port: int, stream: str, data: bytes, **kwargs) -> list[dict]:
         conn.close()
 
 
+def vint(value: int, length: int) -> bytes:
+    """`value` as an EBML variable-size integer of exactly `length` bytes: longer than it
+    needs is still valid EBML, and what unusual or hostile writers send."""
+    return (value | 1 << 7 * length).to_bytes(length, "big")
+
+
 def demux_packets(data: bytes) -> list[tuple[int, bool, bytes]]:
     """(pts_ms, keyframe, payload) of the video packets FFmpeg finds, in file order."""
     with av.open(io.BytesIO(data)) as container:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvs_media import PutMediaConnection, put_mkv
+from kvs_media import PutMediaConnection, put_mkv, vint
 from kvslite.server.archive.ingest import ERROR_NAMES
 from kvslite.media import ebml, mkv, synthetic
 from kvslite.media.ebml import element, encode_id, encode_size, uint_element
@@ -287,10 +287,6 @@ def element_map(data: bytes) -> list[tuple[int, int, int, int, int]]:
     except ebml.MkvError:
         pass
     return found
-
-
-def vint(value: int, length: int) -> bytes:
-    return (value | 1 << 7 * length).to_bytes(length, "big")
 
 
 @st.composite

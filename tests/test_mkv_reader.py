@@ -10,6 +10,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kvs_media import vint
 
 from kvslite.media import ebml, mkv
 from kvslite.media.ebml import MkvError, element, uint_element
@@ -37,10 +38,6 @@ def header() -> bytes:
     tracks = [Track(1, 11, 1, "V_MPEG4/ISO/AVC", b"\x01\x64\x00\x1f\xff"),
               Track(127, 12, 2, "A_AAC", b"\x12\x10")]
     return mkv.write_header(mkv.StreamHeader(1_000_000, tracks))
-
-
-def vint(value: int, length: int) -> bytes:
-    return ((1 << (7 * length)) | value).to_bytes(length, "big")
 
 
 @st.composite
