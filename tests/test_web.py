@@ -116,8 +116,10 @@ def assert_fits_width(page: Page, width: int) -> None:
     """Nothing sticks out sideways once layout settles (a loaded machine may lay out late);
     if something does, name it."""
     try:
-        page.page.wait_for_function(f"document.documentElement.scrollWidth <= {width}",
-                                    timeout=5000)
+        # a function, not an expression: the page's CSP forbids the eval an expression
+        # needs once it is polled
+        page.page.wait_for_function("w => document.documentElement.scrollWidth <= w",
+                                    arg=width, timeout=5000)
     except PlaywrightTimeoutError:
         wide = page.page.evaluate(f"""[...document.querySelectorAll('body *')]
             .filter(e => e.getBoundingClientRect().right > {width})
