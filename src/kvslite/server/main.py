@@ -237,6 +237,7 @@ def build(settings: Settings) -> Server:
                   signaling=SignalingEndpoint(settings, channels, hub,
                                               access_log=settings.access_log,
                                               lookup=credentials.lookup,
+                                              reads_store=credentials.reads_store,
                                               authorizer=authorizer),
                   lookup=credentials.lookup, reads_store=credentials.reads_store,
                   query_handlers={"iam": iam.operations(), "sts": iam.sts_operations()},

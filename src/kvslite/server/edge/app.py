@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -73,7 +73,7 @@ class EdgeApp:
         if query_handlers:  # IAM and STS: POST / (the web viewer is GET /)
             kvs.append(Route("/", QueryApi(query_handlers, self._authenticate, read_body,
                                            settings.max_request_body_bytes, REQUEST_ID,
-                                           authorizer.check_iam if authorizer else None
+                                           self._authorize_iam if authorizer else None
                                            ).endpoint, methods=["POST"]))
         self.router = Router([*kvs, *routes], redirect_slashes=False)
         self.pipeline = _pipeline(self.router, max_media_connections, access_log,
@@ -104,7 +104,7 @@ class EdgeApp:
                                f"kvslite does not implement {operation.name}", status=501)
             params = model.parse_input(operation, decode_json(body))
             request.scope[STREAM] = params.get("StreamName") or params.get("StreamARN")
-            await self._authorize(request, route.name, params)
+            await self._authorize(request.scope, route.name, params)
             result = await run_in_threadpool(handler, from_wire(request_type, params))
             if isinstance(result, Response):
                 return result
@@ -118,17 +118,25 @@ class EdgeApp:
             request.scope[STREAM] = (request.headers.get("x-amzn-stream-name")
                                      or request.headers.get("x-amzn-stream-arn"))
             await self._authenticate(request, b"", streaming=True)  # signs the empty payload
-            await self._authorize(request, "PutMedia", {
+            await self._authorize(request.scope, "PutMedia", {
                 "StreamName": request.headers.get("x-amzn-stream-name"),
                 "StreamARN": request.headers.get("x-amzn-stream-arn")})
             return await handler(request)
 
         return endpoint
 
-    async def _authorize(self, request: Request, operation: str, params: dict) -> None:
-        """AccessDeniedException unless the caller's policies allow the request."""
-        if self.authorizer is not None and self.authorizer.evaluates(request.scope):
-            await run_in_threadpool(self.authorizer.check, request.scope, operation, params)
+    async def _authorize(self, scope: MutableMapping[str, Any], operation: str, params: dict, *,
+                         iam: bool = False) -> None:
+        """AccessDeniedException (the IAM API's AccessDenied with `iam`) unless the caller's
+        policies allow the request. A check may read the store (a name's ARN, a user's
+        path): on a worker thread, and only for a caller whose policies are evaluated."""
+        if self.authorizer is not None and self.authorizer.evaluates(scope):
+            check = self.authorizer.check_iam if iam else self.authorizer.check
+            await run_in_threadpool(check, scope, operation, params)
+
+    async def _authorize_iam(self, scope: MutableMapping[str, Any], operation: str,
+                             params: dict) -> None:
+        await self._authorize(scope, operation, params, iam=True)
 
     async def _authenticate(self, request: Request, body: bytes,
                             service: str = sigv4.SIGNING_NAME, *, streaming: bool = False):

@@ -29,7 +29,7 @@ class QueryApi:
                  read_body: Callable, max_body_bytes: int, request_id_key: str,
                  authorize: Callable | None = None):
         self.handlers = handlers
-        self.authorize = authorize  # (scope, operation, params): raises if refused
+        self.authorize = authorize  # await it (scope, operation, params): raises if refused
         self.authenticate = authenticate
         self.read_body = read_body
         self.max_body_bytes = max_body_bytes
@@ -49,8 +49,8 @@ class QueryApi:
             request.scope[OPERATION] = op.name
             principal = await self.authenticate(request, body, service_name)
             request.scope[PRINCIPAL] = principal
-            if self.authorize is not None:  # may read the store: on a worker thread
-                await run_in_threadpool(self.authorize, request.scope, op.name, params)
+            if self.authorize is not None:
+                await self.authorize(request.scope, op.name, params)
             handler = self.handlers[service_name].get(op.name)
             if handler is None:
                 raise ApiError(INVALID_ACTION, f"kvslite does not implement "

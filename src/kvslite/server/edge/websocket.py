@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -72,8 +73,12 @@ class SocketPeer:
 
 class SignalingEndpoint:
     def __init__(self, settings: Settings, channels: Channels, hub: Hub, *, access_log: bool,
-                 lookup: sigv4.Lookup | None = None, authorizer: Authorizer | None = None):
+                 lookup: sigv4.Lookup | None = None,
+                 reads_store: Callable[[str, str | None], bool] | None = None,
+                 authorizer: Authorizer | None = None):
         self.lookup = lookup  # who holds an access key; else the settings' single key
+        # (access key id, session token) -> whether `lookup` reads the metadata store
+        self.reads_store = reads_store
         self.authorizer = authorizer  # who may connect to which channel
         self.settings = settings
         self.channels = channels
@@ -118,7 +123,10 @@ class SignalingEndpoint:
                                       or client_id.startswith("AWS_")):
             raise ApiError(INVALID_ARGUMENT, "X-Amz-ClientId must match [a-zA-Z0-9_.-]{1,256} "
                                              "and may not start with AWS_")
-        await run_in_threadpool(self._authenticate, websocket, query)  # may read the store
+        if self._reads_store(query):  # a user's key: its lookup must not hold the loop
+            await run_in_threadpool(self._authenticate, websocket, query)
+        else:
+            self._authenticate(websocket, query)
         if self.authorizer is not None and self.authorizer.evaluates(scope):
             self.authorizer.check(scope, scope[OPERATION], {"ChannelARN": arn})  # no lookup
         channel = await run_in_threadpool(self.channels.find, arn)
@@ -126,6 +134,12 @@ class SignalingEndpoint:
             raise ApiError(RESOURCE_NOT_FOUND, f"The signaling channel {arn} does not exist")
         self.hub.admit(arn, role, client_id)
         return role, client_id, channel
+
+    def _reads_store(self, query: list[tuple[str, str]]) -> bool:
+        params = dict(query)
+        key_id = params.get("X-Amz-Credential", "").split("/")[0]
+        return bool(key_id) and self.reads_store is not None and self.reads_store(
+            key_id, params.get("X-Amz-Security-Token"))
 
     def _authenticate(self, websocket: WebSocket, query: list[tuple[str, str]]) -> None:
         settings = self.settings
