@@ -32,11 +32,14 @@ def free_port() -> int:
 
 def metric(server, name: str, **labels: str) -> float:
     """The sample `name` with exactly these labels on a server's (or node's) /metrics; 0.0
-    while it has not been written."""
+    while none with these labels has been written. A name /metrics does not list at all
+    fails the test (a renamed metric must not read as zero)."""
     with urllib.request.urlopen(f"{server.endpoint}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return next((sample.value for family in text_string_to_metric_families(text)
-                 for sample in family.samples
+    families = [f for f in text_string_to_metric_families(text)
+                if name == f.name or name.startswith(f.name + "_")]
+    assert families, f"/metrics has no {name}"
+    return next((sample.value for family in families for sample in family.samples
                  if sample.name == name and sample.labels == labels), 0.0)
 
 
